@@ -1,0 +1,21 @@
+"""Lightning callbacks of the project."""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+class PeriodicCheckpoint(ModelCheckpoint):
+    """Every-N-steps checkpoints plus `last.ckpt`, and one more when training ends.
+
+    Lightning saves only on multiples of N; the final state matters as much (it is what
+    `ckpt_path=last` and the export should see), so it is written too.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self._last_global_step_saved != trainer.global_step and trainer.global_step > 0:
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)

@@ -1,0 +1,182 @@
+"""The LightningDataModule: a fixed split by seed, augmentations, resumable shuffling."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from sdm.data.prepare import PreparedData, decode_row, prepare_data
+from sdm.data.transforms import A, to_item, train_transform
+from sdm.errors import DataError
+
+
+def split_indices(num_rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) row indices from a seeded permutation: the same on every run and rank."""
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"data.val_fraction must lie in [0, 1), got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(num_rows)
+    num_val = int(round(num_rows * val_fraction))
+    if val_fraction > 0:
+        num_val = max(1, num_val)
+    if num_rows - num_val < 1:
+        raise DataError(f"{num_rows} rows leave nothing to train on with data.val_fraction={val_fraction}")
+    return np.sort(order[num_val:]), np.sort(order[:num_val])
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A per-sample augmentation seed: independent of worker count, so resume is exact."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 33
+
+
+class ResumableShuffleSampler(Sampler[tuple[int, int]]):
+    """A seeded permutation per epoch, sharded by rank, yielding (index, augmentation seed).
+
+    `resume(epoch, consumed)` makes the next pass over that epoch skip what this rank has
+    already trained on, so a resumed run continues the data order instead of restarting it.
+    """
+
+    def __init__(self, num_items: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if num_items < world_size:
+            raise DataError(f"{num_items} training rows cannot be shared by {world_size} ranks")
+        self.num_items, self.seed, self.rank, self.world_size = num_items, seed, rank, world_size
+        self.epoch = 0
+        self._skip: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume(self, epoch: int, consumed: int) -> None:
+        self._skip = (epoch, consumed)
+
+    def __len__(self) -> int:
+        return self.num_items // self.world_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(self.seed + 7919 * self.epoch)
+        order = torch.randperm(self.num_items, generator=generator)[: len(self) * self.world_size]
+        positions = range(self.rank, len(order), self.world_size)
+        start = 0
+        if self._skip is not None and self._skip[0] == self.epoch:
+            start = self._skip[1]
+            self._skip = None
+        for position in list(positions)[start:]:
+            yield int(order[position]), sample_seed(self.seed, self.epoch, position)
+
+
+class PairDataset(Dataset):
+    """Rows of a prepared cache as batch items, augmented by a per-sample seeded transform."""
+
+    def __init__(self, prepared: PreparedData, indices: np.ndarray, transform: A.Compose | None) -> None:
+        self.prepared, self.indices, self.transform = prepared, indices, transform
+        self._rows = None  # opened lazily, so each DataLoader worker maps the file itself
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        if self._rows is None:
+            self._rows = self.prepared.open()
+        image, label = decode_row(self._rows[int(self.indices[index])], self.prepared.size)
+        if self.transform is not None:
+            if seed is not None:
+                self.transform.set_random_seed(seed)
+            out = self.transform(image=image, mask=label)
+            image, label = out["image"], out["mask"]
+        return to_item(image, label)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_rows": None}
+
+
+def seed_worker(worker_id: int) -> None:
+    """Give every DataLoader worker its own random streams (albumentations included)."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info else None
+    if transform is not None:
+        transform.set_random_seed(seed)
+
+
+class SidewalkDataModule(L.LightningDataModule):
+    """Prepares the configured source once, then serves train/val batches of that cache."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.prepared: PreparedData | None = None
+        self.train_set: PairDataset | None = None
+        self.val_set: PairDataset | None = None
+        self.sampler: ResumableShuffleSampler | None = None
+        self._resume_state: dict[str, int] | None = None
+
+    def prepare_data(self) -> None:
+        prepare_data(self.cfg)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        self.prepared = prepare_data(self.cfg, show_progress=False)
+        train_idx, val_idx = split_indices(
+            len(self.prepared), float(self.cfg.val_fraction), int(self.cfg.split_seed)
+        )
+        augment = self.cfg.get("augment") or {}
+        transform = train_transform(self.prepared.size, augment.get("scale", (1.0, 1.0)), augment.get("hflip", 0.0))
+        self.train_set = PairDataset(self.prepared, train_idx, transform)
+        self.val_set = PairDataset(self.prepared, val_idx, None)
+
+    def _loader(self, dataset: Dataset, sampler: Sampler | None, drop_last: bool) -> DataLoader:
+        workers = int(self.cfg.num_workers)
+        return DataLoader(
+            dataset,
+            batch_size=int(self.cfg.batch_size),
+            sampler=sampler,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=bool(self.cfg.pin_memory) and torch.cuda.is_available(),
+            drop_last=drop_last,
+            worker_init_fn=seed_worker,
+            persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup() first"
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        if len(self.train_set) // world < int(self.cfg.batch_size):
+            raise DataError(
+                f"{len(self.train_set)} training rows over {world} rank(s) do not fill one batch of "
+                f"{self.cfg.batch_size}; lower data.batch_size or add data"
+            )
+        self.sampler = ResumableShuffleSampler(len(self.train_set), int(self.cfg.split_seed), rank, world)
+        if self._resume_state is not None:
+            self.sampler.resume(self._resume_state["epoch"], self._resume_state["consumed"])
+            self._resume_state = None
+        return self._loader(self.train_set, self.sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None, "call setup() first"
+        return self._loader(self.val_set, None, drop_last=False)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the training data stream stands, saved in every checkpoint."""
+        if self.trainer is None:
+            return {}
+        loop = self.trainer.fit_loop.epoch_loop
+        batches = loop.batch_progress.current.ready
+        return {
+            "epoch": self.trainer.current_epoch,
+            "consumed": batches * int(self.cfg.batch_size),
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_state = dict(state) if state else None

@@ -1,0 +1,229 @@
+"""Run-once preparation: validate every row, resize once, cache as memory-mapped Arrow.
+
+The cache folder is named after the source, size and resize mode, so a second run with the
+same settings reuses it. It is built under a temporary name and renamed when complete, so an
+interrupted or refused preparation never leaves a half-written cache behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from datasets.arrow_writer import ArrowWriter
+from tqdm.auto import tqdm
+
+from sdm.data.classes import CLASS_NAMES, NUM_CLASSES, colorize
+from sdm.data.rows import RowError, clean_row, parse_size, resize_pair
+from sdm.data.sources import load_source, source_key
+from sdm.errors import DataError
+from sdm.viz import class_frequency_chart, pairs_grid, save_png
+
+ARROW_FILE = "data.arrow"
+INFO_FILE = "dataset_info.json"
+FEATURES = datasets.Features(
+    {"index": datasets.Value("int64"), "image": datasets.Value("binary"), "label": datasets.Value("binary")}
+)
+MAX_LISTED_PROBLEMS = 10
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A finished cache: rows of raw uint8 image/label bytes at `size`, plus its statistics."""
+
+    root: Path
+    info: dict[str, Any]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.info["size"])  # type: ignore[return-value]
+
+    def open(self) -> datasets.Dataset:
+        """The rows, memory-mapped (nothing is read until a row is asked for)."""
+        return datasets.Dataset.from_file(str(self.root / ARROW_FILE))
+
+    def __len__(self) -> int:
+        return int(self.info["rows"])
+
+
+def decode_row(row: dict, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Raw bytes of a cached row -> (H x W x 3 image, H x W label) uint8 views."""
+    height, width = size
+    image = np.frombuffer(row["image"], dtype=np.uint8).reshape(height, width, 3)
+    label = np.frombuffer(row["label"], dtype=np.uint8).reshape(height, width)
+    return image, label
+
+
+def cache_root_for(cfg: Any) -> Path:
+    return Path(str(cfg.get("cache_dir") or "runs/data")).expanduser()
+
+
+def _refusal(problems: list[tuple[int, str]], total: int, origin: str) -> DataError:
+    listed = "\n".join(f"  row {i}: {reason}" for i, reason in problems[:MAX_LISTED_PROBLEMS])
+    more = f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
+    return DataError(
+        f"{origin}: {len(problems)} of {total} rows are unusable, so the dataset is refused:\n"
+        f"{listed}{more}\nFix the rows, or pass data.on_bad_row=skip to leave them out."
+    )
+
+
+def prepare_data(cfg: Any, *, show_progress: bool = True) -> PreparedData:
+    """Validate, resize and cache the configured source; reuse the cache when it exists."""
+    size = parse_size(cfg.size)
+    resize = str(cfg.get("resize", "stretch"))
+    policy = str(cfg.get("on_bad_row", "error"))
+    if policy not in ("error", "skip"):
+        raise DataError(f"data.on_bad_row must be 'error' or 'skip', got {policy!r}")
+    num_classes = int(cfg.get("num_classes", NUM_CLASSES))
+    rows = load_source(cfg)
+    key = f"{source_key(cfg, rows)}-{size[0]}x{size[1]}-{resize}"
+    root = cache_root_for(cfg) / key
+    if (root / INFO_FILE).exists():
+        info = json.loads((root / INFO_FILE).read_text())
+        if info["skipped"] and policy == "error":
+            raise _refusal([(p["row"], p["reason"]) for p in info["problems"]], info["source_rows"], key)
+        return PreparedData(root, info)
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        info = _write_cache(rows, tmp, cfg, key, size, resize, policy, num_classes, show_progress)
+        try:
+            tmp.rename(root)
+        except OSError:  # another process finished the same cache first: use theirs
+            if not (root / INFO_FILE).exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return PreparedData(root, info)
+
+
+def _write_cache(
+    rows: datasets.Dataset | datasets.IterableDataset,
+    out: Path,
+    cfg: Any,
+    key: str,
+    size: tuple[int, int],
+    resize: str,
+    policy: str,
+    num_classes: int,
+    show_progress: bool,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    pixel_counts = np.zeros(num_classes, dtype=np.int64)
+    image_counts = np.zeros(num_classes, dtype=np.int64)
+    converted: Counter[str] = Counter()
+    source_sizes: Counter[str] = Counter()
+    problems: list[tuple[int, str]] = []
+    preview: list[tuple[np.ndarray, np.ndarray]] = []
+    export = bool(cfg.get("export_png", False))
+    if export:
+        for folder in ("images", "labels", "colored_masks"):
+            (out / folder).mkdir()
+    total = len(rows) if isinstance(rows, datasets.Dataset) else None
+    writer = ArrowWriter(features=FEATURES, path=str(out / ARROW_FILE), writer_batch_size=16)
+    seen = written = 0
+    bar = tqdm(rows, total=total, desc=f"prepare {key}", unit="row", disable=not show_progress)
+    for index, row in enumerate(bar):
+        seen += 1
+        try:
+            clean = clean_row(row, num_classes)
+        except RowError as err:
+            problems.append((index, str(err)))
+            bar.set_postfix(bad=len(problems))
+            continue
+        if problems and policy == "error":
+            continue  # the dataset is refused anyway: only keep counting bad rows
+        if clean.converted_from:
+            converted[clean.converted_from] += 1
+        source_sizes[f"{clean.label.shape[1]}x{clean.label.shape[0]}"] += 1
+        image, label = resize_pair(clean.image, clean.label, size, resize)
+        counts = np.bincount(label.ravel(), minlength=num_classes)
+        pixel_counts += counts
+        image_counts += counts > 0
+        writer.write({"index": index, "image": image.tobytes(), "label": label.tobytes()})
+        if export:
+            name = f"{index:06d}.png"
+            save_png(image, out / "images" / name)
+            save_png(label, out / "labels" / name)
+            save_png(colorize(label), out / "colored_masks" / name)
+        if len(preview) < 16:
+            preview.append((image, label))
+        written += 1
+    writer.finalize()
+    writer.close()
+    if seen == 0:
+        raise DataError(f"{key}: the dataset is empty (0 rows); check data.path and data.split")
+    if problems and policy == "error":
+        raise _refusal(problems, seen, key)
+    if written == 0:
+        raise DataError(f"{key}: all {seen} rows are unusable; first: row {problems[0][0]}: {problems[0][1]}")
+    frequencies = pixel_counts / max(pixel_counts.sum(), 1)
+    info = {
+        "key": key,
+        "source": cfg.name,
+        "path": str(cfg.get("path", "scenes")),
+        "rows": written,
+        "source_rows": seen,
+        "skipped": len(problems),
+        "problems": [{"row": i, "reason": r} for i, r in problems[:100]],
+        "converted_to_rgb": dict(converted),
+        "source_sizes": dict(source_sizes.most_common()),
+        "size": list(size),
+        "resize": resize,
+        "num_classes": num_classes,
+        "class_names": list(CLASS_NAMES[:num_classes]),
+        "class_pixel_frequency": {CLASS_NAMES[i]: float(f) for i, f in enumerate(frequencies)},
+        "images_per_class": {CLASS_NAMES[i]: int(c) for i, c in enumerate(image_counts)},
+        "classes_present": int((image_counts > 0).sum()),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    save_png(pairs_grid([p[0] for p in preview], [p[1] for p in preview]), out / "preview.png")
+    save_png(class_frequency_chart(frequencies, image_counts.tolist()), out / "class_frequency.png")
+    (out / INFO_FILE).write_text(json.dumps(info, indent=2))
+    if problems:
+        print(f"skipped {len(problems)} of {seen} rows (data.on_bad_row=skip); see {INFO_FILE}")
+    return info
+
+
+def describe(prepared: PreparedData) -> str:
+    """A short human summary of a prepared dataset."""
+    info = prepared.info
+    top = sorted(info["class_pixel_frequency"].items(), key=lambda kv: -kv[1])[:6]
+    lines = [
+        f"prepared {info['rows']} rows at {info['size'][0]}x{info['size'][1]} ({info['resize']}) in {prepared.root}",
+        f"  classes present: {info['classes_present']} of {info['num_classes']}; "
+        f"skipped rows: {info['skipped']}; converted to RGB: {info['converted_to_rgb'] or 'none'}",
+        "  most frequent: " + ", ".join(f"{name} {freq:.1%}" for name, freq in top),
+        f"  look at: {prepared.root / 'preview.png'} and {prepared.root / 'class_frequency.png'}",
+    ]
+    return "\n".join(lines)
+
+
+def _main() -> None:
+    import hydra
+
+    from sdm.errors import exit_on_sdm_error
+
+    @hydra.main(version_base="1.3", config_path="../../conf", config_name="prepare")
+    @exit_on_sdm_error
+    def run(cfg: Any) -> None:
+        print(describe(prepare_data(cfg.data)))
+
+    run()
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,135 @@
+"""Decoding, validation and resizing of single (image, label) rows.
+
+Every source passes through here, so a bad row is reported the same way whether it came
+from the Hub, a local parquet folder or the scene generator.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from sdm.data.classes import NUM_CLASSES, decolorize
+
+RESIZE_MODES = ("stretch", "crop")
+
+
+class RowError(ValueError):
+    """A row that cannot be used; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class CleanRow:
+    image: np.ndarray  # H x W x 3 uint8 RGB
+    label: np.ndarray  # H x W uint8 class ids
+    converted_from: str | None  # original image mode when it was not RGB
+
+
+def open_image(value: object, field: str) -> Image.Image:
+    """Open a `datasets.Image(decode=False)` value (dict with bytes/path), a PIL image or an array."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(value)
+    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+        try:
+            image = Image.open(source)
+            image.load()
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            raise RowError(f"field '{field}': cannot decode image ({err})") from None
+        return image
+    raise RowError(f"field '{field}': expected an image, got {type(value).__name__}")
+
+
+def image_to_rgb(image: Image.Image) -> tuple[np.ndarray, str | None]:
+    """RGB uint8 array; RGBA, grayscale and palette images are converted and the mode reported."""
+    if image.mode == "RGB":
+        return np.asarray(image), None
+    mode = image.mode
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    elif mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = max(array.max(), 1.0)
+        image = Image.fromarray((array * (255.0 / (65535.0 if peak > 255 else 255.0))).astype(np.uint8))
+    return np.asarray(image.convert("RGB")), mode
+
+
+def label_to_ids(image: Image.Image, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Class-id array from a label image: mode L/P/I as ids, RGB as a palette-coloured mask."""
+    if image.mode in ("RGB", "RGBA"):
+        try:
+            ids = decolorize(np.asarray(image.convert("RGB")))
+        except ValueError as err:
+            raise RowError(f"field 'label': RGB label is not a palette-coloured mask: {err}") from None
+    elif image.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+        ids = np.asarray(image).astype(np.int64)
+    else:
+        raise RowError(f"field 'label': unsupported label mode {image.mode!r}; expected 'L' (class ids)")
+    if ids.ndim != 2:
+        raise RowError(f"field 'label': expected a single-channel id map, got shape {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
+        bad = np.unique(ids[(ids < 0) | (ids >= num_classes)])[:8].tolist()
+        raise RowError(f"field 'label': ids {bad} outside 0..{num_classes - 1}")
+    return ids.astype(np.uint8)
+
+
+def clean_row(row: dict, num_classes: int = NUM_CLASSES) -> CleanRow:
+    """Decode and check one row; raise `RowError` with the reason when it cannot be used."""
+    image = open_image(row["pixel_values"], "pixel_values")
+    label_image = open_image(row["label"], "label")
+    if image.size != label_image.size:
+        raise RowError(
+            f"image is {image.size[0]}x{image.size[1]} but label is "
+            f"{label_image.size[0]}x{label_image.size[1]} (width x height); they must match"
+        )
+    rgb, converted = image_to_rgb(image)
+    return CleanRow(rgb, label_to_ids(label_image, num_classes), converted)
+
+
+def parse_size(size: int | Sequence[int]) -> tuple[int, int]:
+    """`256` or `[H, W]` -> (H, W), with a clear error for anything else."""
+    if isinstance(size, int):
+        size = (size, size)
+    try:
+        height, width = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"data.size must be an int or [height, width], got {size!r}") from None
+    if height < 8 or width < 8 or height > 4096 or width > 4096:
+        raise ValueError(f"data.size must lie in 8..4096 per side, got {height}x{width}")
+    return height, width
+
+
+def resize_pair(
+    image: np.ndarray, label: np.ndarray, size: tuple[int, int], mode: str = "stretch"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize image (Lanczos) and label (nearest, so no interpolated ids) to `size` = (H, W).
+
+    ``stretch`` scales both axes to the size; ``crop`` scales the shorter side to cover the
+    size and centre-crops the rest, keeping the aspect ratio.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"data.resize must be one of {RESIZE_MODES}, got {mode!r}")
+    height, width = size
+    src_h, src_w = label.shape
+    if (src_h, src_w) == (height, width):
+        return image, label
+    if mode == "stretch":
+        scaled = (width, height)
+    else:
+        scale = max(height / src_h, width / src_w)
+        scaled = (max(width, round(src_w * scale)), max(height, round(src_h * scale)))
+    image_pil = Image.fromarray(image).resize(scaled, Image.Resampling.LANCZOS, reducing_gap=2.0)
+    label_pil = Image.fromarray(label).resize(scaled, Image.Resampling.NEAREST)
+    if scaled != (width, height):
+        left, top = (scaled[0] - width) // 2, (scaled[1] - height) // 2
+        box = (left, top, left + width, top + height)
+        image_pil, label_pil = image_pil.crop(box), label_pil.crop(box)
+    return np.asarray(image_pil), np.asarray(label_pil)

@@ -1,0 +1,129 @@
+"""Where rows come from: the Hub dataset, a local copy in the Hub schema, or generated scenes.
+
+Every source returns a `datasets.Dataset` (or `IterableDataset` when streaming) with the
+columns ``pixel_values`` and ``label`` left undecoded, so that `sdm.data.rows` decodes and
+checks each row itself and can name the row that is broken.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Image as ImageFeature
+
+from sdm.errors import DataError
+
+HUB_ID = "segments/sidewalk-semantic"
+COLUMNS = ("pixel_values", "label")
+SCENES_VERSION = 1  # bump when the generator changes what a seed draws, to refresh caches
+
+
+def hub_help(path: str, err: BaseException) -> str:
+    """The message for a Hub dataset that cannot be loaded (gated, offline, misspelt)."""
+    return (
+        f"cannot load the Hub dataset '{path}': {type(err).__name__}: {str(err).splitlines()[0][:300]}\n"
+        "  - it is gated: accept its terms on the Hub page, then `huggingface-cli login` or export "
+        "HF_TOKEN=<your token>;\n"
+        "  - without network, point at a local copy in the same schema: data.path=/path/to/folder "
+        "(a folder with data/*.parquet, as `snapshot_download` leaves it) or data.path=/path/*.parquet;\n"
+        "  - or try the whole pipeline offline on generated street scenes: data=scenes"
+    )
+
+
+def _is_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or Path(path).expanduser().exists() or "*" in path
+
+
+def load_sidewalk(
+    path: str = HUB_ID,
+    *,
+    revision: str | None = None,
+    split: str = "train",
+    streaming: bool = False,
+    cache_dir: str | None = None,
+) -> datasets.Dataset | datasets.IterableDataset:
+    """Load the sidewalk dataset by Hub id, local folder, or parquet file(s)."""
+    kwargs: dict[str, Any] = {"split": split, "streaming": streaming, "cache_dir": cache_dir}
+    try:
+        if _is_local(path):
+            local = Path(path).expanduser()
+            if local.is_dir():
+                ds = datasets.load_dataset(str(local), **kwargs)
+            elif local.suffix == ".parquet" or "*" in path:
+                if "*" not in path and not local.exists():
+                    raise DataError(f"data.path '{path}' does not exist")
+                kwargs["split"] = "train"  # data_files without a split name land in 'train'
+                ds = datasets.load_dataset("parquet", data_files=str(local), **kwargs)
+            else:
+                raise DataError(
+                    f"data.path '{path}' is neither a folder nor a .parquet file (or glob); "
+                    f"give a local copy in the Hub schema or the Hub id '{HUB_ID}'"
+                )
+        else:
+            ds = datasets.load_dataset(path, revision=revision, **kwargs)
+    except DataError:
+        raise
+    except Exception as err:  # the Hub and fsspec raise many types for the same problem
+        if _is_local(path):
+            raise DataError(f"cannot read the local dataset at '{path}': {err}") from err
+        raise DataError(hub_help(path, err)) from err
+    return undecoded(ds, origin=path)
+
+
+def undecoded(
+    ds: datasets.Dataset | datasets.IterableDataset, origin: str
+) -> datasets.Dataset | datasets.IterableDataset:
+    """Check the schema and turn off decoding of the two image columns."""
+    # some streamed datasets only know their columns after one row
+    names = list(ds.features) if ds.features is not None else list(next(iter(ds), {}).keys())
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        raise DataError(
+            f"{origin}: wrong columns: missing {missing}; found {names}. Expected the schema of "
+            f"{HUB_ID}: 'pixel_values' (Image, RGB) and 'label' (Image, mode L, ids 0..34)"
+        )
+    for column in COLUMNS:
+        if ds.features is not None and not isinstance(ds.features[column], ImageFeature):
+            raise DataError(
+                f"{origin}: column '{column}' has type {ds.features[column]!r}; expected datasets.Image()"
+            )
+        ds = ds.cast_column(column, ImageFeature(decode=False))
+    extra = [c for c in names if c not in COLUMNS]
+    return ds.remove_columns(extra) if extra else ds
+
+
+def load_scenes(num: int, height: int, width: int, seed: int = 0) -> datasets.Dataset:
+    """The embedded street scenes, in the Hub schema, so everything downstream is shared."""
+    from sdm.data.scenes import scenes_dataset
+
+    if num < 1:
+        raise DataError(f"data.scenes.num must be at least 1, got {num}")
+    return undecoded(scenes_dataset(num, height, width, seed=seed, show_progress=True), "scenes")
+
+
+def load_source(cfg: Any) -> datasets.Dataset | datasets.IterableDataset:
+    """Rows for the configured `data` group (`cfg.name` is 'sidewalk' or 'scenes')."""
+    if cfg.name == "scenes":
+        height, width = cfg.scenes.size if "size" in cfg.scenes else cfg.size
+        return load_scenes(cfg.scenes.num, int(height), int(width), cfg.scenes.seed)
+    if cfg.name == "sidewalk":
+        return load_sidewalk(
+            cfg.path,
+            revision=cfg.get("revision"),
+            split=cfg.get("split", "train"),
+            streaming=bool(cfg.get("streaming", False)),
+            cache_dir=cfg.get("hub_cache_dir"),
+        )
+    raise DataError(f"unknown data source data.name={cfg.name!r}; expected 'sidewalk' or 'scenes'")
+
+
+def source_key(cfg: Any, ds: datasets.Dataset | datasets.IterableDataset) -> str:
+    """A short, readable cache key for the rows the source yields."""
+    if cfg.name == "scenes":
+        height, width = cfg.scenes.size if "size" in cfg.scenes else cfg.size
+        return f"scenes-v{SCENES_VERSION}-n{cfg.scenes.num}-s{cfg.scenes.seed}-{height}x{width}"
+    name = Path(str(cfg.path).rstrip("/*")).name or "sidewalk"
+    fingerprint = getattr(ds, "_fingerprint", None) or f"{cfg.path}@{cfg.get('revision')}"
+    return f"{name}-{cfg.get('split', 'train')}-{datasets.fingerprint.Hasher.hash(fingerprint)[:10]}"

@@ -1,0 +1,44 @@
+"""Augmentations applied to image and mask together, and the conversion to a batch item."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its import would otherwise call the network
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def train_transform(size: tuple[int, int], scale: Sequence[float] = (0.6, 1.0), hflip: float = 0.5) -> A.Compose:
+    """Random scale crop (keeping the aspect ratio of `size`) and horizontal flip.
+
+    Masks are resized nearest-neighbour, so no interpolated class ids appear.
+    """
+    height, width = size
+    aspect = width / height
+    low, high = float(scale[0]), float(scale[1])
+    if not 0 < low <= high <= 1:
+        raise ValueError(f"data.augment.scale must satisfy 0 < low <= high <= 1, got {list(scale)}")
+    return A.Compose(
+        [
+            A.RandomResizedCrop(
+                size=(height, width),
+                scale=(low, high),
+                ratio=(aspect * 0.9, aspect / 0.9),
+                interpolation=cv2.INTER_AREA,
+                mask_interpolation=cv2.INTER_NEAREST,
+            ),
+            A.HorizontalFlip(p=hflip),
+        ]
+    )
+
+
+def to_item(image: np.ndarray, label: np.ndarray) -> dict[str, torch.Tensor]:
+    """uint8 H x W x 3 image and H x W ids -> {image: 3 x H x W float in [-1, 1], label: uint8 ids}."""
+    image_t = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+    label_t = torch.from_numpy(np.array(label, dtype=np.uint8, copy=True))
+    return {"image": image_t.float().div_(127.5).sub_(1.0), "label": label_t}

@@ -1,0 +1,6 @@
+"""The SDM network: U-Net with SPADE decoder, plus condition helpers."""
+
+from sdm.models.condition import drop_condition, label_to_condition
+from sdm.models.unet import SDMUNet
+
+__all__ = ["SDMUNet", "drop_condition", "label_to_condition"]

@@ -1,0 +1,184 @@
+"""The LightningModule: the U-Net, its EMA, the hybrid loss, the optimizer, validation grids."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from sdm.data.classes import colorize
+from sdm.diffusion import add_noise, build_noise_scheduler, hybrid_loss, sample
+from sdm.ema import EMA
+from sdm.errors import SDMError
+from sdm.models import SDMUNet, drop_condition, label_to_condition
+from sdm.viz import grid, to_uint8_image
+
+MODEL_KEYS = ("name",)  # config keys of the model group that are not SDMUNet arguments
+
+
+class NonFiniteLossError(SDMError):
+    """The loss became NaN or infinite; training stops instead of skipping the step."""
+
+
+def build_unet(cfg: dict[str, Any]) -> SDMUNet:
+    """The U-Net of a resolved config (model group + data.num_classes)."""
+    kwargs = {k: v for k, v in cfg["model"].items() if k not in MODEL_KEYS}
+    return SDMUNet(num_classes=int(cfg["data"]["num_classes"]), **kwargs)
+
+
+def noise_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {**cfg["diffusion"], "learn_sigma": bool(cfg["model"]["learn_sigma"])}
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0, cosine: bool = True) -> float:
+    """LR multiplier: linear warm-up from 0, then cosine decay to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if not cosine or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class SDMModule(L.LightningModule):
+    """Trains SDM; `cfg` is the resolved run config as a plain dict (saved in checkpoints)."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"cfg": cfg})
+        self.cfg = cfg
+        self.unet = build_unet(cfg)
+        self.ema = EMA(self.unet, cfg["ema"]["decay"], cfg["ema"]["warmup"])
+        self.scheduler = build_noise_scheduler(**noise_config(cfg))
+        self.num_timesteps = int(cfg["diffusion"]["num_train_timesteps"])
+        self.drop_prob = float(cfg["guidance"]["drop_prob"])
+        self.channels_last = bool(cfg.get("channels_last", False))
+        self._forward = torch.compile(self.unet) if cfg.get("compile") else self.unet
+        self._val_batch: dict[str, Tensor] | None = None
+        if self.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+
+    def condition(self, label: Tensor) -> Tensor:
+        """uint8 ids -> one-hot (+ edge) map on the device, in the network's memory format."""
+        cond = label_to_condition(label.long(), self.unet.num_classes, self.unet.edge_channel)
+        return cond.contiguous(memory_format=torch.channels_last) if self.channels_last else cond
+
+    def _generator(self, stream: int) -> torch.Generator:
+        """Per-step random stream: a pure function of (seed, rank, step), so resume is exact."""
+        step = self.global_step * self.trainer.accumulate_grad_batches + stream
+        seed = int(self.cfg["seed"]) * 1_000_003 + self.global_rank * 7_919 + step
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def diffusion_losses(self, batch: dict[str, Tensor], generator: torch.Generator,
+                         drop_prob: float, network: torch.nn.Module) -> tuple[dict[str, Tensor], Tensor]:
+        x0, b = batch["image"], batch["image"].shape[0]
+        cond = self.condition(batch["label"])
+        drop = torch.rand(b, device=self.device, generator=generator) < drop_prob
+        cond = drop_condition(cond, drop)
+        t = torch.randint(0, self.num_timesteps, (b,), device=self.device, generator=generator)
+        noise = torch.randn(x0.shape, device=self.device, generator=generator, dtype=x0.dtype)
+        x_t = add_noise(self.scheduler, x0, noise, t)
+        if self.channels_last:
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
+        out = network(x_t, t, cond)
+        losses = hybrid_loss(out, x0, x_t, t, noise, self.scheduler,
+                             learn_sigma=self.unet.out_channels == 6,
+                             vlb_weight=float(self.cfg["loss"]["vlb_weight"]))
+        return losses, t
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        stream = batch_idx % self.trainer.accumulate_grad_batches
+        losses, t = self.diffusion_losses(batch, self._generator(stream), self.drop_prob, self._forward)
+        loss = losses["loss"].mean()
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) at step {self.global_step}; training stopped. "
+                "The last checkpoint was written before this step. Lower optim.lr, use "
+                "trainer.precision=bf16-mixed or 32-true, or check the data"
+            )
+        self.log_losses("train", losses, t)
+        return loss
+
+    def log_losses(self, stage: str, losses: dict[str, Tensor], t: Tensor) -> None:
+        on_step = stage == "train"
+        for name in ("loss", "mse", "vlb"):
+            self.log(f"{stage}/{name}", losses[name].mean(), on_step=on_step, on_epoch=not on_step,
+                     prog_bar=name == "loss", sync_dist=not on_step)
+        quarter = (t * 4 // self.num_timesteps).clamp(max=3)
+        for q in range(4):
+            chosen = quarter == q
+            if chosen.any():
+                self.log(f"{stage}/mse_q{q}", losses["mse"][chosen].mean(), on_step=on_step,
+                         on_epoch=not on_step, sync_dist=not on_step, batch_size=int(chosen.sum()))
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update_parameters(self.unet)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Loss of the EMA weights, with noise fixed per batch so curves are comparable."""
+        generator = torch.Generator(device=self.device).manual_seed(10_007 + batch_idx)
+        losses, t = self.diffusion_losses(batch, generator, 0.0, self.ema.module)
+        self.log_losses("val", losses, t)
+        if batch_idx == 0 and self._val_batch is None:
+            n = int(self.cfg["validation"]["num_masks"])
+            self._val_batch = {k: v[:n].detach().clone() for k, v in batch.items()}
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or self._val_batch is None or not self.trainer.is_global_zero:
+            return
+        if int(self.cfg["validation"]["num_masks"]) < 1:
+            return
+        picture = self.sample_grid(self._val_batch)
+        for logger in self.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                experiment.add_image("samples/mask_real_samples", picture, self.global_step, dataformats="HWC")
+
+    @torch.no_grad()
+    def sample_images(self, label: Tensor, num_per_mask: int, *, steps: int | None = None,
+                      guidance: float | None = None, seed: int = 0) -> Tensor:
+        """EMA samples for each mask: (B * num_per_mask) x 3 x H x W in [-1, 1]."""
+        sampler = self.cfg["sampler"]
+        cond = self.condition(label.to(self.device)).repeat_interleave(num_per_mask, dim=0)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16()):
+            return sample(
+                self.ema.module, cond, noise_config=noise_config(self.cfg), sampler=sampler["name"],
+                num_steps=int(steps or sampler["num_steps"]),
+                guidance_scale=float(sampler["guidance_scale"] if guidance is None else guidance),
+                eta=float(sampler["eta"]), timestep_spacing=sampler["timestep_spacing"], generator=generator,
+            ).float()
+
+    def _bf16(self) -> bool:
+        return "bf16" in str(self.trainer.precision) if self._trainer is not None else False
+
+    def sample_grid(self, batch: dict[str, Tensor]) -> np.ndarray:
+        """One row per validation mask: coloured mask | real image | samples."""
+        val = self.cfg["validation"]
+        per_mask = int(val["samples_per_mask"])
+        samples = self.sample_images(batch["label"], per_mask, steps=int(val["num_steps"]), seed=0)
+        rows = []
+        for i, label in enumerate(batch["label"]):
+            row = [colorize(label.cpu().numpy()), to_uint8_image(batch["image"][i])]
+            row += [to_uint8_image(s) for s in samples[i * per_mask : (i + 1) * per_mask]]
+            rows.append(row)
+        return grid(rows)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = self.cfg["optim"]
+        optimizer = torch.optim.AdamW(
+            self.unet.parameters(), lr=float(opt["lr"]), betas=tuple(opt["betas"]),
+            weight_decay=float(opt["weight_decay"]), eps=float(opt.get("eps", 1e-8)),
+        )
+        total = int(self.cfg["trainer"]["max_steps"])
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: warmup_cosine(step, int(opt["warmup_steps"]), total,
+                                       float(opt["min_lr_ratio"]), opt["schedule"] == "cosine"),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,126 @@
+"""`train(cfg)`: build the data, module, loggers and callbacks from a config, fit, export."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from omegaconf import DictConfig, OmegaConf
+
+from sdm.checkpoints import (
+    EXPORT_DIR,
+    AtomicCheckpointIO,
+    export_ema,
+    find_latest_checkpoint,
+    load_ema_weights,
+    load_into,
+)
+from sdm.config import check_train_config
+from sdm.data.datamodule import SidewalkDataModule
+from sdm.errors import CheckpointError, ConfigError
+from sdm.module import SDMModule
+
+
+@functools.cache
+def _now() -> str:
+    return dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def _run_dir(run_dir: str | None, ckpt_path: str | None, base: str) -> str:
+    """Hydra's run dir: the given one, the newest resumable run of `base`, or a new one."""
+    if run_dir:
+        return str(run_dir)
+    if ckpt_path == "last":
+        runs = sorted((p for p in Path(base).glob("*") if find_latest_checkpoint(p)), key=lambda p: p.name)
+        if runs:
+            return str(runs[-1])
+    return f"{base}/{_now()}"
+
+
+def register_resolvers() -> None:
+    """Resolvers that conf/train.yaml uses; call before Hydra composes the config."""
+    if not OmegaConf.has_resolver("sdm.run_dir"):
+        OmegaConf.register_new_resolver("sdm.run_dir", _run_dir)
+        OmegaConf.register_new_resolver("sdm.now", _now)
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """`last` -> the newest complete checkpoint of this run dir; anything else as given."""
+    if cfg.ckpt_path in (None, "", "null"):
+        return None
+    if cfg.ckpt_path == "last":
+        latest = find_latest_checkpoint(cfg.output_dir)
+        if latest is None:
+            raise CheckpointError(
+                f"ckpt_path=last: no complete checkpoint under {cfg.output_dir}/checkpoints; pass "
+                "run_dir=<the run to continue> (runs/<run_name>/<date>) or drop ckpt_path to start fresh"
+            )
+        return str(latest)
+    if not Path(cfg.ckpt_path).is_file():
+        raise CheckpointError(f"ckpt_path={cfg.ckpt_path} does not exist")
+    return str(cfg.ckpt_path)
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    loggers = [] if cfg.logger.get("_target_") is None else [instantiate(cfg.logger)]
+    callbacks = []
+    for name, spec in cfg.callbacks.items():
+        if spec is None or (name == "lr_monitor" and not loggers):
+            continue  # LearningRateMonitor raises without a logger
+        callbacks.append(instantiate(spec))
+    strategy = instantiate(cfg.strategy) if "_target_" in cfg.strategy else cfg.strategy.name
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # submitit requeues by itself: Lightning must not (FACTS.md)
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                       strategy=strategy, plugins=plugins)
+
+
+def final_metrics(trainer: L.Trainer) -> dict[str, float]:
+    wanted = {"train/loss": "final/train_loss", "val/loss": "final/val_loss", "val/mse": "final/val_mse"}
+    return {new: float(trainer.callback_metrics[old]) for old, new in wanted.items()
+            if old in trainer.callback_metrics}
+
+
+def hparams_of(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The settings people compare runs by, flat, for TensorBoard's HParams tab."""
+    return {
+        "model": cfg["model"]["name"], "data": cfg["data"]["name"], "size": str(cfg["data"]["size"]),
+        "batch_size": cfg["data"]["batch_size"], "lr": cfg["optim"]["lr"],
+        "warmup_steps": cfg["optim"]["warmup_steps"], "drop_prob": cfg["guidance"]["drop_prob"],
+        "schedule": cfg["diffusion"]["schedule"], "prediction": cfg["diffusion"]["prediction_type"],
+        "precision": str(cfg["trainer"]["precision"]), "max_steps": cfg["trainer"]["max_steps"],
+        "ema_decay": cfg["ema"]["decay"], "seed": cfg["seed"], "init_from": str(cfg["init_from"]),
+    }
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit SDM as configured; returns the final metrics (also logged as hparams metrics)."""
+    check_train_config(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)
+    if ckpt_path and cfg.init_from:
+        raise ConfigError("give either ckpt_path (resume a run) or init_from (start from weights), not both")
+    L.seed_everything(int(cfg.seed), workers=True)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    module = SDMModule(plain)
+    if cfg.init_from:
+        weights, source = load_ema_weights(cfg.init_from)
+        load_into(module.unet, weights, str(source))
+        module.ema.module.load_state_dict(module.unet.state_dict())
+        print(f"initialised the U-Net and its EMA from {source}")
+    trainer = build_trainer(cfg)
+    trainer.fit(module, datamodule=SidewalkDataModule(cfg.data), ckpt_path=ckpt_path, weights_only=True)
+    metrics = final_metrics(trainer)
+    if trainer.is_global_zero:
+        if cfg.export:
+            path = export_ema(module.ema.module.state_dict(), plain, Path(cfg.output_dir) / EXPORT_DIR)
+            print(f"exported EMA weights to {path}")
+        for logger in trainer.loggers:
+            logger.log_hyperparams(hparams_of(plain), metrics)
+            logger.finalize("success")
+    return metrics

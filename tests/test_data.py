@@ -1,0 +1,228 @@
+"""The data layer: sources, validation, resizing, the cache and the DataModule."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, hub_row, street_like, write_hub_parquet
+
+from sdm.data.classes import NUM_CLASSES, PALETTE, colorize, decolorize
+from sdm.data.datamodule import (
+    PairDataset,
+    ResumableShuffleSampler,
+    SidewalkDataModule,
+    split_indices,
+)
+from sdm.data.prepare import prepare_data
+from sdm.data.rows import resize_pair
+from sdm.data.sources import load_sidewalk
+from sdm.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def hub_folder(tmp_path_factory):
+    """Four 1920x1080 rows in the Hub schema, read back through `load_dataset`."""
+    root = tmp_path_factory.mktemp("hub")
+    rows = [hub_row(*street_like(1080, 1920, seed)) for seed in range(4)]
+    return write_hub_parquet(root, rows)
+
+
+def cache_entries(cfg) -> list[str]:
+    from pathlib import Path
+
+    root = Path(cfg.cache_dir)
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def test_colorize_round_trip_and_unknown_colour():
+    ids = np.arange(NUM_CLASSES, dtype=np.uint8).reshape(5, 7)
+    assert np.array_equal(decolorize(colorize(ids)), ids)
+    assert np.array_equal(colorize(ids)[0, 3], PALETTE[3])
+    bad = colorize(ids).copy()
+    bad[2, 4] = (1, 2, 3)
+    with pytest.raises(ValueError, match=r"\(1, 2, 3\) at pixel \(row 2, col 4\)"):
+        decolorize(bad)
+    with pytest.raises(ValueError, match="0..34"):
+        colorize(np.array([[35]]))
+
+
+@pytest.mark.parametrize("mode", ["stretch", "crop"])
+def test_resize_keeps_label_ids(mode):
+    image, label = street_like(1080, 1920, seed=3)
+    label[500:700, 900:1300] = 17  # a block with an id that no neighbour shares
+    small_image, small_label = resize_pair(image, label, (64, 96), mode)
+    assert small_image.shape == (64, 96, 3) and small_label.shape == (64, 96)
+    assert set(np.unique(small_label)) <= set(np.unique(label))
+    assert 17 in small_label
+
+
+def test_crop_keeps_aspect_ratio():
+    label = np.zeros((100, 200), dtype=np.uint8)
+    label[:, :50] = 1  # left quarter; the centre crop to a square cuts it away
+    label[:, 50:] = 2
+    _, out = resize_pair(np.zeros((100, 200, 3), np.uint8), label, (50, 50), "crop")
+    assert (out == 2).all()
+    _, stretched = resize_pair(np.zeros((100, 200, 3), np.uint8), label, (50, 50), "stretch")
+    assert 10 <= (stretched == 1).sum(axis=1).mean() <= 15
+
+
+def test_hub_parquet_and_scenes_give_identical_batches(hub_folder, data_cfg):
+    hub_cfg = data_cfg("sidewalk", path=str(hub_folder), size=[64, 64], val_fraction=0.25,
+                       batch_size=2, num_workers=0, export_png=True)
+    prepared = prepare_data(hub_cfg, show_progress=False)
+    assert prepared.info["rows"] == 4 and prepared.info["source_sizes"] == {"1920x1080": 4}
+    assert (prepared.root / "colored_masks" / "000000.png").exists()
+    assert (prepared.root / "preview.png").exists() and (prepared.root / "class_frequency.png").exists()
+    freq = prepared.info["class_pixel_frequency"]
+    assert abs(sum(freq.values()) - 1) < 1e-9
+
+    scene_cfg = data_cfg("scenes", size=[64, 64], batch_size=2, num_workers=0, **{"scenes.num": 8})
+    batches = []
+    for cfg in (hub_cfg, scene_cfg):
+        dm = SidewalkDataModule(cfg)
+        dm.prepare_data()
+        dm.setup("fit")
+        batches.append(next(iter(dm.train_dataloader())))
+    for batch in batches:
+        assert set(batch) == {"image", "label"}
+        assert batch["image"].dtype == torch.float32 and batch["image"].shape == (2, 3, 64, 64)
+        assert batch["label"].dtype == torch.uint8 and batch["label"].shape == (2, 64, 64)
+        assert batch["image"].min() >= -1 and batch["image"].max() <= 1
+        assert int(batch["label"].max()) < NUM_CLASSES
+
+
+def test_cache_is_reused(hub_folder, data_cfg):
+    cfg = data_cfg("sidewalk", path=str(hub_folder), size=[32, 48])
+    first = prepare_data(cfg, show_progress=False)
+    stamp = (first.root / "data.arrow").stat().st_mtime_ns
+    second = prepare_data(cfg, show_progress=False)
+    assert second.root == first.root and (second.root / "data.arrow").stat().st_mtime_ns == stamp
+    other = prepare_data(data_cfg("sidewalk", path=str(hub_folder), size=[32, 48], resize="stretch"),
+                         show_progress=False)
+    assert other.root != first.root
+
+
+def bad_rows():
+    good = street_like(40, 60, 0)
+    wrong_size = hub_row(good[0], good[1][:30])
+    out_of_range = hub_row(good[0], np.full((40, 60), 40, np.uint8))
+    undecodable = {"pixel_values": {"bytes": b"this is not a png", "path": None},
+                   "label": hub_row(*good)["label"]}
+    return {
+        "size mismatch": (wrong_size, r"row 1: image is 60x40 but label is 60x30"),
+        "ids out of range": (out_of_range, r"row 1: field 'label': ids \[40\] outside 0..34"),
+        "undecodable": (undecodable, r"row 1: field 'pixel_values': cannot decode image"),
+    }
+
+
+@pytest.mark.parametrize("case", list(bad_rows()))
+def test_bad_row_is_named_and_nothing_half_written(case, tmp_path, data_cfg):
+    row, message = bad_rows()[case]
+    good = hub_row(*street_like(40, 60, 1))
+    folder = write_hub_parquet(tmp_path / case.replace(" ", "_"), [good, row, good])
+    cfg = data_cfg("sidewalk", path=str(folder), size=[16, 16], export_png=True)
+    with pytest.raises(DataError, match=message):
+        prepare_data(cfg, show_progress=False)
+    assert cache_entries(cfg) == []  # no cache and no temporary folder left behind
+
+    skipped = prepare_data(data_cfg("sidewalk", path=str(folder), size=[16, 16], on_bad_row="skip"),
+                           show_progress=False)
+    assert skipped.info["rows"] == 2 and skipped.info["skipped"] == 1
+    assert skipped.info["problems"][0]["row"] == 1
+
+
+def test_rgba_and_grayscale_are_converted_and_counted(tmp_path, data_cfg):
+    image, label = street_like(40, 60, 2)
+    rgba = np.concatenate([image, np.full((40, 60, 1), 255, np.uint8)], -1)
+    rows = [hub_row(rgba, label), hub_row(image[..., 0], label), hub_row(image, label)]
+    folder = write_hub_parquet(tmp_path / "modes", rows)
+    prepared = prepare_data(data_cfg("sidewalk", path=str(folder), size=[16, 16]), show_progress=False)
+    assert prepared.info["rows"] == 3
+    assert prepared.info["converted_to_rgb"] == {"RGBA": 1, "L": 1}
+
+
+def test_empty_dataset_and_wrong_columns(tmp_path, data_cfg):
+    import datasets
+
+    empty = write_hub_parquet(tmp_path / "empty", [])
+    cfg = data_cfg("sidewalk", path=str(empty), size=[16, 16])
+    with pytest.raises(DataError, match="empty"):
+        prepare_data(cfg, show_progress=False)
+    assert cache_entries(cfg) == []
+
+    wrong = tmp_path / "wrong" / "data"
+    wrong.mkdir(parents=True)
+    datasets.Dataset.from_dict({"image": ["a"], "mask": ["b"]}).to_parquet(str(wrong / "train.parquet"))
+    with pytest.raises(DataError, match=r"missing \['pixel_values', 'label'\]; found \['image', 'mask'\]"):
+        prepare_data(data_cfg("sidewalk", path=str(wrong.parent), size=[16, 16]), show_progress=False)
+
+
+def test_unreachable_hub_explains_what_to_do(tmp_path):
+    with pytest.raises(DataError) as info:
+        load_sidewalk("segments/sidewalk-semantic", cache_dir=str(tmp_path / "hf"))
+    message = str(info.value)
+    for hint in ("HF_TOKEN", "data.path=", "data=scenes"):
+        assert hint in message
+
+
+def test_split_is_fixed_across_runs_and_ranks():
+    train_a, val_a = split_indices(100, 0.1, seed=3)
+    train_b, val_b = split_indices(100, 0.1, seed=3)
+    assert np.array_equal(train_a, train_b) and np.array_equal(val_a, val_b)
+    assert len(val_a) == 10 and not set(train_a) & set(val_a)
+    assert not np.array_equal(val_a, split_indices(100, 0.1, seed=4)[1])
+    shards = [list(ResumableShuffleSampler(90, seed=5, rank=r, world_size=3)) for r in range(3)]
+    indices = [i for shard in shards for i, _ in shard]
+    assert sorted(indices) == list(range(90))  # disjoint and complete
+    assert shards[0] == list(ResumableShuffleSampler(90, seed=5, rank=0, world_size=3))
+
+
+def test_sampler_resume_continues_the_epoch():
+    full = ResumableShuffleSampler(20, seed=1)
+    full.set_epoch(2)
+    expected = list(full)
+    resumed = ResumableShuffleSampler(20, seed=1)
+    resumed.resume(epoch=2, consumed=8)
+    resumed.set_epoch(2)
+    assert list(resumed) == expected[8:]
+    assert list(resumed) == expected  # the skip applies once
+
+
+def test_workers_get_different_augmentations(data_cfg):
+    cfg = data_cfg("scenes", size=[32, 32], **{"scenes.num": 2})
+    prepared = prepare_data(cfg, show_progress=False)
+    dm = SidewalkDataModule(cfg)
+    dm.setup("fit")
+    same_row = PairDataset(prepared, np.zeros(8, dtype=np.int64), dm.train_set.transform)
+    loader = torch.utils.data.DataLoader(same_row, batch_size=1, num_workers=2,
+                                         worker_init_fn=__import__("sdm.data.datamodule").data.datamodule.seed_worker)
+    images = [batch["image"][0] for batch in loader]
+    distinct = {tuple(img.flatten()[::97].tolist()) for img in images}
+    assert len(distinct) >= 6, "workers repeated each other's augmentation stream"
+    # seeded per sample through the sampler: the same (index, seed) gives the same crop
+    a, b = same_row[(0, 123)], same_row[(0, 123)]
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+
+
+def test_prepare_cli(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "NO_ALBUMENTATIONS_UPDATE": "1", "HOME": str(tmp_path)}
+    ok = subprocess.run(
+        [sys.executable, "-m", "sdm.data.prepare", "data.scenes.num=6", "data.size=32",
+         f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "prepared 6 rows at 32x32" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "sdm.data.prepare", "data=sidewalk", f"data.path={tmp_path / 'nowhere'}",
+         f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run2'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode == 2
+    assert "does not exist" in bad.stderr or "neither a folder" in bad.stderr
+    assert "Traceback" not in bad.stderr
