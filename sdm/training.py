@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,11 @@ from sdm.config import check_train_config
 from sdm.data.datamodule import SidewalkDataModule
 from sdm.errors import CheckpointError, ConfigError
 from sdm.module import SDMModule
+
+
+# The DataModule saves and restores its sampler position itself (SidewalkDataModule.state_dict).
+warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
 
 @functools.cache
@@ -72,6 +78,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     for name, spec in cfg.callbacks.items():
         if spec is None or (name == "lr_monitor" and not loggers):
             continue  # LearningRateMonitor raises without a logger
+        if name == "progress_bar" and not cfg.trainer.enable_progress_bar:
+            continue
         callbacks.append(instantiate(spec))
     strategy = instantiate(cfg.strategy) if "_target_" in cfg.strategy else cfg.strategy.name
     plugins: list[Any] = [AtomicCheckpointIO()]

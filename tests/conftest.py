@@ -76,3 +76,39 @@ def data_cfg(tmp_path):
         return cfg.data
 
     return make
+
+
+FAST_TRAIN = [
+    "experiment=quickstart",
+    "data.size=[32,32]",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "data.scenes.num=24",
+    "data.export_png=false",
+    "trainer.max_steps=8",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.precision=32-true",
+    "trainer.deterministic=true",
+    "validation.every_n_steps=4",
+    "validation.limit_batches=1",
+    "validation.num_masks=1",
+    "validation.samples_per_mask=1",
+    "validation.num_steps=2",
+    "checkpoint.every_n_steps=4",
+    "optim.warmup_steps=2",
+]
+
+
+def compose_train(output_dir, *overrides: str, cache_dir=None):
+    """The train config as `python train.py` would compose it, writing under output_dir."""
+    from hydra import compose, initialize_config_dir
+
+    from sdm.training import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[*FAST_TRAIN, *overrides])
+    cfg.output_dir = str(output_dir)
+    cfg.data.cache_dir = str(cache_dir or (Path(output_dir).parent / "data-cache"))
+    return cfg

@@ -19,6 +19,7 @@ import io
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -27,9 +28,12 @@ from sdm.data import scene_drawing as d
 from sdm.data.classes import CLASS_ID, NUM_CLASSES, colorize
 from sdm.data.scene_drawing import C, Camera, Canvas, rgb
 
+if TYPE_CHECKING:
+    import datasets
+
 __all__ = [
-    "CLASS_REFERENCE_COLOURS", "GENERATED_CLASSES", "generate_scene", "measure_reference_colours", "scene_grid",
-    "scenes_dataset",
+    "CLASS_REFERENCE_COLOURS", "GENERATED_CLASSES", "generate_scene", "measure_reference_colours",
+    "scene_grid", "scenes_dataset",
 ]
 
 # Base colours, before per-instance jitter, texture and lighting. They are spread out in RGB so
@@ -37,16 +41,17 @@ __all__ = [
 # nearest-reference-colour metric can tell classes apart); instances vary around them.
 _BASE = {
     "flat-road": (82, 82, 88), "flat-sidewalk": (182, 174, 160), "flat-crosswalk": (244, 244, 240),
-    "flat-cyclinglane": (182, 58, 48), "flat-parkingdriveway": (132, 114, 100), "flat-curb": (228, 228, 226),
-    "construction-door": (74, 42, 26), "construction-wall": (128, 136, 164),
-    "construction-fenceguardrail": (200, 152, 82), "object-pole": (60, 124, 118),
-    "nature-vegetation": (60, 104, 40), "nature-terrain": (146, 156, 74), "void-static": (30, 84, 110),
+    "flat-cyclinglane": (182, 58, 48), "flat-parkingdriveway": (132, 114, 100),
+    "flat-curb": (228, 228, 226), "construction-door": (74, 42, 26),
+    "construction-wall": (128, 136, 164), "construction-fenceguardrail": (200, 152, 82),
+    "object-pole": (60, 124, 118), "nature-vegetation": (60, 104, 40),
+    "nature-terrain": (146, 156, 74), "void-static": (30, 84, 110),
 }
 _GLASS = (62, 72, 88)
 _FACADES = ((152, 82, 60), (160, 90, 66), (146, 80, 62), (156, 88, 70))  # bricks
 _CARS = ((36, 56, 142), (30, 44, 120), (44, 66, 156), (52, 48, 132), (40, 60, 128))  # blues
 _BIKES = ((230, 120, 30), (214, 100, 24), (240, 140, 44))  # oranges
-_SHIRTS = ((172, 48, 132), (132, 40, 152), (204, 84, 164), (112, 48, 112), (150, 70, 170))  # magentas
+_SHIRTS = ((172, 48, 132), (132, 40, 152), (204, 84, 164), (112, 48, 112), (150, 70, 170))
 _PANTS = ((92, 50, 96), (72, 42, 84), (110, 66, 112))
 _RIDER = ((184, 232, 40), (200, 240, 64), (168, 220, 36))  # high-visibility lime
 _SKIN = ((230, 190, 160), (200, 150, 110), (150, 100, 70), (95, 65, 45))
@@ -57,7 +62,8 @@ _BUS, _TRUCK = (240, 204, 40), (30, 140, 140)
 _TEX = np.zeros((NUM_CLASSES, 4), np.float32)
 _TEX[:] = (0.03, 0.03, 0.0, 0.0)
 for _name, _row in {
-    "flat-road": (0.06, 0.05, 0, 1), "flat-sidewalk": (0.05, 0.05, 0, 1), "flat-crosswalk": (0.04, 0.04, 0, 1),
+    "flat-road": (0.06, 0.05, 0, 1), "flat-sidewalk": (0.05, 0.05, 0, 1),
+    "flat-crosswalk": (0.04, 0.04, 0, 1),
     "flat-cyclinglane": (0.06, 0.05, 0, 1), "flat-parkingdriveway": (0.07, 0.05, 0, 1),
     "flat-curb": (0.05, 0.03, 0, 1), "construction-building": (0.05, 0.06, 0, 0),
     "construction-wall": (0.07, 0.06, 0, 0), "nature-vegetation": (0.08, 0.08, 0.2, 0),
@@ -68,16 +74,16 @@ for _name, _row in {
 # Mean colour of each class over 600 generated 96x96 scenes (`measure_reference_colours()`,
 # re-run it after changing colours; a test checks they agree). Classes never drawn stay black.
 _REFERENCE = {
-    "flat-road": (80, 80, 86), "flat-sidewalk": (166, 159, 146), "flat-crosswalk": (222, 222, 218),
-    "flat-cyclinglane": (169, 53, 44), "flat-parkingdriveway": (119, 102, 90),
-    "flat-curb": (209, 209, 207), "human-person": (122, 56, 117), "human-rider": (179, 209, 51),
-    "vehicle-car": (38, 43, 103), "vehicle-truck": (21, 104, 103), "vehicle-bus": (176, 151, 29),
-    "vehicle-bicycle": (174, 92, 24), "construction-building": (137, 79, 63),
-    "construction-door": (70, 39, 24), "construction-wall": (110, 117, 141),
-    "construction-fenceguardrail": (178, 136, 73), "object-pole": (60, 123, 117),
-    "object-trafficsign": (212, 77, 84), "object-trafficlight": (188, 155, 33),
-    "nature-vegetation": (62, 101, 40), "nature-terrain": (137, 147, 69), "sky": (123, 161, 215),
-    "void-static": (26, 74, 99),
+    "flat-road": (81, 80, 86), "flat-sidewalk": (166, 159, 146), "flat-crosswalk": (225, 225, 222),
+    "flat-cyclinglane": (170, 54, 44), "flat-parkingdriveway": (120, 103, 91),
+    "flat-curb": (209, 209, 207), "human-person": (124, 57, 117), "human-rider": (176, 208, 49),
+    "vehicle-car": (37, 43, 103), "vehicle-truck": (22, 106, 105), "vehicle-bus": (179, 153, 29),
+    "vehicle-bicycle": (173, 91, 24), "construction-building": (137, 79, 63),
+    "construction-door": (70, 39, 24), "construction-wall": (109, 116, 140),
+    "construction-fenceguardrail": (180, 136, 73), "object-pole": (59, 124, 117),
+    "object-trafficsign": (212, 78, 84), "object-trafficlight": (188, 155, 33),
+    "nature-vegetation": (62, 101, 40), "nature-terrain": (137, 146, 69), "sky": (123, 161, 215),
+    "void-static": (26, 76, 100),
 }
 CLASS_REFERENCE_COLOURS: np.ndarray = np.zeros((NUM_CLASSES, 3), np.uint8)
 for _name, _colour in _REFERENCE.items():
@@ -165,7 +171,8 @@ def _draw_back(st: _Street) -> None:
                  _jit(rng, _BASE[name]))
         if rng.random() < 0.6:
             d.side_facade(cv, cam, x(sd, p["back"]), 0.3, st.z_end, rng.uniform(7, 16),
-                          _jit(rng, _pick(rng, _FACADES), gain=0.9), _jit(rng, _GLASS), None, (0, 0, 0))
+                          _jit(rng, _pick(rng, _FACADES), gain=0.9), _jit(rng, _GLASS), None,
+                          (0, 0, 0))
             continue
         for z in np.arange(rng.uniform(1, 4), st.z_end, 3.0):
             r, trunk = rng.uniform(1.5, 2.6), rng.uniform(1.5, 3.0)
@@ -189,10 +196,11 @@ def _draw_surface(st: _Street) -> None:
             x0, x1 = sorted((x(sd, p[key][0]), x(sd, p[key][1])))
             d.ground(cv, cam, x0, x1, 0.3, np.inf, C[name], colour)
             if key in ("walk", "parking"):
-                d.tile_joints(cv, cam, x0, x1, 0.3, st.z_end, rng.uniform(0.5, 1.2), rgb(colour, 0.8))
+                size = rng.uniform(0.5, 1.2)
+                d.tile_joints(cv, cam, x0, x1, 0.3, st.z_end, size, rgb(colour, 0.8))
         if sd != st.sun:  # building shadow over part of the shaded sidewalk
             inner = p["front"] - rng.uniform(0.5, 4)
-            d.ground_shadow(cv, cam, x(sd, p["front"]), x(sd, inner), 0.3, st.z_end, 225)
+            cv.shadow(d.gquad(cam, x(sd, p["front"]), x(sd, inner), 0.3, st.z_end), 225)
     lanes = max(1, round(half / 1.1))
     for k in range(1, lanes):
         d.dashes(cv, cam, x(-1, half) + k * 2 * half / lanes, 0.12, 6.0, rng.uniform(0, 6),
@@ -311,7 +319,8 @@ def _compose(rng: np.random.Generator, cv: Canvas) -> Camera:
     return st.cam
 
 
-def _smooth_noise(rng: np.random.Generator, grid: tuple[int, int], height: int, width: int) -> np.ndarray:
+def _smooth_noise(rng: np.random.Generator, grid: tuple[int, int], height: int, width: int
+                  ) -> np.ndarray:
     """Gaussian noise on a coarse grid, bicubically upsampled: blotches of a fixed relative size."""
     small = Image.fromarray(rng.standard_normal(grid, dtype=np.float32))
     return np.asarray(small.resize((width, height), Image.Resampling.BICUBIC))
@@ -325,10 +334,12 @@ def _texture(rng: np.random.Generator, cv: Canvas, cam: Camera) -> np.ndarray:
     rows = (np.arange(h, dtype=np.float32)[:, None] + 0.5) / h
 
     overcast = rng.random() < 0.15
-    top = np.array((150, 162, 190) if overcast else (92, 140, 212), np.float32) * rng.uniform(0.94, 1.06, 3)
-    hor = np.array((180, 192, 214) if overcast else (150, 185, 230), np.float32) * rng.uniform(0.95, 1.04, 3)
+    top = np.array((150, 162, 190) if overcast else (92, 140, 212), np.float32)
+    hor = np.array((180, 192, 214) if overcast else (150, 185, 230), np.float32)
+    top, hor = top * rng.uniform(0.94, 1.06, 3), hor * rng.uniform(0.95, 1.04, 3)
     t = np.clip(rows / max(cam.yh, 1e-3), 0, 1)[..., None] ** 0.8
-    cloud = np.clip((_smooth_noise(rng, (9, 7), h, w) - rng.uniform(0.3, 1.3)) * 1.2, 0, 0.35)[..., None]
+    cloud = _smooth_noise(rng, (9, 7), h, w) - rng.uniform(0.3, 1.3)
+    cloud = np.clip(cloud * 1.2, 0, 0.35)[..., None]
     sky = (top * (1 - t) + hor * t) * (1 - cloud) + 238 * cloud
     img = np.where((lab == C["sky"])[..., None], sky, img)
 
@@ -355,7 +366,8 @@ def generate_scene(seed: int, height: int = 256, width: int = 256) -> tuple[np.n
     return image, np.array(cv.label, dtype=np.uint8)
 
 
-def measure_reference_colours(num_scenes: int = 600, size: int = 96, seed: int = 12345) -> np.ndarray:
+def measure_reference_colours(num_scenes: int = 600, size: int = 96, seed: int = 12345
+                              ) -> np.ndarray:
     """Mean RGB of every class over ``num_scenes`` scenes (zeros for classes never drawn).
 
     This is how :data:`CLASS_REFERENCE_COLOURS` was made; a test checks the two still agree.
@@ -371,7 +383,8 @@ def measure_reference_colours(num_scenes: int = 600, size: int = 96, seed: int =
     return np.round(sums / np.maximum(counts, 1)[:, None]).astype(np.uint8)
 
 
-def scenes_dataset(num_scenes: int, height: int, width: int, seed: int = 0, show_progress: bool = False):
+def scenes_dataset(num_scenes: int, height: int, width: int, seed: int = 0,
+                   show_progress: bool = False) -> datasets.Dataset:
     """A ``datasets.Dataset`` with the Hub schema of ``segments/sidewalk-semantic``.
 
     Scene ``i`` uses seed ``seed * 1_000_003 + i``, so datasets are reproducible. Images are
@@ -398,7 +411,8 @@ def scene_grid(num: int, height: int, width: int, seed: int = 0, cols: int = 8) 
     """Images on top of their coloured masks, ``cols`` scenes per row, for people to look at."""
     rows = []
     for start in range(0, num, cols):
-        pairs = [generate_scene(seed * 1_000_003 + i, height, width) for i in range(start, min(num, start + cols))]
+        seeds = range(seed * 1_000_003 + start, seed * 1_000_003 + min(num, start + cols))
+        pairs = [generate_scene(i, height, width) for i in seeds]
         pad = [np.zeros((height, width, 3), np.uint8)] * (cols - len(pairs))
         rows.append(np.concatenate([im for im, _ in pairs] + pad, axis=1))
         rows.append(np.concatenate([colorize(lb) for _, lb in pairs] + pad, axis=1))
@@ -416,7 +430,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cols", type=int, default=8)
     ap.add_argument("--out", type=Path, default=Path("."), help="directory for scenes_grid.png")
     args = ap.parse_args(argv)
-    grid = scene_grid(args.num, args.height or args.size, args.width or args.size, args.seed, args.cols)
+    height, width = args.height or args.size, args.width or args.size
+    grid = scene_grid(args.num, height, width, args.seed, args.cols)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "scenes_grid.png"
     Image.fromarray(grid).save(path)

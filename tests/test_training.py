@@ -1,0 +1,277 @@
+"""Training: the module's maths, EMA, checkpoints, resume, fine-tune, TensorBoard, failures."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, compose_train
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from sdm.checkpoints import AtomicCheckpointIO, find_latest_checkpoint, load_checkpoint, load_ema_weights
+from sdm.ema import EMA, ema_decay
+from sdm.errors import CheckpointError, ConfigError
+from sdm.module import NonFiniteLossError, SDMModule, warmup_cosine
+from sdm.training import train
+
+
+def read_events(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def scalar_curve(run_dir: Path, tag: str) -> dict[int, float]:
+    """step -> value over all event files of a run dir (a resumed run adds a file)."""
+    curve: dict[int, float] = {}
+    for events in sorted((run_dir / "tb").glob("events.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            curve.update({e.step: e.value for e in acc.Scalars(tag)})
+    return curve
+
+
+def test_ema_matches_hand_computation():
+    model = torch.nn.Linear(2, 1, bias=False)
+    ema = EMA(model, decay=0.9, warmup=False)
+    expected = model.weight.detach().clone()
+    for step in range(1, 5):
+        with torch.no_grad():
+            model.weight.add_(step)
+        ema.update_parameters(model)
+        # the first update copies the weights; later ones blend with the decay
+        expected = model.weight.detach().clone() if step == 1 else 0.9 * expected + 0.1 * model.weight.detach()
+    assert torch.allclose(ema.module.weight, expected, atol=1e-6)
+    assert not any(p.requires_grad for p in ema.parameters())
+    assert ema_decay(0.9999, 0, warmup=True) == pytest.approx(0.1)
+    assert ema_decay(0.9999, 90, warmup=True) == pytest.approx(91 / 100)
+    assert ema_decay(0.9, 10_000, warmup=True) == 0.9
+
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine(0, 10, 100) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(55, 10, 100) == pytest.approx(0.5)
+    assert warmup_cosine(100, 10, 100, min_ratio=0.1) == pytest.approx(0.1)
+    assert warmup_cosine(50, 10, 100, cosine=False) == 1.0
+
+
+def test_one_batch_overfit(tmp_path):
+    cfg = compose_train(tmp_path, "optim.lr=2e-3", "guidance.drop_prob=0")
+    module = SDMModule(OmegaConf.to_container(cfg, resolve=True))
+    torch.manual_seed(0)
+    label = torch.zeros(4, 32, 32, dtype=torch.uint8)
+    label[:, 16:] = 1
+    batch = {"image": torch.rand(4, 3, 32, 32) * 2 - 1, "label": label}
+    optimizer = torch.optim.AdamW(module.unet.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(60):
+        generator = torch.Generator().manual_seed(0)  # the same t and noise every step
+        loss = module.diffusion_losses(batch, generator, 0.0, module.unet)[0]["loss"].mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert min(losses[-5:]) < 0.5 * losses[0], losses[::10]
+
+
+def test_dropping_the_condition_uses_the_null_map(tmp_path):
+    cfg = compose_train(tmp_path)
+    module = SDMModule(OmegaConf.to_container(cfg, resolve=True))
+    seen = []
+    module.unet.forward = lambda x, t, cond: seen.append(cond) or torch.zeros(x.shape[0], 6, *x.shape[2:])
+    batch = {"image": torch.zeros(64, 3, 32, 32), "label": torch.ones(64, 32, 32, dtype=torch.uint8)}
+    module.diffusion_losses(batch, torch.Generator().manual_seed(1), 0.2, module.unet)
+    dropped = (seen[0].flatten(1).sum(1) == 0).float().mean().item()
+    assert 0.05 < dropped < 0.4  # about 20 % of the samples see the all-zero map
+    module.diffusion_losses(batch, torch.Generator().manual_seed(1), 0.0, module.unet)
+    assert (seen[1].flatten(1).sum(1) > 0).all()
+
+
+def run_train(tmp_path: Path, name: str, *overrides: str) -> tuple[Path, dict]:
+    out = tmp_path / name
+    cfg = compose_train(out, *overrides)
+    return out, train(cfg)
+
+
+class StopAt(torch.nn.Module):
+    pass
+
+
+def test_resume_is_exact(tmp_path, monkeypatch):
+    straight, _ = run_train(tmp_path, "straight")
+
+    # the same run, stopped after step 4 (as a crash or a time limit would), then resumed
+    from sdm import callbacks
+
+    original = callbacks.PeriodicCheckpoint.on_train_batch_end
+
+    def stop_after_four(self, trainer, *args, **kwargs):
+        original(self, trainer, *args, **kwargs)
+        if trainer.global_step == 4:
+            trainer.should_stop = True
+
+    monkeypatch.setattr(callbacks.PeriodicCheckpoint, "on_train_batch_end", stop_after_four)
+    resumed, _ = run_train(tmp_path, "resumed")
+    assert load_checkpoint(resumed / "checkpoints" / "last.ckpt")["global_step"] == 4
+    monkeypatch.setattr(callbacks.PeriodicCheckpoint, "on_train_batch_end", original)
+    run_train(tmp_path, "resumed", "ckpt_path=last")
+
+    a = load_checkpoint(straight / "checkpoints" / "last.ckpt")
+    b = load_checkpoint(resumed / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 8
+    for key, value in a["state_dict"].items():
+        if key.startswith("ema."):
+            assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key
+    curve_a, curve_b = scalar_curve(straight, "train/loss"), scalar_curve(resumed, "train/loss")
+    assert sorted(curve_a) == sorted(curve_b) and len(curve_a) >= 7
+    for step, value in curve_a.items():
+        assert curve_b[step] == pytest.approx(value, abs=1e-6), step
+
+
+def test_tensorboard_holds_losses_grids_and_hparams(tmp_path):
+    out, metrics = run_train(tmp_path, "tb")
+    assert set(metrics) >= {"final/train_loss", "final/val_loss"}
+    tags = read_events(out).Tags()
+    assert {"train/loss", "val/loss", "train/mse_q0", "lr-AdamW"} <= set(tags["scalars"])
+    assert "samples/mask_real_samples" in tags["images"]
+    plugin_tags = [t for t in tags["tensors"]] + list(read_events(out).PluginTagToContent("hparams"))
+    assert any("hparams" in t for t in plugin_tags)
+    assert (out / "export" / "ema.safetensors").exists() and (out / "export" / "config.yaml").exists()
+    assert (out / "checkpoints" / "last.ckpt").exists()
+    assert any(p.name.startswith("best-") for p in (out / "checkpoints").iterdir())
+
+
+def test_export_holds_the_ema_weights(tmp_path):
+    out, _ = run_train(tmp_path, "export")
+    exported, _ = load_ema_weights(out / "export" / "ema.safetensors")
+    ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")["state_dict"]
+    raw = {k[len("unet."):]: v for k, v in ckpt.items() if k.startswith("unet.")}
+    for key, value in exported.items():
+        assert torch.equal(value, ckpt["ema.module." + key])
+    assert any(not torch.equal(exported[k], raw[k]) for k in exported)  # EMA, not raw weights
+
+
+def test_finetune_starts_from_ema_with_its_own_lr_and_drop(tmp_path):
+    source, _ = run_train(tmp_path, "stage1", "guidance.drop_prob=0")
+    out = tmp_path / "stage2"
+    cfg = compose_train(out, "experiment=finetune_cfg", f"init_from={source}", "trainer.max_steps=1",
+                        "data.size=[32,32]")
+    assert cfg.optim.lr == pytest.approx(2e-5) and cfg.guidance.drop_prob == pytest.approx(0.2)
+    train(cfg)
+    before, _ = load_ema_weights(source)
+    after, _ = load_ema_weights(out)
+    # one AdamW step moves each weight by about lr * warm-up factor (2e-5 * 1/2): the start
+    # was the EMA of stage 1, not a fresh initialisation (which differs by ~0.1)
+    assert max((before[k] - after[k]).abs().max().item() for k in before) < 1.5e-5
+    saved = OmegaConf.load(out / "export" / "config.yaml")
+    assert saved.guidance.drop_prob == pytest.approx(0.2) and saved.init_from == str(source)
+    ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert ckpt["optimizer_states"][0]["state"][0]["step"] == 1  # a fresh optimizer
+
+
+def test_init_from_refuses_bad_sources(tmp_path):
+    source, _ = run_train(tmp_path, "tiny")
+    cases = {"missing": tmp_path / "nothing-here"}
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes((source / "checkpoints" / "last.ckpt").read_bytes()[:5000])
+    cases["corrupted"] = truncated
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": StopAt()}, evil)
+    cases["code"] = evil
+    messages = {"missing": "does not exist", "corrupted": "not a readable checkpoint",
+                "code": "refusing to load"}
+    for name, path in cases.items():
+        with pytest.raises(CheckpointError, match=messages[name]):
+            train(compose_train(tmp_path / f"bad-{name}", f"init_from={path}"))
+    with pytest.raises(CheckpointError, match="does not fit this model.*model=..."):
+        train(compose_train(tmp_path / "bad-size", f"init_from={source}", "model=small", "data.size=[32,32]"))
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path, monkeypatch):
+    original = SDMModule.diffusion_losses
+
+    def poisoned(self, batch, generator, drop_prob, network):
+        losses, t = original(self, batch, generator, drop_prob, network)
+        if self.training and self.global_step == 5:
+            losses = {k: v * float("nan") for k, v in losses.items()}
+        return losses, t
+
+    monkeypatch.setattr(SDMModule, "diffusion_losses", poisoned)
+    with pytest.raises(NonFiniteLossError, match="at step 5"):
+        run_train(tmp_path, "nan")
+    last = find_latest_checkpoint(tmp_path / "nan")
+    assert load_checkpoint(last)["global_step"] == 4
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("trainer.max_steps=-3", "trainer.max_steps"), ("guidance.drop_prob=1.5", "guidance.drop_prob"),
+     ("optim.lr=0", "optim.lr"), ("data.size=[30,30]", "data.size")],
+)
+def test_bad_config_is_named_before_data_work(tmp_path, override, key):
+    cfg = compose_train(tmp_path / "run", override)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        train(cfg)
+    assert not (tmp_path / "data-cache").exists()
+
+
+def test_atomic_checkpoint_survives_sigkill_mid_write(tmp_path):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    good = {"global_step": 1, "state_dict": {"w": torch.ones(3)}}
+    AtomicCheckpointIO().save_checkpoint(good, path)
+    script = f"""
+import time, torch
+from sdm.checkpoints import AtomicCheckpointIO
+def slow_save(obj, f):
+    with open(f, "wb") as handle:
+        handle.write(b"PK" + b"0" * 4096)
+        handle.flush()
+        time.sleep(60)
+torch.save = slow_save
+AtomicCheckpointIO().save_checkpoint({{"global_step": 2}}, {str(path)!r})
+"""
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+    deadline = time.time() + 60
+    while not list(path.parent.glob(".last.ckpt.partial-*")) and time.time() < deadline:
+        time.sleep(0.1)
+    assert list(path.parent.glob(".last.ckpt.partial-*")), "the child never started writing"
+    os.kill(child.pid, 9)
+    child.wait()
+    assert load_checkpoint(path)["global_step"] == 1
+    assert find_latest_checkpoint(tmp_path) == path
+
+
+def test_cli_errors_are_clear(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    unknown = subprocess.run([sys.executable, "train.py", "experiment=nope", f"output_root={tmp_path}"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert unknown.returncode != 0 and "experiment/nope" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    bad = subprocess.run([sys.executable, "train.py", "guidance.drop_prob=2", f"output_root={tmp_path}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "guidance.drop_prob=2.0 is invalid" in bad.stderr
+
+
+def test_multirun_makes_one_dir_per_job(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    args = [a for a in copy.copy(__import__("conftest").FAST_TRAIN) if not a.startswith("experiment")]
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "experiment=quickstart", *args, "trainer.max_steps=2",
+         "validation.every_n_steps=2", "checkpoint.every_n_steps=2", "guidance.drop_prob=0.1,0.2",
+         f"output_root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in (tmp_path / "multirun" / "quickstart").glob("*/*") if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1"]
+    for job in jobs:
+        assert (job / "export" / "ema.safetensors").exists() and list((job / "tb").glob("events.*"))
