@@ -133,7 +133,14 @@ class SDMModule(L.LightningModule):
             return
         if int(self.cfg["validation"]["num_masks"]) < 1:
             return
-        picture = self.sample_grid(self._val_batch)
+        picture, samples = self.sample_grid(self._val_batch)
+        if self.cfg["data"]["name"] == "scenes" and len(self._val_batch["label"]) > 1:
+            from sdm.metrics.scene_agreement import agreement_with_shuffled
+
+            labels = self._val_batch["label"].repeat_interleave(samples.shape[0] // len(self._val_batch["label"]), 0)
+            own, other = agreement_with_shuffled(samples, labels)
+            self.log("val/scene_agreement", own, rank_zero_only=True)
+            self.log("val/scene_agreement_other_masks", other, rank_zero_only=True)
         for logger in self.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):
@@ -157,8 +164,8 @@ class SDMModule(L.LightningModule):
     def _bf16(self) -> bool:
         return "bf16" in str(self.trainer.precision) if self._trainer is not None else False
 
-    def sample_grid(self, batch: dict[str, Tensor]) -> np.ndarray:
-        """One row per validation mask: coloured mask | real image | samples."""
+    def sample_grid(self, batch: dict[str, Tensor]) -> tuple[np.ndarray, Tensor]:
+        """One row per validation mask: coloured mask | real image | samples (and the samples)."""
         val = self.cfg["validation"]
         per_mask = int(val["samples_per_mask"])
         samples = self.sample_images(batch["label"], per_mask, steps=int(val["num_steps"]), seed=0)
@@ -167,7 +174,7 @@ class SDMModule(L.LightningModule):
             row = [colorize(label.cpu().numpy()), to_uint8_image(batch["image"][i])]
             row += [to_uint8_image(s) for s in samples[i * per_mask : (i + 1) * per_mask]]
             rows.append(row)
-        return grid(rows)
+        return grid(rows), samples
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = self.cfg["optim"]
