@@ -26,7 +26,6 @@ from sdm.data.datamodule import SidewalkDataModule
 from sdm.errors import CheckpointError, ConfigError
 from sdm.module import SDMModule
 
-
 # The DataModule saves and restores its sampler position itself (SidewalkDataModule.state_dict).
 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,3 +227,29 @@ def test_prepare_cli(tmp_path):
     assert bad.returncode == 2
     assert "does not exist" in bad.stderr or "neither a folder" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_streaming_from_a_local_copy_splits_by_rank(tmp_path, data_cfg):
+    from sdm.data.sources import load_sidewalk
+    from sdm.data.streaming import StreamingPairs, in_validation
+
+    folder = write_hub_parquet(tmp_path / "stream", [hub_row(*street_like(54, 96, s)) for s in range(12)])
+    cfg = data_cfg("sidewalk", path=str(folder), size=[32, 32], streaming=True, val_fraction=0.25,
+                   batch_size=2, num_workers=0)
+    rows = list(load_sidewalk(str(folder), streaming=True, cache_dir=cfg.hub_cache_dir))
+    val_rows = sum(in_validation(r, 0.25, 0) for r in rows)
+    assert 0 < val_rows < len(rows)
+    one_pass = [[bytes(item["label"].numpy()) for item in StreamingPairs(cfg, "train", rank, 2, None, repeat=False)]
+                for rank in range(2)]
+    assert len(set(one_pass[0]) | set(one_pass[1])) == len(rows) - val_rows  # ranks cover the train split
+    assert not set(one_pass[0]) & set(one_pass[1])  # and never share a row within a pass
+    val = list(StreamingPairs(cfg, "val", 0, 1, None))
+    assert len(val) == val_rows and all(v["image"].shape == (3, 32, 32) for v in val)
+
+    dm = SidewalkDataModule(cfg)
+    dm.prepare_data()  # nothing to cache when streaming
+    dm.setup("fit")
+    stream = iter(dm.train_dataloader())
+    batches = [next(stream) for _ in range(len(rows))]  # the training stream repeats
+    assert batches[0]["image"].shape == (2, 3, 32, 32) and batches[0]["label"].dtype == torch.uint8
+    assert not Path(cfg.cache_dir).exists()

@@ -15,7 +15,12 @@ from conftest import REPO, compose_train
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sdm.checkpoints import AtomicCheckpointIO, find_latest_checkpoint, load_checkpoint, load_ema_weights
+from sdm.checkpoints import (
+    AtomicCheckpointIO,
+    find_latest_checkpoint,
+    load_checkpoint,
+    load_ema_weights,
+)
 from sdm.ema import EMA, ema_decay
 from sdm.errors import CheckpointError, ConfigError
 from sdm.module import NonFiniteLossError, SDMModule, warmup_cosine

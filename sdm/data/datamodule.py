@@ -120,23 +120,39 @@ class SidewalkDataModule(L.LightningDataModule):
         self.sampler: ResumableShuffleSampler | None = None
         self._resume_state: dict[str, int] | None = None
 
+    @property
+    def streaming(self) -> bool:
+        return bool(self.cfg.get("streaming", False))
+
     def prepare_data(self) -> None:
-        prepare_data(self.cfg)
+        if not self.streaming:
+            prepare_data(self.cfg)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
+            return
+        augment = self.cfg.get("augment") or {}
+        if self.streaming:
+            from sdm.data.rows import parse_size
+            from sdm.data.streaming import StreamingPairs
+
+            size = parse_size(self.cfg.size)
+            transform = train_transform(size, augment.get("scale", (1.0, 1.0)), augment.get("hflip", 0.0))
+            rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+            self.train_set = StreamingPairs(self.cfg, "train", rank, world, transform)
+            self.val_set = StreamingPairs(self.cfg, "val", rank, world, None)
             return
         self.prepared = prepare_data(self.cfg, show_progress=False)
         train_idx, val_idx = split_indices(
             len(self.prepared), float(self.cfg.val_fraction), int(self.cfg.split_seed)
         )
-        augment = self.cfg.get("augment") or {}
         transform = train_transform(self.prepared.size, augment.get("scale", (1.0, 1.0)), augment.get("hflip", 0.0))
         self.train_set = PairDataset(self.prepared, train_idx, transform)
         self.val_set = PairDataset(self.prepared, val_idx, None)
 
     def _loader(self, dataset: Dataset, sampler: Sampler | None, drop_last: bool) -> DataLoader:
-        workers = int(self.cfg.num_workers)
+        # a stream of one shard cannot feed several workers: datasets would idle all but one
+        workers = 0 if self.streaming else int(self.cfg.num_workers)
         return DataLoader(
             dataset,
             batch_size=int(self.cfg.batch_size),
@@ -151,6 +167,8 @@ class SidewalkDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
+        if self.streaming:
+            return self._loader(self.train_set, None, drop_last=True)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         if len(self.train_set) // world < int(self.cfg.batch_size):
             raise DataError(
@@ -169,7 +187,7 @@ class SidewalkDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, int]:
         """Where the training data stream stands, saved in every checkpoint."""
-        if self.trainer is None:
+        if self.trainer is None or self.streaming:
             return {}
         loop = self.trainer.fit_loop.epoch_loop
         batches = loop.batch_progress.current.ready

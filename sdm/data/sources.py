@@ -13,6 +13,7 @@ from typing import Any
 import datasets
 from datasets import Image as ImageFeature
 
+from sdm.data.rows import parse_size
 from sdm.errors import DataError
 
 HUB_ID = "segments/sidewalk-semantic"
@@ -106,8 +107,8 @@ def load_scenes(num: int, height: int, width: int, seed: int = 0) -> datasets.Da
 def load_source(cfg: Any) -> datasets.Dataset | datasets.IterableDataset:
     """Rows for the configured `data` group (`cfg.name` is 'sidewalk' or 'scenes')."""
     if cfg.name == "scenes":
-        height, width = cfg.scenes.size if "size" in cfg.scenes else cfg.size
-        return load_scenes(cfg.scenes.num, int(height), int(width), cfg.scenes.seed)
+        height, width = parse_size(cfg.scenes.get("size") or cfg.size)
+        return load_scenes(cfg.scenes.num, height, width, cfg.scenes.seed)
     if cfg.name == "sidewalk":
         return load_sidewalk(
             cfg.path,
@@ -122,7 +123,7 @@ def load_source(cfg: Any) -> datasets.Dataset | datasets.IterableDataset:
 def source_key(cfg: Any, ds: datasets.Dataset | datasets.IterableDataset) -> str:
     """A short, readable cache key for the rows the source yields."""
     if cfg.name == "scenes":
-        height, width = cfg.scenes.size if "size" in cfg.scenes else cfg.size
+        height, width = parse_size(cfg.scenes.get("size") or cfg.size)
         return f"scenes-v{SCENES_VERSION}-n{cfg.scenes.num}-s{cfg.scenes.seed}-{height}x{width}"
     name = Path(str(cfg.path).rstrip("/*")).name or "sidewalk"
     fingerprint = getattr(ds, "_fingerprint", None) or f"{cfg.path}@{cfg.get('revision')}"
