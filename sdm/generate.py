@@ -49,6 +49,7 @@ from sdm.module import build_unet, noise_config
 from sdm.viz import grid, save_png, to_uint8_image
 
 PRECISIONS = ("bf16", "fp32")
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 MASKS_PER_GRID = 8
 MANIFEST = "manifest.json"
 FOLDERS = ("images", "labels", "colored_masks", "real", "grids")
@@ -135,6 +136,9 @@ def resolve_device(spec: str) -> torch.device:
 def read_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
     """EMA weights and training config: config.yaml beside an export, hyper_parameters in a .ckpt."""
     path = resolve_weights_source(source)
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise CheckpointError(f"weights='{path}' is not a weights file ({', '.join(WEIGHT_SUFFIXES)}); give a "
+                              "run dir, its export dir, a .ckpt or an ema.safetensors")
     if path.suffix == ".safetensors":
         weights, _ = load_ema_weights(path)
         return weights, read_export_config(path), path

@@ -1,0 +1,56 @@
+"""Shared helpers of the benchmark scripts: composing configs, timing, peak memory, tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose(*overrides: str):
+    """The training config with overrides, as `python train.py` composes it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from sdm.training import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=list(overrides))
+    cfg.output_dir = "/tmp/sdm-bench"
+    return cfg
+
+
+def rate(fn: Callable[[], None], items: int, warmup: int = 2, min_seconds: float = 8.0,
+         max_iters: int = 50) -> float:
+    """Items per second of `fn`, after warm-up, over at least `min_seconds`."""
+    for _ in range(warmup):
+        fn()
+    start, iters = time.perf_counter(), 0
+    while iters < max_iters and (iters < 3 or time.perf_counter() - start < min_seconds):
+        fn()
+        iters += 1
+    return items * iters / (time.perf_counter() - start)
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f} at start")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    headers = list(rows[0])
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(r[h]) for h in headers) + " |" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,256 @@
+"""Generation: output layout, seeding, resumption, mask folders, weights sources, errors, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, compose_train
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from PIL import Image
+
+from sdm.checkpoints import EMA_PREFIX, EXPORT_CONFIG, EXPORT_DIR, export_ema
+from sdm.data.classes import colorize
+from sdm.errors import CheckpointError, ConfigError, DataError
+from sdm.generate import generate, sample_seed
+from sdm.module import SDMModule
+from sdm.viz import to_uint8_image
+
+SIZE = 16
+FAST = ["sampler.num_steps=2", "precision=fp32", "device=cpu", "batch_size=4", "num_per_mask=2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Two OpenMP threads on two shared, busy cores spin-wait (100x slower): use one here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A run dir with an export of an untrained tiny model, its weights nudged off their init
+    (the zero-initialised output head would ignore the mask)."""
+    run = tmp_path_factory.mktemp("gen") / "run"
+    cfg = compose_train(run, f"data.size=[{SIZE},{SIZE}]", "data.scenes.num=12", "data.val_fraction=0.34")
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    module = SDMModule(plain)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in module.ema.module.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    export_ema(module.ema.module.state_dict(), plain, run / EXPORT_DIR)
+    return run
+
+
+def sample_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("sample", overrides=[*FAST, *overrides])
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+def mask_folder(root: Path, labels: dict[str, np.ndarray], coloured: bool = True) -> Path:
+    folder = root / "labels"
+    folder.mkdir(parents=True)
+    for name, label in labels.items():
+        Image.fromarray(colorize(label) if coloured else label).save(folder / f"{name}.png")
+    return folder
+
+
+def bands(height: int, width: int, classes: tuple[int, ...]) -> np.ndarray:
+    label = np.zeros((height, width), np.uint8)
+    for i, cls in enumerate(classes):
+        label[i * height // len(classes) :] = cls
+    return label
+
+
+def test_layout_counts_manifest_and_default_dir(run_dir):
+    manifest = generate(sample_cfg(f"weights={run_dir}", "limit=3"))
+    out = run_dir / "samples" / "ddim-s1.5-n2"
+    counts = {d: len(list((out / d).glob("*.png"))) for d in ("images", "labels", "colored_masks", "real", "grids")}
+    assert counts == {"images": 6, "labels": 3, "colored_masks": 3, "real": 3, "grids": 1}
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary files left
+    assert manifest == json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["images_made"] == 6
+    assert manifest["weights"]["file"] == str(run_dir / EXPORT_DIR / "ema.safetensors")
+    assert manifest["settings"]["sampler"]["guidance_scale"] == 1.5
+    for item in manifest["items"]:
+        with Image.open(out / item["label"]) as label:
+            assert label.mode == "L" and label.size == (SIZE, SIZE)
+        assert np.array_equal(colorize(pixels(out / item["label"])), pixels(out / item["colored_mask"]))
+        assert all((out / name).is_file() for name in [*item["images"], item["real"]])
+        assert item["sample_seeds"] == [sample_seed(item["seed"], k) for k in range(2)]
+    # one row per mask: coloured mask | real | 2 samples, tiles of 16 px with 2 px gaps
+    assert pixels(out / "grids" / "grid_000.png").shape == (3 * 18 + 2, 4 * 18 + 2, 3)
+
+
+def test_seeding_fixed_per_sample_not_per_batch(run_dir, tmp_path):
+    """The same seed gives the same pixels whatever the batch size; another mask index, others."""
+    label = bands(SIZE, SIZE, (30, 18, 2))
+    folder = mask_folder(tmp_path, {"a": label, "b": label})  # the same mask twice
+    common = [f"weights={run_dir}", f"masks={folder}"]
+    generate(sample_cfg(*common, f"out_dir={tmp_path / 'x'}", "batch_size=4"))
+    generate(sample_cfg(*common, f"out_dir={tmp_path / 'y'}", "batch_size=3"))
+    x, y = tmp_path / "x" / "images", tmp_path / "y" / "images"
+    for name in ("a_0", "a_1", "b_0", "b_1"):
+        assert np.array_equal(pixels(x / f"{name}.png"), pixels(y / f"{name}.png")), name
+    assert not np.array_equal(pixels(x / "a_0.png"), pixels(x / "b_0.png"))  # mask index 0 vs 1
+    assert not np.array_equal(pixels(x / "a_0.png"), pixels(x / "a_1.png"))
+    generate(sample_cfg(*common, f"out_dir={tmp_path / 'z'}", "seed=1"))
+    assert not np.array_equal(pixels(x / "a_0.png"), pixels(tmp_path / "z" / "images" / "a_0.png"))
+
+
+def test_resumption_skips_done_and_redraws_a_deleted_image(run_dir, tmp_path):
+    out = tmp_path / "out"
+    args = [f"weights={run_dir}", "limit=3", f"out_dir={out}"]
+    first = generate(sample_cfg(*args))
+    images = sorted((out / "images").glob("*.png"))
+    before = {p.name: (p.stat().st_mtime_ns, pixels(p)) for p in images}
+    victim = images[3]
+    victim.unlink()
+    second = generate(sample_cfg(*args))
+    assert second["images_made"] == 1 and second["items"] == first["items"]
+    for p in images:
+        if p != victim:
+            assert p.stat().st_mtime_ns == before[p.name][0], f"{p.name} was rewritten"
+    assert np.array_equal(pixels(victim), before[victim.name][1])
+    assert generate(sample_cfg(*args))["images_made"] == 0
+    with pytest.raises(ConfigError, match="seed: 0 there, 1 now"):
+        generate(sample_cfg(*args, "seed=1"))
+
+
+def test_folder_of_coloured_and_id_masks(run_dir, tmp_path):
+    """Palette RGB and mode-L masks of another size are resized (nearest) to the training size."""
+    big = bands(24, 20, (30, 10, 2))
+    folder = mask_folder(tmp_path / "set", {"street": big})
+    Image.fromarray(bands(SIZE, SIZE, (1, 8))).save(folder / "ids.png")
+    (tmp_path / "set" / "images").mkdir()
+    Image.fromarray(np.full((SIZE, SIZE, 3), 77, np.uint8)).save(tmp_path / "set" / "images" / "street.png")
+    manifest = generate(sample_cfg(f"weights={run_dir / EXPORT_DIR}", f"masks={folder}", "num_per_mask=1"))
+    out = run_dir / "samples" / "ddim-s1.5-n2-labels"
+    expected = np.asarray(Image.fromarray(big).resize((SIZE, SIZE), Image.Resampling.NEAREST))
+    assert np.array_equal(pixels(out / "labels" / "street.png"), expected)
+    assert np.array_equal(pixels(out / "labels" / "ids.png"), bands(SIZE, SIZE, (1, 8)))
+    assert [i["real"] for i in manifest["items"]] == [None, "real/street.png"]  # sorted: ids, street
+    assert (pixels(out / "real" / "street.png") == 77).all()
+    assert pixels(out / "grids" / "grid_000.png").shape == (2 * 18 + 2, 3 * 18 + 2, 3)
+
+
+def test_checkpoint_gives_the_same_images_as_the_export(run_dir, tmp_path):
+    export = run_dir / EXPORT_DIR
+    from safetensors.torch import load_file
+
+    weights = load_file(export / "ema.safetensors")
+    cfg = OmegaConf.to_container(OmegaConf.load(export / EXPORT_CONFIG))
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir()
+    torch.save({"state_dict": {EMA_PREFIX + k: v for k, v in weights.items()},
+                "hyper_parameters": {"cfg": cfg}}, ckpt)
+    args = ["limit=1", "num_per_mask=1"]
+    generate(sample_cfg(f"weights={ckpt}", *args))
+    generate(sample_cfg(f"weights={export / 'ema.safetensors'}", f"out_dir={tmp_path / 'e'}", *args))
+    [from_ckpt] = (tmp_path / "samples" / "ddim-s1.5-n2" / "images").glob("*.png")
+    assert np.array_equal(pixels(from_ckpt), pixels(tmp_path / "e" / "images" / from_ckpt.name))
+
+
+def test_matches_the_validation_sampler_of_the_module(run_dir, tmp_path):
+    """generate and SDMModule.sample_images (training-time grids) draw the same image."""
+    from safetensors.torch import load_file
+
+    generate(sample_cfg(f"weights={run_dir}", "limit=1", "num_per_mask=1", f"out_dir={tmp_path}"))
+    module = SDMModule(OmegaConf.to_container(OmegaConf.load(run_dir / EXPORT_DIR / EXPORT_CONFIG)))
+    module.ema.module.load_state_dict(load_file(run_dir / EXPORT_DIR / "ema.safetensors"))
+    [image] = (tmp_path / "images").glob("*.png")
+    label = torch.from_numpy(np.array(pixels(tmp_path / "labels" / image.name.replace("_0", ""))))[None]
+    expected = module.sample_images(label, 1, steps=2, guidance=1.5, seed=sample_seed(0, 0))[0]
+    assert np.array_equal(pixels(image), to_uint8_image(expected))
+
+
+def incompatible_export(root: Path, run_dir: Path) -> Path:
+    cfg = OmegaConf.load(run_dir / EXPORT_DIR / EXPORT_CONFIG)
+    cfg.model.model_channels = 64
+    from safetensors.torch import load_file
+
+    export_ema(load_file(run_dir / EXPORT_DIR / "ema.safetensors"), OmegaConf.to_container(cfg), root / "bad")
+    return root / "bad"
+
+
+def bad_mask(root: Path, kind: str) -> Path:
+    folder = root / "masks"
+    folder.mkdir()
+    if kind == "corrupt":
+        (folder / "broken.png").write_bytes(b"not a png")
+    elif kind == "colour":
+        Image.fromarray(np.full((SIZE, SIZE, 3), (1, 2, 3), np.uint8)).save(folder / "broken.png")
+    elif kind == "ids":
+        Image.fromarray(np.full((SIZE, SIZE), 200, np.uint8)).save(folder / "broken.png")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda tmp, run: [f"weights={tmp / 'nowhere'}"], CheckpointError, "does not exist"),
+        (lambda tmp, run: [f"weights={incompatible_export(tmp, run)}"], CheckpointError, "does not fit"),
+        (lambda tmp, run: [f"weights={tmp / 'x.safetensors'}"], CheckpointError, "not a readable safetensors"),
+        (lambda tmp, run: [f"weights={run}", "sampler.name=euler"], ConfigError, "sampler.name"),
+        (lambda tmp, run: [f"weights={run}", "sampler.guidance_scale=-1"], ConfigError, "guidance_scale"),
+        (lambda tmp, run: [f"weights={run}", "sampler.num_steps=5000"], ConfigError, "1000 training timesteps"),
+        (lambda tmp, run: [f"weights={run}", "num_per_mask=0"], ConfigError, "num_per_mask"),
+        (lambda tmp, run: [f"weights={run}", "precision=fp16"], ConfigError, "precision"),
+        (lambda tmp, run: ["weights=???"], ConfigError, "weights=... is required"),
+        (lambda tmp, run: [f"weights={run}", f"masks={bad_mask(tmp, 'empty')}"], DataError, "no .png"),
+        (lambda tmp, run: [f"weights={run}", f"masks={tmp / 'none'}"], DataError, "neither 'val' nor"),
+        (lambda tmp, run: [f"weights={run}", f"masks={bad_mask(tmp, 'corrupt')}"], DataError, "broken.png"),
+        (lambda tmp, run: [f"weights={run}", f"masks={bad_mask(tmp, 'colour')}"], DataError, r"broken.png.*palette"),
+        (lambda tmp, run: [f"weights={run}", f"masks={bad_mask(tmp, 'ids')}"], DataError, r"broken.png.*\[200\]"),
+    ],
+    ids=[
+        "missing-weights",
+        "incompatible-weights",
+        "garbage-safetensors",
+        "unknown-sampler",
+        "negative-guidance",
+        "too-many-steps",
+        "zero-per-mask",
+        "bad-precision",
+        "no-weights",
+        "empty-folder",
+        "no-folder",
+        "corrupt-mask",
+        "off-palette-mask",
+        "out-of-range-ids",
+    ],
+)
+def test_bad_inputs_give_clear_errors(run_dir, tmp_path, make, error, match):
+    (tmp_path / "x.safetensors").write_bytes(b"garbage")
+    with pytest.raises(error, match=match):
+        generate(sample_cfg(*make(tmp_path, run_dir), f"out_dir={tmp_path / 'out'}"))
+    assert not (tmp_path / "out" / "images").exists() or not any((tmp_path / "out" / "images").iterdir())
+
+
+def test_cli_end_to_end(run_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "cli"
+    command = [sys.executable, "sample.py", f"weights={run_dir}", "limit=2", "num_per_mask=2",
+               "sampler.num_steps=2", "sampler=dpmpp", f"out_dir={out}"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list((out / "images").glob("*.png"))) == 4
+    assert json.loads((out / "manifest.json").read_text())["settings"]["sampler"]["name"] == "dpmpp"
+    failed = subprocess.run([*command[:2], f"weights={tmp_path / 'missing'}"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2 and "error:" in failed.stderr and "Traceback" not in failed.stderr
