@@ -51,15 +51,17 @@ def register_resolvers() -> None:
     """Resolvers that conf/train.yaml uses; call before Hydra composes the config."""
     if not OmegaConf.has_resolver("sdm.run_dir"):
         OmegaConf.register_new_resolver("sdm.run_dir", _run_dir)
-        OmegaConf.register_new_resolver("sdm.now", _now)
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """`last` -> the newest complete checkpoint of this run dir; anything else as given."""
+    """`last` -> the newest complete checkpoint of this run dir (it must exist); `auto` -> the
+    same when there is one (a requeued SLURM job), else a fresh start; a path as given."""
     if cfg.ckpt_path in (None, "", "null"):
         return None
-    if cfg.ckpt_path == "last":
+    if cfg.ckpt_path in ("last", "auto"):
         latest = find_latest_checkpoint(cfg.output_dir)
+        if latest is None and cfg.ckpt_path == "auto":
+            return None
         if latest is None:
             raise CheckpointError(
                 f"ckpt_path=last: no complete checkpoint under {cfg.output_dir}/checkpoints; pass "

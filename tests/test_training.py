@@ -280,3 +280,37 @@ def test_multirun_makes_one_dir_per_job(tmp_path):
     assert [p.name for p in jobs] == ["0", "1"]
     for job in jobs:
         assert (job / "export" / "ema.safetensors").exists() and list((job / "tb").glob("events.*"))
+
+
+@pytest.mark.parametrize("experiment", ["quickstart", "sidewalk256", "sidewalk1024", "finetune_cfg"])
+def test_every_experiment_composes_and_passes_the_checks(tmp_path, experiment):
+    from hydra import compose, initialize_config_dir
+
+    from sdm.config import check_train_config
+    from sdm.training import register_resolvers
+
+    register_resolvers()
+    overrides = [f"experiment={experiment}", "hydra/launcher=slurm"]
+    if experiment == "finetune_cfg":
+        overrides += ["init_from=runs/some-run", "trainer.devices=1"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher.tasks_per_node == cfg.trainer.devices and launcher.nodes == cfg.trainer.num_nodes
+    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    cfg.output_dir = str(tmp_path)
+    check_train_config(cfg)
+    if experiment.startswith("sidewalk"):
+        assert cfg.data.batch_size == 2 and cfg.trainer.devices == 8 and cfg.optim.lr == 1e-4
+        assert cfg.model.use_checkpoint and cfg.trainer.max_steps == 50000
+
+
+def test_ckpt_path_auto_resumes_only_when_there_is_something(tmp_path):
+    from sdm.training import resolve_ckpt_path
+
+    cfg = OmegaConf.create({"ckpt_path": "auto", "output_dir": str(tmp_path)})
+    assert resolve_ckpt_path(cfg) is None
+    AtomicCheckpointIO().save_checkpoint({"global_step": 3}, tmp_path / "checkpoints" / "last.ckpt")
+    assert resolve_ckpt_path(cfg) == str(tmp_path / "checkpoints" / "last.ckpt")
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        resolve_ckpt_path(OmegaConf.create({"ckpt_path": "last", "output_dir": str(tmp_path / "x")}))
