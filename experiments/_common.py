@@ -28,7 +28,7 @@ def compose(*overrides: str):
     return cfg
 
 
-def rate(fn: Callable[[], None], items: int, warmup: int = 2, min_seconds: float = 8.0,
+def rate(fn: Callable[[], None], items: int, warmup: int = 2, min_seconds: float = 5.0,
          max_iters: int = 50) -> float:
     """Items per second of `fn`, after warm-up, over at least `min_seconds`."""
     for _ in range(warmup):

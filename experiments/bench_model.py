@@ -6,7 +6,8 @@
 Each row runs in its own process so that peak RSS is that row's. A training step is the whole
 step of the module: one-hot, noising, U-Net forward, hybrid loss (MSE + VLB), backward,
 gradient clipping and AdamW. A guided sampling step is one U-Net pass over cond + uncond
-(2B) plus the DDIM update. `ref64` is the configuration the paper's code was measured in.
+(2B) plus the DDIM update, in the steady state of a sampling loop (the SPADE modulation
+is computed once per mask and reused across steps, as `sdm.diffusion.sample` does). `ref64` is the configuration the paper's code was measured in.
 """
 
 from __future__ import annotations
@@ -72,12 +73,15 @@ def measure(preset: str, size: int, batch: int, bf16: bool, channels_last: bool)
     scheduler.set_timesteps(50)
     del build_noise_scheduler
 
+    paired = torch.cat([cond, torch.zeros_like(cond)])
+
     def guided_step() -> None:
         with torch.no_grad(), autocast:
-            out = guided_prediction(module.unet, x, t, cond, 1.5, True)
+            out = guided_prediction(module.unet, x, t, cond, 1.5, True, paired)
         scheduler.step(out[:, :3].float(), 500, x)
 
-    guided_rate = rate(guided_step, batch)
+    with module.unet.reuse_condition():  # as `sample` runs it: SPADE modulation once per mask
+        guided_rate = rate(guided_step, batch)
     return {
         "model": preset, "size": size, "batch": batch, "precision": "bf16" if bf16 else "fp32",
         "channels_last": "on" if channels_last else "off",

@@ -554,3 +554,27 @@ def test_bad_sampling_arguments_raise():
         sample(_toy_model(False), cond, noise_config={"schedule": "sqrt"})
     with pytest.raises(ValueError, match="expected 6"):
         sample(_toy_model(False), cond, noise_config={"learn_sigma": True})
+
+
+def test_reusing_the_spade_modulation_changes_nothing_and_saves_work():
+    from sdm.models import SDMUNet, label_to_condition
+
+    torch.manual_seed(0)
+    unet = SDMUNet(num_classes=5, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                   attention_ds=(), spade_hidden=16).eval()
+    for p in unet.parameters():  # leave the zero-initialised layers behind
+        if p.abs().sum() == 0:
+            torch.nn.init.normal_(p, std=0.05)
+    label = torch.randint(0, 5, (2, 16, 16))
+    cond = label_to_condition(label, 5)
+    calls = []
+    for spade in [m for m in unet.modules() if type(m).__name__ == "SPADE"]:
+        spade.shared.register_forward_hook(lambda *args: calls.append(1))
+    kwargs = {"noise_config": {"learn_sigma": True}, "sampler": "ddim", "num_steps": 4, "guidance_scale": 1.5}
+    plain = sample(lambda x, t, c: unet(x, t, c), cond, generator=torch.Generator().manual_seed(3), **kwargs)
+    plain_calls = len(calls)
+    calls.clear()
+    reused = sample(unet, cond, generator=torch.Generator().manual_seed(3), **kwargs)
+    assert torch.allclose(plain, reused, atol=1e-6)
+    assert len(calls) * 4 == plain_calls  # each SPADE ran its mask convs once instead of per step
+    assert all(m.cache is None for m in unet.modules() if type(m).__name__ == "SPADE")

@@ -7,6 +7,7 @@ network was trained with, whatever sampler is chosen.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -89,12 +90,15 @@ def guided_prediction(
     cond: Tensor,
     guidance_scale: float,
     learn_sigma: bool,
+    paired_cond: Tensor | None = None,
 ) -> Tensor:
     """Classifier-free guidance: ``u + s * (c - u)`` on the prediction channels only.
 
     The null condition is an all-zero map. Variance channels (learned sigma) come from the
     conditional pass. Both passes run as one batch of 2B; s = 1 needs only the conditional
-    pass, and s = 0 without learned sigma only the unconditional one.
+    pass, and s = 0 without learned sigma only the unconditional one. ``paired_cond`` is
+    ``cat([cond, zeros])`` made once by a sampling loop, so the network sees the same tensor
+    at every step (and may reuse what it computed from it).
     """
     if not math.isfinite(guidance_scale) or guidance_scale < 0:
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
@@ -113,7 +117,9 @@ def guided_prediction(
     null = torch.zeros_like(cond)
     if guidance_scale == 0.0 and not learn_sigma:
         return checked(model_fn(x, t, null))
-    both = checked(model_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null])))
+    if paired_cond is None:
+        paired_cond = torch.cat([cond, null])
+    both = checked(model_fn(torch.cat([x, x]), torch.cat([t, t]), paired_cond))
     out_c, out_u = both.chunk(2)
     pred_c, pred_u = out_c[:, :channels], out_u[:, :channels]
     guided = pred_u + guidance_scale * (pred_c - pred_u)
@@ -131,7 +137,7 @@ def sample(
     guidance_scale: float = 1.5,
     eta: float = 0.0,
     timestep_spacing: str = "trailing",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     x_T: Tensor | None = None,
     callback: Callable[[int, int, Tensor], None] | None = None,
     clip_denoised: bool = True,
@@ -141,7 +147,8 @@ def sample(
 
     ``model_fn(x, t, cond)`` returns 3 channels, or 6 with learned sigma (``noise_config``
     holds the kwargs of ``build_noise_scheduler``, ``learn_sigma`` included). All noise is
-    drawn from ``generator``; ``callback(i, num_steps, x)`` runs after every step.
+    drawn from ``generator`` (a list gives each batch item its own stream);
+    ``callback(i, num_steps, x)`` runs after every step.
     """
     if not math.isfinite(guidance_scale) or guidance_scale < 0:
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
@@ -180,13 +187,17 @@ def sample(
         }
 
     timesteps = scheduler.timesteps
-    for i, t in enumerate(timesteps):
-        t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
-        x_in = scheduler.scale_model_input(x, t)
-        out = guided_prediction(model_fn, x_in, t_batch, cond, guidance_scale, learn_sigma)
-        if sampler != "ddpm":
-            out = out[:, :image_channels]  # DDIM/UniPC would misread the variance channels
-        x = scheduler.step(out, t, x, **step_kwargs).prev_sample.float()
-        if callback is not None:
-            callback(i, len(timesteps), x)
+    paired_cond = torch.cat([cond, torch.zeros_like(cond)])
+    # an SDMUNet computes its SPADE modulation once per mask instead of once per step
+    reuse = getattr(model_fn, "reuse_condition", contextlib.nullcontext)
+    with reuse():
+        for i, t in enumerate(timesteps):
+            t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+            x_in = scheduler.scale_model_input(x, t)
+            out = guided_prediction(model_fn, x_in, t_batch, cond, guidance_scale, learn_sigma, paired_cond)
+            if sampler != "ddpm":
+                out = out[:, :image_channels]  # DDIM/UniPC would misread the variance channels
+            x = scheduler.step(out, t, x, **step_kwargs).prev_sample.float()
+            if callback is not None:
+                callback(i, len(timesteps), x)
     return x.clamp(-1.0, 1.0)

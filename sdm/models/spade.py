@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -23,13 +24,26 @@ class SPADE(nn.Module):
         self.shared = nn.Sequential(nn.Conv2d(label_channels, hidden, 3, padding=1), nn.ReLU())
         self.gamma = nn.Conv2d(hidden, channels, 3, padding=1)
         self.beta = nn.Conv2d(hidden, channels, 3, padding=1)
+        self.cache: dict[tuple, tuple[Tensor, Tensor]] | None = None  # see SDMUNet.reuse_condition
+
+    def modulation(self, cond: Tensor, size: torch.Size) -> tuple[Tensor, Tensor]:
+        """(1 + gamma, beta) at `size`; they depend on the mask alone, never on x or t."""
+        key = (cond.data_ptr(), tuple(cond.shape), tuple(size), torch.is_autocast_enabled(cond.device.type))
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
+        if cond.shape[-2:] != size:
+            cond = F.interpolate(cond, size=size, mode="nearest")
+        actv = self.shared(cond)
+        result = (1 + self.gamma(actv), self.beta(actv))
+        if self.cache is not None:
+            if len(self.cache) >= 4:  # a new mask batch: forget the old one
+                self.cache.clear()
+            self.cache[key] = result
+        return result
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        h = self.norm(x)
-        if cond.shape[-2:] != x.shape[-2:]:
-            cond = F.interpolate(cond, size=x.shape[-2:], mode="nearest")
-        actv = self.shared(cond)
-        return h * (1 + self.gamma(actv)) + self.beta(actv)
+        scale, shift = self.modulation(cond, x.shape[-2:])
+        return self.norm(x) * scale + shift
 
 
 class SPADEResBlock(nn.Module):
