@@ -11,7 +11,8 @@ from sdm.errors import ConfigError
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
 
 
-def _require(cond: bool, key: str, value: Any, expected: str) -> None:
+def require(cond: bool, key: str, value: Any, expected: str) -> None:
+    """Raise a `ConfigError` naming `key` unless `cond` holds."""
     if not cond:
         raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
 
@@ -25,26 +26,26 @@ def check_train_config(cfg: DictConfig) -> None:
     except Exception as err:  # missing mandatory value or broken interpolation
         raise ConfigError(f"config cannot be resolved: {err}") from None
     t, o = cfg.trainer, cfg.optim
-    _require(int(t.max_steps) > 0, "trainer.max_steps", t.max_steps, "a positive number of steps")
-    _require(int(t.accumulate_grad_batches) >= 1, "trainer.accumulate_grad_batches",
+    require(int(t.max_steps) > 0, "trainer.max_steps", t.max_steps, "a positive number of steps")
+    require(int(t.accumulate_grad_batches) >= 1, "trainer.accumulate_grad_batches",
              t.accumulate_grad_batches, "an integer >= 1")
-    _require(str(t.precision) in PRECISIONS, "trainer.precision", t.precision, f"one of {PRECISIONS}")
-    _require(float(o.lr) > 0, "optim.lr", o.lr, "a positive learning rate")
-    _require(int(o.warmup_steps) >= 0, "optim.warmup_steps", o.warmup_steps, "an integer >= 0")
-    _require(o.schedule in ("cosine", "constant"), "optim.schedule", o.schedule, "'cosine' or 'constant'")
-    _require(0 < float(cfg.ema.decay) < 1, "ema.decay", cfg.ema.decay, "a value in (0, 1)")
+    require(str(t.precision) in PRECISIONS, "trainer.precision", t.precision, f"one of {PRECISIONS}")
+    require(float(o.lr) > 0, "optim.lr", o.lr, "a positive learning rate")
+    require(int(o.warmup_steps) >= 0, "optim.warmup_steps", o.warmup_steps, "an integer >= 0")
+    require(o.schedule in ("cosine", "constant"), "optim.schedule", o.schedule, "'cosine' or 'constant'")
+    require(0 < float(cfg.ema.decay) < 1, "ema.decay", cfg.ema.decay, "a value in (0, 1)")
     drop = float(cfg.guidance.drop_prob)
-    _require(0 <= drop <= 1, "guidance.drop_prob", drop, "a probability in [0, 1]")
-    _require(cfg.sampler.name in SAMPLERS, "sampler.name", cfg.sampler.name, f"one of {sorted(SAMPLERS)}")
-    _require(float(cfg.sampler.guidance_scale) >= 0, "sampler.guidance_scale", cfg.sampler.guidance_scale, ">= 0")
-    _require(int(cfg.data.batch_size) >= 1, "data.batch_size", cfg.data.batch_size, "an integer >= 1")
+    require(0 <= drop <= 1, "guidance.drop_prob", drop, "a probability in [0, 1]")
+    require(cfg.sampler.name in SAMPLERS, "sampler.name", cfg.sampler.name, f"one of {sorted(SAMPLERS)}")
+    require(float(cfg.sampler.guidance_scale) >= 0, "sampler.guidance_scale", cfg.sampler.guidance_scale, ">= 0")
+    require(int(cfg.data.batch_size) >= 1, "data.batch_size", cfg.data.batch_size, "an integer >= 1")
     size = cfg.data.size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     factor = 2 ** (len(cfg.model.channel_mult) - 1)
-    _require(height % factor == 0 and width % factor == 0, "data.size", OmegaConf.to_object(size) if not isinstance(size, int) else size,
+    require(height % factor == 0 and width % factor == 0, "data.size", OmegaConf.to_object(size) if not isinstance(size, int) else size,
              f"sides divisible by {factor} (the downsampling of model={cfg.model.name})")
     val = cfg.validation
-    _require(int(val.every_n_steps) >= 1, "validation.every_n_steps", val.every_n_steps, "an integer >= 1")
-    _require(int(val.num_steps) >= 1, "validation.num_steps", val.num_steps, "an integer >= 1")
+    require(int(val.every_n_steps) >= 1, "validation.every_n_steps", val.every_n_steps, "an integer >= 1")
+    require(int(val.num_steps) >= 1, "validation.num_steps", val.num_steps, "an integer >= 1")
     ckpt = cfg.checkpoint
-    _require(int(ckpt.every_n_steps) >= 1, "checkpoint.every_n_steps", ckpt.every_n_steps, "an integer >= 1")
+    require(int(ckpt.every_n_steps) >= 1, "checkpoint.every_n_steps", ckpt.every_n_steps, "an integer >= 1")

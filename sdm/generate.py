@@ -37,6 +37,7 @@ from sdm.checkpoints import (
     read_export_config,
     resolve_weights_source,
 )
+from sdm.config import require
 from sdm.data.classes import colorize
 from sdm.data.datamodule import split_indices
 from sdm.data.prepare import decode_row, prepare_data
@@ -46,6 +47,7 @@ from sdm.diffusion.sampling import TIMESTEP_SPACINGS
 from sdm.errors import CheckpointError, ConfigError, DataError
 from sdm.models import SDMUNet, label_to_condition
 from sdm.module import build_unet, noise_config
+from sdm.seeding import stable_seed
 from sdm.viz import grid, save_png, to_uint8_image
 
 PRECISIONS = ("bf16", "fp32")
@@ -82,11 +84,6 @@ class Model:
 # ----------------------------------------------------------------------------- settings
 
 
-def _require(ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
-
-
 def _number(cfg: DictConfig, key: str, kind: type = int) -> Any:
     """A numeric setting, with the key named when it is not a number."""
     value = OmegaConf.select(cfg, key)
@@ -101,19 +98,19 @@ def check_settings(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "weights") or not cfg.weights:
         raise ConfigError("weights=... is required: a run dir, its export dir, a .ckpt or a .safetensors file")
     s = cfg.sampler
-    _require(s.name in SAMPLERS, "sampler.name", s.name, f"one of {sorted(SAMPLERS)} (sampler=ddim|ddpm|dpmpp|unipc)")
+    require(s.name in SAMPLERS, "sampler.name", s.name, f"one of {sorted(SAMPLERS)} (sampler=ddim|ddpm|dpmpp|unipc)")
     scale = _number(cfg, "sampler.guidance_scale", float)
-    _require(math.isfinite(scale) and scale >= 0, "sampler.guidance_scale", scale,
+    require(math.isfinite(scale) and scale >= 0, "sampler.guidance_scale", scale,
              "a number >= 0 (1 = no guidance, 1.5 = the paper's)")
-    _require(_number(cfg, "sampler.num_steps") >= 1, "sampler.num_steps", s.num_steps, "an integer >= 1")
-    _require(_number(cfg, "sampler.eta", float) >= 0, "sampler.eta", s.eta, "a number >= 0")
-    _require(s.timestep_spacing in TIMESTEP_SPACINGS, "sampler.timestep_spacing", s.timestep_spacing,
+    require(_number(cfg, "sampler.num_steps") >= 1, "sampler.num_steps", s.num_steps, "an integer >= 1")
+    require(_number(cfg, "sampler.eta", float) >= 0, "sampler.eta", s.eta, "a number >= 0")
+    require(s.timestep_spacing in TIMESTEP_SPACINGS, "sampler.timestep_spacing", s.timestep_spacing,
              f"one of {list(TIMESTEP_SPACINGS)}")
-    _require(_number(cfg, "num_per_mask") >= 1, "num_per_mask", cfg.num_per_mask, "an integer >= 1")
-    _require(_number(cfg, "batch_size") >= 1, "batch_size", cfg.batch_size, "an integer >= 1")
-    _require(cfg.limit is None or _number(cfg, "limit") >= 1, "limit", cfg.limit, "null or an integer >= 1")
-    _require(_number(cfg, "seed") >= 0, "seed", cfg.seed, "an integer >= 0")
-    _require(cfg.precision in PRECISIONS, "precision", cfg.precision, f"one of {list(PRECISIONS)}")
+    require(_number(cfg, "num_per_mask") >= 1, "num_per_mask", cfg.num_per_mask, "an integer >= 1")
+    require(_number(cfg, "batch_size") >= 1, "batch_size", cfg.batch_size, "an integer >= 1")
+    require(cfg.limit is None or _number(cfg, "limit") >= 1, "limit", cfg.limit, "null or an integer >= 1")
+    require(_number(cfg, "seed") >= 0, "seed", cfg.seed, "an integer >= 0")
+    require(cfg.precision in PRECISIONS, "precision", cfg.precision, f"one of {list(PRECISIONS)}")
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -124,7 +121,7 @@ def resolve_device(spec: str) -> torch.device:
         device = torch.device(spec)
     except (RuntimeError, ValueError):
         device = None
-    _require(device is not None and device.type in ("cpu", "cuda"), "device", spec, "auto, cpu, cuda or cuda:N")
+    require(device is not None and device.type in ("cpu", "cuda"), "device", spec, "auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={spec} but no CUDA GPU is visible here; use device=cpu or device=auto")
     return device
@@ -347,8 +344,7 @@ def write_mask_files(out_dir: Path, masks: Sequence[Mask]) -> None:
 
 def sample_seed(mask_seed: int, k: int) -> int:
     """Seed of sample k of a mask: a pure function of (seed + mask index, k), never of batching."""
-    digest = hashlib.blake2b(f"{mask_seed}:{k}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    return stable_seed(mask_seed, k)
 
 
 def sample_batch(model: Model, jobs: Sequence[tuple[Mask, int]], batch: int, cfg: DictConfig,
@@ -456,7 +452,7 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(str(cfg.device))
     model = load_model(str(cfg.weights))
     total_steps = int(model.cfg["diffusion"]["num_train_timesteps"])
-    _require(int(cfg.sampler.num_steps) <= total_steps, "sampler.num_steps", cfg.sampler.num_steps,
+    require(int(cfg.sampler.num_steps) <= total_steps, "sampler.num_steps", cfg.sampler.num_steps,
              f"at most the {total_steps} training timesteps")
     limit = None if cfg.limit is None else int(cfg.limit)
     masks = load_masks(str(cfg.masks), model, limit)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from sdm.data.prepare import PreparedData, decode_row, prepare_data
 from sdm.data.transforms import A, to_item, train_transform
 from sdm.errors import DataError
+from sdm.seeding import stable_seed
 
 
 def split_indices(num_rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -28,12 +28,6 @@ def split_indices(num_rows: int, val_fraction: float, seed: int) -> tuple[np.nda
     if num_rows - num_val < 1:
         raise DataError(f"{num_rows} rows leave nothing to train on with data.val_fraction={val_fraction}")
     return np.sort(order[num_val:]), np.sort(order[:num_val])
-
-
-def sample_seed(seed: int, epoch: int, position: int) -> int:
-    """A per-sample augmentation seed: independent of worker count, so resume is exact."""
-    digest = hashlib.blake2b(f"{seed}:{epoch}:{position}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 33
 
 
 class ResumableShuffleSampler(Sampler[tuple[int, int]]):
@@ -68,7 +62,8 @@ class ResumableShuffleSampler(Sampler[tuple[int, int]]):
             start = self._skip[1]
             self._skip = None
         for position in list(positions)[start:]:
-            yield int(order[position]), sample_seed(self.seed, self.epoch, position)
+            # augmentation seed per sample: independent of worker count, so resume is exact
+            yield int(order[position]), stable_seed(self.seed, self.epoch, position) % 2**32
 
 
 class PairDataset(Dataset):
