@@ -107,8 +107,8 @@ def run_train(tmp_path: Path, name: str, *overrides: str) -> tuple[Path, dict]:
     return out, train(cfg)
 
 
-class StopAt(torch.nn.Module):
-    pass
+class CodeCarryingObject(torch.nn.Module):
+    """Pickled as a class reference: loading it would import and run code."""
 
 
 def test_resume_is_exact(tmp_path, monkeypatch):
@@ -190,7 +190,7 @@ def test_init_from_refuses_bad_sources(tmp_path):
     truncated.write_bytes((source / "checkpoints" / "last.ckpt").read_bytes()[:5000])
     cases["corrupted"] = truncated
     evil = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {}, "payload": StopAt()}, evil)
+    torch.save({"state_dict": {}, "payload": CodeCarryingObject()}, evil)
     cases["code"] = evil
     messages = {"missing": "does not exist", "corrupted": "not a readable checkpoint",
                 "code": "refusing to load"}
