@@ -133,4 +133,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for logger in trainer.loggers:
             logger.log_hyperparams(hparams_of(plain), metrics)
             logger.finalize("success")
+        print(next_steps(cfg.output_dir, metrics))
     return metrics
+
+
+def next_steps(run_dir: str, metrics: dict[str, float]) -> str:
+    """What to look at and run after a training run."""
+    shown = ", ".join(f"{k.removeprefix('final/')} {v:.4g}" for k, v in metrics.items())
+    return (
+        f"\nfinished: {shown}\n"
+        f"  run dir:     {run_dir}\n"
+        f"  TensorBoard: tensorboard --logdir {run_dir}\n"
+        f"  samples:     python sample.py weights={run_dir}\n"
+        f"  resume:      python train.py <the same overrides> run_dir={run_dir} ckpt_path=last"
+    )

@@ -84,7 +84,8 @@ def prepare_data(cfg: Any, *, show_progress: bool = True) -> PreparedData:
     if policy not in ("error", "skip"):
         raise DataError(f"data.on_bad_row must be 'error' or 'skip', got {policy!r}")
     num_classes = int(cfg.get("num_classes", NUM_CLASSES))
-    rows = load_source(cfg)
+    # generated scenes are keyed by their settings alone: no need to draw them to find the cache
+    rows = None if cfg.name == "scenes" else load_source(cfg)
     key = f"{source_key(cfg, rows)}-{size[0]}x{size[1]}-{resize}"
     root = cache_root_for(cfg) / key
     if (root / INFO_FILE).exists():
@@ -93,6 +94,8 @@ def prepare_data(cfg: Any, *, show_progress: bool = True) -> PreparedData:
             raise _refusal([(p["row"], p["reason"]) for p in info["problems"]], info["source_rows"], key)
         return PreparedData(root, info)
 
+    if rows is None:
+        rows = load_source(cfg)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()

@@ -120,8 +120,8 @@ def load_source(cfg: Any) -> datasets.Dataset | datasets.IterableDataset:
     raise DataError(f"unknown data source data.name={cfg.name!r}; expected 'sidewalk' or 'scenes'")
 
 
-def source_key(cfg: Any, ds: datasets.Dataset | datasets.IterableDataset) -> str:
-    """A short, readable cache key for the rows the source yields."""
+def source_key(cfg: Any, ds: datasets.Dataset | datasets.IterableDataset | None) -> str:
+    """A short, readable cache key for the rows the source yields (`ds` unused for scenes)."""
     if cfg.name == "scenes":
         height, width = parse_size(cfg.scenes.get("size") or cfg.size)
         return f"scenes-v{SCENES_VERSION}-n{cfg.scenes.num}-s{cfg.scenes.seed}-{height}x{width}"
