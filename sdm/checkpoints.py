@@ -7,9 +7,7 @@ which is what `sample.py` reads. Everything is loaded with `weights_only=True`.
 
 from __future__ import annotations
 
-import os
 import pickle
-import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from sdm.atomic import write_atomically
 from sdm.errors import CheckpointError
 
 EMA_PREFIX = "ema.module."
@@ -29,24 +28,11 @@ EXPORT_WEIGHTS = "ema.safetensors"
 EXPORT_CONFIG = "config.yaml"
 
 
-def _replace_atomically(path: Path, write) -> None:
-    """Write through `write(tmp_path)` and rename, so a crash never leaves a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """`torch.save` to a temporary name in the same folder, fsync, then rename."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        _replace_atomically(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+        write_atomically(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -144,9 +130,9 @@ def export_ema(weights: dict[str, torch.Tensor], config: dict[str, Any], out_dir
     """Write EMA weights as safetensors and the resolved config as YAML, both atomically."""
     out_dir = Path(out_dir)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
-    _replace_atomically(out_dir / EXPORT_WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
+    write_atomically(out_dir / EXPORT_WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
     text = yaml.safe_dump(config, sort_keys=False)
-    _replace_atomically(out_dir / EXPORT_CONFIG, lambda tmp: Path(tmp).write_text(text))
+    write_atomically(out_dir / EXPORT_CONFIG, lambda tmp: Path(tmp).write_text(text))
     return out_dir / EXPORT_WEIGHTS
 
 

@@ -17,14 +17,44 @@ def require(cond: bool, key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
 
 
+def number(cfg: DictConfig, key: str, kind: type = int) -> Any:
+    """A numeric setting, with the key named when it is not a number."""
+    value = OmegaConf.select(cfg, key)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is invalid: expected a{'n integer' if kind is int else ' number'}") from None
+
+
+NUMERIC_KEYS = {
+    "trainer.max_steps": int, "trainer.accumulate_grad_batches": int, "trainer.num_nodes": int,
+    "optim.lr": float, "optim.warmup_steps": int, "optim.weight_decay": float, "optim.min_lr_ratio": float,
+    "ema.decay": float, "guidance.drop_prob": float, "sampler.guidance_scale": float,
+    "sampler.num_steps": int, "data.batch_size": int, "data.val_fraction": float,
+    "diffusion.num_train_timesteps": int, "diffusion.beta_start": float, "diffusion.beta_end": float,
+    "validation.every_n_steps": int, "validation.num_steps": int, "checkpoint.every_n_steps": int,
+    "loss.vlb_weight": float, "seed": int,
+}
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Range checks of the keys people override most; raises `ConfigError` naming the key."""
     from sdm.diffusion import SAMPLERS
+    from sdm.diffusion.schedule import BETA_SCHEDULES, PREDICTION_TYPES
 
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as err:  # missing mandatory value or broken interpolation
         raise ConfigError(f"config cannot be resolved: {err}") from None
+    for key, kind in NUMERIC_KEYS.items():
+        number(cfg, key, kind)
+    d = cfg.diffusion
+    require(d.schedule in BETA_SCHEDULES, "diffusion.schedule", d.schedule, f"one of {sorted(BETA_SCHEDULES)}")
+    require(d.prediction_type in PREDICTION_TYPES, "diffusion.prediction_type", d.prediction_type,
+            f"one of {list(PREDICTION_TYPES)}")
+    require(int(d.num_train_timesteps) >= 2, "diffusion.num_train_timesteps", d.num_train_timesteps, ">= 2")
+    require(0 < float(d.beta_start) < float(d.beta_end) < 1, "diffusion.beta_start/beta_end",
+            [d.beta_start, d.beta_end], "0 < beta_start < beta_end < 1")
     t, o = cfg.trainer, cfg.optim
     require(int(t.max_steps) > 0, "trainer.max_steps", t.max_steps, "a positive number of steps")
     require(int(t.accumulate_grad_batches) >= 1, "trainer.accumulate_grad_batches",

@@ -12,9 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import math
-import os
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from sdm.atomic import write_atomically
 from sdm.checkpoints import (
     CHECKPOINT_DIR,
     EXPORT_DIR,
@@ -37,7 +36,7 @@ from sdm.checkpoints import (
     read_export_config,
     resolve_weights_source,
 )
-from sdm.config import require
+from sdm.config import number, require
 from sdm.data.classes import colorize
 from sdm.data.datamodule import split_indices
 from sdm.data.prepare import decode_row, prepare_data
@@ -84,32 +83,23 @@ class Model:
 # ----------------------------------------------------------------------------- settings
 
 
-def _number(cfg: DictConfig, key: str, kind: type = int) -> Any:
-    """A numeric setting, with the key named when it is not a number."""
-    value = OmegaConf.select(cfg, key)
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is invalid: expected a{'n integer' if kind is int else ' number'}") from None
-
-
 def check_settings(cfg: DictConfig) -> None:
     """Range checks of every sample.py setting, before any weights or data are read."""
     if OmegaConf.is_missing(cfg, "weights") or not cfg.weights:
         raise ConfigError("weights=... is required: a run dir, its export dir, a .ckpt or a .safetensors file")
     s = cfg.sampler
     require(s.name in SAMPLERS, "sampler.name", s.name, f"one of {sorted(SAMPLERS)} (sampler=ddim|ddpm|dpmpp|unipc)")
-    scale = _number(cfg, "sampler.guidance_scale", float)
+    scale = number(cfg, "sampler.guidance_scale", float)
     require(math.isfinite(scale) and scale >= 0, "sampler.guidance_scale", scale,
              "a number >= 0 (1 = no guidance, 1.5 = the paper's)")
-    require(_number(cfg, "sampler.num_steps") >= 1, "sampler.num_steps", s.num_steps, "an integer >= 1")
-    require(_number(cfg, "sampler.eta", float) >= 0, "sampler.eta", s.eta, "a number >= 0")
+    require(number(cfg, "sampler.num_steps") >= 1, "sampler.num_steps", s.num_steps, "an integer >= 1")
+    require(number(cfg, "sampler.eta", float) >= 0, "sampler.eta", s.eta, "a number >= 0")
     require(s.timestep_spacing in TIMESTEP_SPACINGS, "sampler.timestep_spacing", s.timestep_spacing,
              f"one of {list(TIMESTEP_SPACINGS)}")
-    require(_number(cfg, "num_per_mask") >= 1, "num_per_mask", cfg.num_per_mask, "an integer >= 1")
-    require(_number(cfg, "batch_size") >= 1, "batch_size", cfg.batch_size, "an integer >= 1")
-    require(cfg.limit is None or _number(cfg, "limit") >= 1, "limit", cfg.limit, "null or an integer >= 1")
-    require(_number(cfg, "seed") >= 0, "seed", cfg.seed, "an integer >= 0")
+    require(number(cfg, "num_per_mask") >= 1, "num_per_mask", cfg.num_per_mask, "an integer >= 1")
+    require(number(cfg, "batch_size") >= 1, "batch_size", cfg.batch_size, "an integer >= 1")
+    require(cfg.limit is None or number(cfg, "limit") >= 1, "limit", cfg.limit, "null or an integer >= 1")
+    require(number(cfg, "seed") >= 0, "seed", cfg.seed, "an integer >= 0")
     require(cfg.precision in PRECISIONS, "precision", cfg.precision, f"one of {list(PRECISIONS)}")
 
 
@@ -284,12 +274,8 @@ def image_name(mask: str, k: int) -> str:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """JSON written under a temporary name and renamed, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    text = json.dumps(data, indent=2)
+    write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def run_settings(cfg: DictConfig, model: Model) -> dict[str, Any]:
@@ -415,9 +401,9 @@ def grid_row(out_dir: Path, mask: Mask, per_mask: int, with_real: bool) -> list[
 def write_grids(out_dir: Path, masks: Sequence[Mask], per_mask: int, touched: set[str]) -> list[str]:
     """grids/grid_NNN.png, one row per mask, 8 masks each; only grids with new samples are redrawn."""
     names = []
-    for number, start in enumerate(range(0, len(masks), MASKS_PER_GRID)):
+    for index, start in enumerate(range(0, len(masks), MASKS_PER_GRID)):
         group = masks[start : start + MASKS_PER_GRID]
-        name = f"grids/grid_{number:03d}.png"
+        name = f"grids/grid_{index:03d}.png"
         names.append(name)
         if (out_dir / name).is_file() and not touched.intersection(m.name for m in group):
             continue

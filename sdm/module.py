@@ -56,8 +56,9 @@ class SDMModule(L.LightningModule):
         self.scheduler = build_noise_scheduler(**noise_config(cfg))
         self.num_timesteps = int(cfg["diffusion"]["num_train_timesteps"])
         self.drop_prob = float(cfg["guidance"]["drop_prob"])
+        if cfg.get("compile"):
+            self.unet.compile()  # in place: the state dict keeps its keys, checkpoints stay portable
         self.channels_last = bool(cfg.get("channels_last", False))
-        self._forward = torch.compile(self.unet) if cfg.get("compile") else self.unet
         self._val_batch: dict[str, Tensor] | None = None
         if self.channels_last:
             self.unet.to(memory_format=torch.channels_last)
@@ -92,11 +93,13 @@ class SDMModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         stream = batch_idx % self.trainer.accumulate_grad_batches
-        losses, t = self.diffusion_losses(batch, self._generator(stream), self.drop_prob, self._forward)
+        losses, t = self.diffusion_losses(batch, self._generator(stream), self.drop_prob, self.unet)
         loss = losses["loss"].mean()
-        if not torch.isfinite(loss):
+        # every rank must stop together, or DDP would wait forever in the gradient all-reduce
+        if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False):
             raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) at step {self.global_step}; training stopped. "
+                f"non-finite loss ({loss.item()} on rank {self.global_rank}, or on another rank) at step "
+                f"{self.global_step}; training stopped. "
                 "The last checkpoint was written before this step. Lower optim.lr, use "
                 "trainer.precision=bf16-mixed or 32-true, or check the data"
             )
@@ -112,8 +115,10 @@ class SDMModule(L.LightningModule):
         for q in range(4):
             chosen = quarter == q
             if chosen.any():
+                # rank-local: a quarter may be missing from one rank's batch, and a synced
+                # metric that only some ranks log would put the collectives out of step
                 self.log(f"{stage}/mse_q{q}", losses["mse"][chosen].mean(), on_step=on_step,
-                         on_epoch=not on_step, sync_dist=not on_step, batch_size=int(chosen.sum()))
+                         on_epoch=not on_step, batch_size=int(chosen.sum()))
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)

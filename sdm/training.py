@@ -53,6 +53,13 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("sdm.run_dir", _run_dir)
 
 
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """`last` -> the newest complete checkpoint of this run dir (it must exist); `auto` -> the
     same when there is one (a requeued SLURM job), else a fresh start; a path as given."""
@@ -86,8 +93,10 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     plugins: list[Any] = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # submitit requeues by itself: Lightning must not (FACTS.md)
         plugins.append(SLURMEnvironment(auto_requeue=False))
+    # validation.every_n_steps counts optimizer steps; Lightning's interval counts batches
+    every = int(cfg.validation.every_n_steps) * int(cfg.trainer.accumulate_grad_batches)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                       strategy=strategy, plugins=plugins)
+                       strategy=strategy, plugins=plugins, val_check_interval=every)
 
 
 def final_metrics(trainer: L.Trainer) -> dict[str, float]:
@@ -112,6 +121,12 @@ def hparams_of(cfg: dict[str, Any]) -> dict[str, Any]:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit SDM as configured; returns the final metrics (also logged as hparams metrics)."""
     check_train_config(cfg)
+    if int(cfg.trainer.num_nodes) > 1 and not cfg.run_dir and not _is_multirun():
+        raise ConfigError(
+            f"trainer.num_nodes={cfg.trainer.num_nodes}: pass run_dir=<a path every node sees> so that all "
+            "nodes write to one run dir (each would name its own by the clock), or submit with -m "
+            "hydra/launcher=slurm"
+        )
     ckpt_path = resolve_ckpt_path(cfg)
     if ckpt_path and cfg.init_from:
         raise ConfigError("give either ckpt_path (resume a run) or init_from (start from weights), not both")

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from sdm.atomic import write_atomically
 from sdm.data.classes import CLASS_NAMES, PALETTE, colorize
 
 
@@ -66,8 +67,5 @@ def class_frequency_chart(
 
 
 def save_png(array: np.ndarray, path: str | Path) -> None:
-    """Write an image atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    tmp.replace(path)
+    """Write an image atomically (temporary name, fsync, rename)."""
+    write_atomically(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))

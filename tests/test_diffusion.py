@@ -489,9 +489,11 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.batches: list[int] = []
+        self.conds: list[torch.Tensor] = []
 
     def __call__(self, x, t, cond):
         self.batches.append(x.shape[0])
+        self.conds.append(cond.clone())
         eps = x * 0.5 + cond[:, :3] * 2 + t.view(-1, 1, 1, 1) / T
         var = torch.tanh(cond[:, :3] - x)
         return torch.cat([eps, var], 1)
@@ -530,6 +532,9 @@ def test_guidance_in_sampler_uses_zero_null_condition():
     cond = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0)) + 0.5
     sample(m, cond, noise_config={}, num_steps=3, guidance_scale=1.5)
     assert m.batches == [2, 2, 2]
+    for seen in m.conds:  # the first half is the mask, the second the all-zero null map
+        torch.testing.assert_close(seen[:1], cond)
+        assert seen[1:].abs().sum() == 0
 
 
 # --------------------------------------------------------------------------- bad input

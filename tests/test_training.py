@@ -314,3 +314,30 @@ def test_ckpt_path_auto_resumes_only_when_there_is_something(tmp_path):
     assert resolve_ckpt_path(cfg) == str(tmp_path / "checkpoints" / "last.ckpt")
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
         resolve_ckpt_path(OmegaConf.create({"ckpt_path": "last", "output_dir": str(tmp_path / "x")}))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("trainer.max_steps=abc", "trainer.max_steps"), ("diffusion.schedule=quadratic", "diffusion.schedule"),
+     ("diffusion.prediction_type=x0", "diffusion.prediction_type"), ("trainer.num_nodes=2", "run_dir")],
+)
+def test_more_bad_settings_name_their_key(tmp_path, override, key):
+    with pytest.raises(ConfigError, match=key):
+        train(compose_train(tmp_path / "run", override))
+
+
+def test_compile_keeps_checkpoint_keys(tmp_path):
+    cfg = compose_train(tmp_path, "compile=true")
+    compiled = SDMModule(OmegaConf.to_container(cfg, resolve=True))
+    plain = SDMModule(OmegaConf.to_container(compose_train(tmp_path), resolve=True))
+    assert set(compiled.state_dict()) == set(plain.state_dict())
+
+
+def test_gradient_accumulation_updates_ema_per_optimizer_step(tmp_path):
+    out, _ = run_train(tmp_path, "accumulate", "trainer.accumulate_grad_batches=2", "trainer.max_steps=4",
+                       "validation.every_n_steps=2")
+    ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 4
+    assert int(ckpt["state_dict"]["ema.n_averaged"]) == 4  # one EMA update per optimizer step
+    batches = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"]
+    assert batches > 4  # several batches per step (Lightning also steps at an epoch's end)
