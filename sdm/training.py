@@ -128,12 +128,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "hydra/launcher=slurm"
         )
     ckpt_path = resolve_ckpt_path(cfg)
+    if cfg.get("stage") == "finetune" and not (cfg.init_from or ckpt_path):
+        raise ConfigError(
+            "experiment=finetune_cfg needs init_from=<the stage-1 run dir, a .ckpt or an ema.safetensors> "
+            "(or ckpt_path=last to resume a fine-tune)"
+        )
     if ckpt_path and cfg.init_from:
-        raise ConfigError("give either ckpt_path (resume a run) or init_from (start from weights), not both")
+        print(f"resuming {ckpt_path}: init_from is not used (the checkpoint holds the weights)")
     L.seed_everything(int(cfg.seed), workers=True)
     plain = OmegaConf.to_container(cfg, resolve=True)
     module = SDMModule(plain)
-    if cfg.init_from:
+    if cfg.init_from and not ckpt_path:
         weights, source = load_ema_weights(cfg.init_from)
         load_into(module.unet, weights, str(source))
         module.ema.module.load_state_dict(module.unet.state_dict())

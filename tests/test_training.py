@@ -341,3 +341,9 @@ def test_gradient_accumulation_updates_ema_per_optimizer_step(tmp_path):
     assert int(ckpt["state_dict"]["ema.n_averaged"]) == 4  # one EMA update per optimizer step
     batches = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"]
     assert batches > 4  # several batches per step (Lightning also steps at an epoch's end)
+
+
+def test_finetune_without_init_from_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="needs init_from="):
+        train(compose_train(tmp_path / "ft", "experiment=finetune_cfg", "data.size=[32,32]"))
+    assert not (tmp_path / "data-cache").exists()
