@@ -25,10 +25,11 @@ def hub_help(path: str, err: BaseException) -> str:
     """The message for a Hub dataset that cannot be loaded (gated, offline, misspelt)."""
     return (
         f"cannot load the Hub dataset '{path}': {type(err).__name__}: {str(err).splitlines()[0][:300]}\n"
-        "  - it is gated: accept its terms on the Hub page, then `huggingface-cli login` or export "
-        "HF_TOKEN=<your token>;\n"
+        "  - the dataset is gated: accept its terms on the Hub page, then `huggingface-cli login` or "
+        "export HF_TOKEN=<your token>;\n"
         "  - without network, point at a local copy in the same schema: data.path=/path/to/folder "
-        "(a folder with data/*.parquet, as `snapshot_download` leaves it) or data.path=/path/*.parquet;\n"
+        "(a folder with data/*.parquet, as `snapshot_download` leaves it) or data.path=/path/*.parquet "
+        "(export HF_HUB_OFFLINE=1 to skip the connection retries);\n"
         "  - or try the whole pipeline offline on generated street scenes: data=scenes"
     )
 
