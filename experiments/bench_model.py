@@ -35,12 +35,14 @@ REFERENCE = {"train img/s": 1.8, "forward img/s": 4.8, "guided step img/s": 2.6}
 
 
 def measure(preset: str, size: int, batch: int, bf16: bool, channels_last: bool) -> dict:
-    from sdm.diffusion import build_noise_scheduler, guided_prediction
+    from omegaconf import OmegaConf
+
+    from sdm.diffusion import guided_prediction
     from sdm.diffusion.sampling import build_sampler_scheduler
     from sdm.module import SDMModule, noise_config
 
     cfg = compose(f"model={preset}", f"data.size=[{size},{size}]", f"channels_last={channels_last}")
-    module = SDMModule(__import__("omegaconf").OmegaConf.to_container(cfg, resolve=True))
+    module = SDMModule(OmegaConf.to_container(cfg, resolve=True))
     module.train()
     optimizer = torch.optim.AdamW(module.unet.parameters(), lr=1e-4)
     label = torch.randint(0, 35, (batch, size, size), dtype=torch.uint8)
@@ -71,7 +73,6 @@ def measure(preset: str, size: int, batch: int, bf16: bool, channels_last: bool)
     forward_rate = rate(forward, batch)
     scheduler = build_sampler_scheduler("ddim", noise_config(module.cfg))
     scheduler.set_timesteps(50)
-    del build_noise_scheduler
 
     paired = torch.cat([cond, torch.zeros_like(cond)])
 

@@ -16,6 +16,7 @@ from sdm.data.datamodule import (
     PairDataset,
     ResumableShuffleSampler,
     SidewalkDataModule,
+    seed_worker,
     split_indices,
 )
 from sdm.data.prepare import prepare_data
@@ -200,7 +201,7 @@ def test_workers_get_different_augmentations(data_cfg):
     dm.setup("fit")
     same_row = PairDataset(prepared, np.zeros(8, dtype=np.int64), dm.train_set.transform)
     loader = torch.utils.data.DataLoader(same_row, batch_size=1, num_workers=2,
-                                         worker_init_fn=__import__("sdm.data.datamodule").data.datamodule.seed_worker)
+                                         worker_init_fn=seed_worker)
     images = [batch["image"][0] for batch in loader]
     distinct = {tuple(img.flatten()[::97].tolist()) for img in images}
     assert len(distinct) >= 6, "workers repeated each other's augmentation stream"
