@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint mutants bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
@@ -24,6 +24,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# make mutants [PKG="models diffusion"] [CHANGED=main]: mutation testing, see README "Contributing"
+mutants: setup
+	$(PY) experiments/mutants.py $(PKG) $(if $(CHANGED),--changed $(CHANGED))
 
 lint: setup
 	$(VENV)/bin/ruff check .

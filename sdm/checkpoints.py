@@ -8,6 +8,7 @@ which is what `sample.py` reads. Everything is loaded with `weights_only=True`.
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if code is None:
+            raise CheckpointError(f"'{path}' is not a readable checkpoint (corrupted or truncated?)") from None
         raise CheckpointError(
-            f"'{path}' is not a plain-weights checkpoint (it asks to run code: {str(err).splitlines()[0][:200]}); "
-            "refusing to load it"
+            f"'{path}' is not a plain-weights checkpoint (it asks to import {code.group(1)}); refusing to load it"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         raise CheckpointError(f"'{path}' is not a readable checkpoint (corrupted or truncated?): {err}") from None

@@ -72,7 +72,7 @@ def test_crop_keeps_aspect_ratio():
     assert 10 <= (stretched == 1).sum(axis=1).mean() <= 15
 
 
-def test_hub_parquet_and_scenes_give_identical_batches(hub_folder, data_cfg):
+def test_hub_parquet_prepares_with_its_pictures_and_statistics(hub_folder, data_cfg):
     hub_cfg = data_cfg("sidewalk", path=str(hub_folder), size=[64, 64], val_fraction=0.25,
                        batch_size=2, num_workers=0, export_png=True)
     prepared = prepare_data(hub_cfg, show_progress=False)
@@ -82,19 +82,30 @@ def test_hub_parquet_and_scenes_give_identical_batches(hub_folder, data_cfg):
     freq = prepared.info["class_pixel_frequency"]
     assert abs(sum(freq.values()) - 1) < 1e-9
 
-    scene_cfg = data_cfg("scenes", size=[64, 64], batch_size=2, num_workers=0, **{"scenes.num": 8})
+
+def test_hub_parquet_and_scenes_give_identical_batches(tmp_path, data_cfg):
+    """The same rows through the Hub loader and through the scene source: the same tensors."""
+    from sdm.data.scenes import scenes_dataset
+
+    scenes = scenes_dataset(8, 32, 32, seed=0)
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    scenes.to_parquet(str(tmp_path / "hub" / "data" / "train-00000-of-00001.parquet"))
+    common = dict(size=[32, 32], val_fraction=0.25, batch_size=3, num_workers=0, export_png=False,
+                  resize="crop", **{"augment.scale": [0.5, 1.0], "augment.hflip": 0.5})
+    configs = [data_cfg("sidewalk", path=str(tmp_path / "hub"), **common),
+               data_cfg("scenes", **common, **{"scenes.num": 8, "scenes.seed": 0})]
     batches = []
-    for cfg in (hub_cfg, scene_cfg):
+    for cfg in configs:
         dm = SidewalkDataModule(cfg)
         dm.prepare_data()
         dm.setup("fit")
-        batches.append(next(iter(dm.train_dataloader())))
-    for batch in batches:
-        assert set(batch) == {"image", "label"}
-        assert batch["image"].dtype == torch.float32 and batch["image"].shape == (2, 3, 64, 64)
-        assert batch["label"].dtype == torch.uint8 and batch["label"].shape == (2, 64, 64)
-        assert batch["image"].min() >= -1 and batch["image"].max() <= 1
-        assert int(batch["label"].max()) < NUM_CLASSES
+        batches.append([next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))])
+    for hub_batch, scene_batch in zip(*batches, strict=True):
+        assert set(hub_batch) == set(scene_batch) == {"image", "label"}
+        assert hub_batch["image"].dtype == torch.float32 and hub_batch["label"].dtype == torch.uint8
+        assert hub_batch["image"].shape[1:] == (3, 32, 32) and hub_batch["label"].shape[1:] == (32, 32)
+        assert torch.equal(hub_batch["image"], scene_batch["image"])
+        assert torch.equal(hub_batch["label"], scene_batch["label"])
 
 
 def test_cache_is_reused(hub_folder, data_cfg):
@@ -112,11 +123,14 @@ def bad_rows():
     good = street_like(40, 60, 0)
     wrong_size = hub_row(good[0], good[1][:30])
     out_of_range = hub_row(good[0], np.full((40, 60), 40, np.uint8))
+    first_invalid = good[1].copy()
+    first_invalid[5, 7] = NUM_CLASSES  # 35: one past the last class
     undecodable = {"pixel_values": {"bytes": b"this is not a png", "path": None},
                    "label": hub_row(*good)["label"]}
     return {
         "size mismatch": (wrong_size, r"row 1: image is 60x40 but label is 60x30"),
         "ids out of range": (out_of_range, r"row 1: field 'label': ids \[40\] outside 0..34"),
+        "id 35": (hub_row(good[0], first_invalid), r"row 1: field 'label': ids \[35\] outside 0..34"),
         "undecodable": (undecodable, r"row 1: field 'pixel_values': cannot decode image"),
     }
 
@@ -210,6 +224,7 @@ def test_workers_get_different_augmentations(data_cfg):
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
 
 
+@pytest.mark.slow  # starts Python interpreters: runs in CI, not in the quick loop
 def test_prepare_cli(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "NO_ALBUMENTATIONS_UPDATE": "1", "HOME": str(tmp_path)}
@@ -254,3 +269,83 @@ def test_streaming_from_a_local_copy_splits_by_rank(tmp_path, data_cfg):
     batches = [next(stream) for _ in range(len(rows))]  # the training stream repeats
     assert batches[0]["image"].shape == (2, 3, 32, 32) and batches[0]["label"].dtype == torch.uint8
     assert not Path(cfg.cache_dir).exists()
+
+
+# --- exact mappings and the training transform ---------------------------------------------
+
+
+def test_label_ids_up_to_34_are_accepted_and_35_refused():
+    from PIL import Image
+
+    from sdm.data.rows import RowError, label_to_ids
+
+    ids = np.arange(35, dtype=np.uint8).reshape(5, 7)
+    assert np.array_equal(label_to_ids(Image.fromarray(ids)), ids)
+    assert np.array_equal(label_to_ids(Image.fromarray(colorize(ids))), ids)  # palette colours
+    ids[4, 6] = 35
+    with pytest.raises(RowError, match=r"ids \[35\] outside 0..34"):
+        label_to_ids(Image.fromarray(ids))
+
+
+def test_batch_item_maps_pixels_exactly():
+    from sdm.data.transforms import to_item
+
+    image = np.array([[[0, 255, 51]], [[127, 128, 204]]], dtype=np.uint8)  # 2 x 1 x 3
+    label = np.array([[0], [34]], dtype=np.uint8)
+    item = to_item(image, label)
+    assert item["image"].shape == (3, 2, 1) and item["image"].dtype == torch.float32
+    expected = torch.tensor(image, dtype=torch.float64).permute(2, 0, 1) / 127.5 - 1
+    torch.testing.assert_close(item["image"].double(), expected, rtol=0, atol=1e-6)
+    assert item["image"].min() == -1 and item["image"].max() == 1
+    assert item["label"].dtype == torch.uint8 and item["label"].tolist() == [[0], [34]]
+    image[0, 0, 0] = 9
+    assert item["image"][0, 0, 0] == -1  # a copy: the cache's memory is never aliased
+
+
+def test_augmented_image_still_lines_up_with_its_mask(tmp_path, data_cfg):
+    """Images that are the colouring of their own mask: after random crops and flips, every
+    pixel away from a class boundary still has its mask's colour, and no id is interpolated."""
+    from sdm.data.prepare import PreparedData
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(3):
+        blocks = rng.choice([1, 9, 20, 34], size=(6, 8))
+        label = np.kron(blocks, np.ones((8, 8), np.int64)).astype(np.uint8)  # 48 x 64, blocks of 8
+        label[:, :8] = 9  # class ids 1 and 9 side by side: linear interpolation would show 2..8
+        label[:, 8:16] = 1
+        rows.append(hub_row(colorize(label), label))
+    folder = write_hub_parquet(tmp_path / "coloured", rows)
+    cfg = data_cfg("sidewalk", path=str(folder), size=[48, 64], val_fraction=0.0, batch_size=1,
+                   num_workers=0, export_png=False, **{"augment.scale": [0.3, 0.6], "augment.hflip": 0.5})
+    dm = SidewalkDataModule(cfg)
+    dm.setup("fit")
+    assert isinstance(dm.prepared, PreparedData)
+    flipped = 0
+    for seed in range(12):
+        item = dm.train_set[(seed % 3, seed)]
+        image = ((item["image"].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+        label = item["label"].numpy()
+        assert set(np.unique(label)) <= {1, 9, 20, 34}
+        padded = np.pad(label, 1, mode="edge")
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3))
+        interior = (windows == label[:, :, None, None]).all(axis=(2, 3))
+        assert interior.mean() > 0.5
+        diff = np.abs(image.astype(int) - colorize(label).astype(int)).max(axis=2)
+        assert diff[interior].max() <= 2, f"seed {seed}: image and mask no longer line up"
+        flipped += int(label[0, -1] == 9)  # the 9-stripe sits on the left unless flipped
+    assert 0 < flipped < 12
+
+
+def test_augmentation_seeds_change_with_epoch_and_position():
+    sampler = ResumableShuffleSampler(16, seed=3)
+    epoch0 = list(sampler)
+    sampler.set_epoch(1)
+    epoch1 = list(sampler)
+    assert sorted(i for i, _ in epoch0) == sorted(i for i, _ in epoch1) == list(range(16))
+    assert [i for i, _ in epoch0] != [i for i, _ in epoch1]  # a new order each epoch
+    seeds0 = {i: s for i, s in epoch0}
+    assert all(seeds0[i] != s for i, s in epoch1)  # a row is never cropped the same way twice
+    assert len({s for _, s in epoch0}) == 16 and all(0 <= s < 2**32 for _, s in epoch0)
+    assert list(ResumableShuffleSampler(16, seed=3)) == epoch0
+    assert [s for _, s in ResumableShuffleSampler(16, seed=4)] != [s for _, s in epoch0]

@@ -110,7 +110,11 @@ def test_schedule_bad_names_raise_with_choices():
 def test_diffusion_configs_build(name):
     cfg = OmegaConf.to_container(OmegaConf.load(CONF / "diffusion" / f"{name}.yaml"))
     assert cfg["schedule"] == name
-    assert build_noise_scheduler(**cfg, learn_sigma=True).config.num_train_timesteps == T
+    scheduler = build_noise_scheduler(**cfg, learn_sigma=True)
+    assert scheduler.config.num_train_timesteps == T and scheduler.config.prediction_type == "epsilon"
+    assert scheduler.config.variance_type == "learned_range"
+    np.testing.assert_allclose(scheduler.betas.double().numpy(), _np_betas(name), rtol=1e-6, atol=1e-9)
+    assert build_noise_scheduler(**cfg, learn_sigma=False).config.variance_type == "fixed_small"
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -583,3 +587,112 @@ def test_reusing_the_spade_modulation_changes_nothing_and_saves_work():
     assert torch.allclose(plain, reused, atol=1e-6)
     assert len(calls) * 4 == plain_calls  # each SPADE ran its mask convs once instead of per step
     assert all(m.cache is None for m in unet.modules() if type(m).__name__ == "SPADE")
+
+
+# --------------------------------------------------------------------------- configuration of samplers
+
+
+def test_sampler_schedulers_carry_the_documented_settings():
+    from diffusers import (
+        DDIMScheduler,
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        UniPCMultistepScheduler,
+    )
+
+    from sdm.diffusion.sampling import build_sampler_scheduler
+
+    linear = {"schedule": "linear", "learn_sigma": True}
+    ddpm = build_sampler_scheduler("ddpm", linear)
+    assert isinstance(ddpm, DDPMScheduler) and ddpm.config.timestep_spacing == "trailing"
+    assert ddpm.config.variance_type == "learned_range"
+    assert ddpm.config.clip_sample is True and ddpm.config.clip_sample_range == 1.0
+    fixed = build_sampler_scheduler("ddpm", {"schedule": "linear", "learn_sigma": False})
+    assert fixed.config.variance_type == "fixed_small"
+    ddim = build_sampler_scheduler("ddim", linear)
+    assert isinstance(ddim, DDIMScheduler) and ddim.config.clip_sample is True
+    assert ddim.config.set_alpha_to_one is True and ddim.config.clip_sample_range == 1.0
+    dpm = build_sampler_scheduler("dpmpp", linear)
+    assert isinstance(dpm, DPMSolverMultistepScheduler)
+    assert (dpm.config.algorithm_type, dpm.config.solver_order) == ("dpmsolver++", 2)
+    assert dpm.config.thresholding is True and dpm.config.sample_max_value == 1.0
+    assert dpm.config.lambda_min_clipped == -math.inf
+    cosine = build_sampler_scheduler("dpmpp", {"schedule": "cosine", "learn_sigma": True})
+    assert cosine.config.lambda_min_clipped == -5.1  # cosine betas end near 1: lambda(t) diverges
+    unipc = build_sampler_scheduler("unipc", linear)
+    assert isinstance(unipc, UniPCMultistepScheduler)
+    assert unipc.config.thresholding is True and unipc.config.sample_max_value == 1.0
+    for name in sorted(SAMPLERS):
+        assert build_sampler_scheduler(name, linear).config.timestep_spacing == "trailing"
+        unclipped = build_sampler_scheduler(name, linear, clip_denoised=False, timestep_spacing="linspace")
+        assert unclipped.config.timestep_spacing == "linspace"
+        assert not unclipped.config.get("clip_sample", False) and not unclipped.config.get("thresholding", False)
+
+
+def test_clipping_keeps_predicted_images_in_range():
+    """An oracle that predicts x0 = 3 (far outside [-1, 1]): clipped samplers land on 1."""
+    noise_cfg = {"schedule": "linear", "learn_sigma": False}
+    tab = diffusion_tables(build_noise_scheduler("linear", learn_sigma=False))
+
+    def far_out(x, t, cond):
+        a = tab.at("sqrt_alphas_cumprod", t).float()
+        s = tab.at("sqrt_one_minus_alphas_cumprod", t).float()
+        return (x - a * 3.0) / s  # the eps that makes x0_hat = 3
+
+    cond = torch.zeros(2, 1, 4, 4)
+    for name in ("ddim", "dpmpp", "unipc"):
+        x = sample(far_out, cond, noise_config=noise_cfg, sampler=name, num_steps=10, guidance_scale=1.0,
+                   generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(x, torch.ones_like(x), atol=1e-3), name
+
+
+def test_guidance_pairs_each_sample_with_its_own_unconditional_pass():
+    """B = 3: the guided output of sample i mixes the cond and null passes of sample i only."""
+    x = torch.randn(3, 3, 2, 2)
+    t = torch.tensor([5, 6, 7])
+    cond = torch.rand(3, 4, 2, 2) + 1
+
+    def model(x_in, t_in, c):
+        eps = x_in * 0 + c.sum(1, keepdim=True) + t_in.float().view(-1, 1, 1, 1)
+        return torch.cat([eps.expand(-1, 3, -1, -1), -eps.expand(-1, 3, -1, -1)], 1)
+
+    out = guided_prediction(model, x, t, cond, 2.0, learn_sigma=True)
+    c_eps = cond.sum(1, keepdim=True) + t.float().view(-1, 1, 1, 1)
+    u_eps = t.float().view(-1, 1, 1, 1).expand_as(c_eps)
+    torch.testing.assert_close(out[:, :3], (u_eps + 2.0 * (c_eps - u_eps)).expand(-1, 3, -1, -1))
+    torch.testing.assert_close(out[:, 3:], (-c_eps).expand(-1, 3, -1, -1))  # variance: conditional pass
+
+
+def test_schedule_closed_forms_hold_for_one_and_two_steps():
+    one = diffusion_tables(build_noise_scheduler("linear", num_train_timesteps=1))
+    assert one.betas.shape == (1,) and one.posterior_log_variance_clipped.shape == (1,)
+    torch.testing.assert_close(one.posterior_log_variance_clipped, one.betas.log())
+    two = diffusion_tables(build_noise_scheduler("linear", num_train_timesteps=2))
+    clipped = two.posterior_log_variance_clipped
+    assert clipped[0] == clipped[1] == two.posterior_variance[1].log()  # t = 0 takes t = 1's value
+    with pytest.raises(ValueError, match="num_train_timesteps must be >= 1"):
+        build_noise_scheduler("linear", num_train_timesteps=0)
+
+
+@pytest.mark.parametrize("shape", [(4, 7), (4, 3, 2, 5, 2)])
+def test_closed_forms_work_on_any_tensor_rank(shape):
+    """Tables broadcast over whatever follows the batch axis, not only 4-D images."""
+    from sdm.diffusion.losses import predict_x0
+
+    scheduler = build_noise_scheduler("linear", prediction_type="v_prediction")
+    tab = diffusion_tables(scheduler)
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    t = torch.tensor([0, 10, 500, 999])
+    abar = torch.tensor([float(tab.alphas_cumprod[i]) for i in t]).view(-1, *([1] * (len(shape) - 1)))
+    x_t = add_noise(scheduler, x0, noise, t)
+    assert x_t.shape == shape
+    torch.testing.assert_close(x_t, abar.sqrt() * x0 + (1 - abar).sqrt() * noise)
+    v = training_target(scheduler, x0, noise, t)
+    torch.testing.assert_close(v, abar.sqrt() * noise - (1 - abar).sqrt() * x0)
+    torch.testing.assert_close(predict_x0(tab, x_t.double(), t, v.double(), "v_prediction").float(), x0,
+                               atol=1e-5, rtol=1e-5)
+    mean, var, logvar = q_posterior(tab, x0.double(), x_t.double(), t)
+    assert mean.shape == var.shape == logvar.shape == shape
+    frac = torch.zeros(shape, dtype=torch.float64)
+    assert learned_log_variance(tab, frac, t).shape == shape

@@ -132,6 +132,57 @@ def test_resumption_skips_done_and_redraws_a_deleted_image(run_dir, tmp_path):
         generate(sample_cfg(*args, "seed=1"))
 
 
+def test_resumed_generation_samples_with_the_first_runs_pass_size(run_dir, tmp_path, monkeypatch):
+    """A pass of one image would change the bf16/threaded numerics: resumes pad to the full pass."""
+    import sdm.generate as generation
+
+    passes = []
+    real_sample = generation.sample
+
+    def spy(model, cond, **kwargs):
+        passes.append(cond.shape[0])
+        return real_sample(model, cond, **kwargs)
+
+    monkeypatch.setattr(generation, "sample", spy)
+    out = tmp_path / "out"
+    args = [f"weights={run_dir}", "limit=3", f"out_dir={out}", "batch_size=4"]
+    generate(sample_cfg(*args))
+    assert passes == [4, 4]  # 6 images: one full pass and one padded to 4
+    (out / "images" / sorted(p.name for p in (out / "images").iterdir())[2]).unlink()
+    passes.clear()
+    generate(sample_cfg(*args))
+    assert passes == [4]
+    passes.clear()
+    generate(sample_cfg(f"weights={run_dir}", "limit=1", "num_per_mask=1", "batch_size=8",
+                        f"out_dir={tmp_path / 'one'}"))
+    assert passes == [1]  # never more than there is to draw
+
+
+def test_changed_weights_are_refused_when_resuming(run_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from sdm.generate import weights_fingerprint
+
+    export = tmp_path / "run" / EXPORT_DIR
+    export.mkdir(parents=True)
+    for name in ("ema.safetensors", EXPORT_CONFIG):
+        (export / name).write_bytes((run_dir / EXPORT_DIR / name).read_bytes())
+    weights = load_file(export / "ema.safetensors")
+    args = [f"weights={export}", "limit=1", "num_per_mask=1", f"out_dir={tmp_path / 'out'}"]
+    generate(sample_cfg(*args))
+    name = max(weights, key=lambda k: weights[k].numel())
+    changed = dict(weights)
+    changed[name] = weights[name].clone()
+    changed[name].view(-1)[weights[name].numel() // 2] += 1e-3  # one value in the middle
+    assert weights_fingerprint(changed) != weights_fingerprint(weights)
+    save_file(changed, str(export / "ema.safetensors"))
+    with pytest.raises(ConfigError, match="weights_fingerprint"):
+        generate(sample_cfg(*args))
+    renamed = {("x" + k if k == name else k): v for k, v in weights.items()}
+    assert weights_fingerprint(renamed) != weights_fingerprint(weights)
+    assert weights_fingerprint({k: v.to(torch.bfloat16) for k, v in weights.items()}) != weights_fingerprint(weights)
+
+
 def test_folder_of_coloured_and_id_masks(run_dir, tmp_path):
     """Palette RGB and mode-L masks of another size are resized (nearest) to the training size."""
     big = bands(24, 20, (30, 10, 2))
@@ -242,6 +293,7 @@ def test_bad_inputs_give_clear_errors(run_dir, tmp_path, make, error, match):
     assert not (tmp_path / "out" / "images").exists() or not any((tmp_path / "out" / "images").iterdir())
 
 
+@pytest.mark.slow  # starts Python interpreters: runs in CI, not in the quick loop
 def test_cli_end_to_end(run_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "cli"

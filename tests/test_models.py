@@ -14,7 +14,9 @@ from torch import nn
 
 from sdm.models import SDMUNet, drop_condition, label_to_condition
 from sdm.models.attention import AttentionBlock
-from sdm.models.spade import SPADE
+from sdm.models.blocks import ResBlock
+from sdm.models.layers import Downsample, Upsample
+from sdm.models.spade import SPADE, SPADEResBlock
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = ["tiny", "small", "paper", "sidewalk1024", "ref64"]
@@ -222,3 +224,78 @@ def test_attention_equals_naive_softmax_attention():
             heads.append(v[:, sl] @ weights.transpose(1, 2))
         expected = (flat + block.proj_out(torch.cat(heads, dim=1))).reshape(x.shape)
         torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+
+
+# --- construction follows the arguments ------------------------------------------------
+
+
+def test_defaults_build_the_papers_network():
+    with torch.device("meta"):
+        model = SDMUNet()
+    assert n_params(model) == 653_926_918  # `paper` preset, 35 classes, no edge channel
+    assert (model.num_classes, model.label_channels, model.edge_channel) == (35, 35, False)
+    assert model.out_channels == 6 and model.downsample_factor == 32
+    heads = {m.num_heads * 64 == m.norm.num_channels for m in model.modules() if isinstance(m, AttentionBlock)}
+    assert heads == {True}
+    assert not any(getattr(m, "use_checkpoint", False) for m in model.modules())
+
+
+def test_every_block_gets_the_configured_widths_and_dropout():
+    model = small_net(spade_hidden=24, dropout=0.25, edge_channel=True)
+    assert (model.num_classes, model.label_channels, model.edge_channel) == (NC, NC + 1, True)
+    spades = [m for m in model.modules() if isinstance(m, SPADE)]
+    assert spades and {s.shared[0].out_channels for s in spades} == {24}
+    assert {s.shared[0].in_channels for s in spades} == {NC + 1}
+    dropouts = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert len(dropouts) == sum(1 for m in model.modules() if hasattr(m, "emb_layers")) and set(dropouts) == {0.25}
+    attention = [m for m in model.modules() if isinstance(m, AttentionBlock)]
+    assert attention and {a.num_heads for a in attention} == {64 // 16}
+    assert model.time_embed.embed_dim == 4 * 32
+
+
+def test_resampling_by_conv_or_by_resblock():
+    conv_net = small_net(channel_mult=(1, 2, 2), resblock_updown=False)
+    downs = [m for m in conv_net.modules() if isinstance(m, Downsample)]
+    ups = [m for m in conv_net.modules() if isinstance(m, Upsample) and m.conv is not None]
+    assert len(downs) == 2 and all(isinstance(d.op, nn.Conv2d) for d in downs) and len(ups) == 2
+    res_net = small_net(channel_mult=(1, 2, 2), resblock_updown=True)
+    down_blocks = [m for m in res_net.modules() if isinstance(m, ResBlock) and isinstance(m.h_resample, Downsample)]
+    up_blocks = [m for m in res_net.modules() if isinstance(m, SPADEResBlock) and isinstance(m.h_resample, Upsample)]
+    assert len(down_blocks) == 2 and len(up_blocks) == 2
+    assert not any(isinstance(m, Downsample) and isinstance(m.op, nn.Conv2d) for m in res_net.modules())
+    x, t, cond = inputs(h=16, w=16)
+    for net in (conv_net, res_net):
+        assert net(x, t, cond).shape == (2, 6, 16, 16)
+
+
+def test_unreachable_attention_resolution_is_refused():
+    with pytest.raises(ValueError, match=r"attention_ds \[8\] never occur with 2 levels"):
+        small_net(attention_ds=(2, 8))
+
+
+def test_bad_input_shapes_raise_clear_errors():
+    model = small_net()
+    x, t, cond = inputs()
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 3, H, W\)"):
+        model(x[0], t, cond)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 3, H, W\)"):
+        model(x[:, :2], t, cond)
+    with pytest.raises(ValueError, match=r"cond must have shape \(2, 5, h, w\)"):
+        model(x, t, cond[:1])
+    with pytest.raises(ValueError, match=r"cond must have shape"):
+        model(x, t, cond[0])
+    with pytest.raises(ValueError, match=r"timesteps must have shape \(2,\)"):
+        model(x, torch.tensor([1, 2, 3]), cond)
+    with pytest.raises(ValueError, match=r"has 6 channels but the model expects 5 label channels \(5 classes\)$"):
+        model(x, t, torch.cat([cond, cond[:, :1]], 1))
+    with pytest.raises(ValueError, match=r"\(5 classes \+ 1 edge channel\)$"):
+        small_net(edge_channel=True)(x, t, cond)
+    with pytest.raises(ValueError, match=r"input size 2x16 .*factor 4.*height 4, width 16$"):
+        small_net(channel_mult=(1, 2, 2))(x[:, :, :2], t, cond)
+
+
+def test_bf16_weights_take_a_float32_condition():
+    model = randomize_zero_params(small_net()).to(torch.bfloat16)
+    x, t, cond = inputs()
+    out = model(x.to(torch.bfloat16), t, cond)
+    assert out.dtype == torch.bfloat16 and out.abs().sum() > 0

@@ -16,7 +16,8 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm with 32 groups that normalises in float32.
 
     Mixed precision (bf16/fp16) statistics over large groups lose accuracy, so the
-    normalisation runs in float32 and the result goes back to the input dtype.
+    normalisation runs in float32 (weights included, so a network cast to bf16 works too)
+    and the result goes back to the input dtype.
     """
 
     def __init__(self, channels: int, affine: bool = True) -> None:
@@ -28,7 +29,9 @@ class GroupNorm32(nn.GroupNorm):
         super().__init__(NUM_GROUPS, channels, affine=affine)
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
 def zero_init(module: nn.Module) -> nn.Module:

@@ -1,0 +1,233 @@
+"""Mutation testing per package with mutmut: how many planted bugs do the fast tests catch?
+
+    python experiments/mutants.py models diffusion        # chosen packages
+    python experiments/mutants.py --changed main          # only files changed since `main`
+    python experiments/mutants.py                         # every package below
+
+Each package is mutated in its own copy of the working tree (`runs/mutants/<package>/`),
+with the fast tests that cover it, one torch thread per child. The kill rate of each run
+replaces that package's row in `experiments/results_mutants.md`; surviving mutants are listed
+there, those judged equivalent (no behaviour can tell them apart) with their reason from
+`experiments/mutants_equivalent.yaml`.
+
+Statements that only word an error (`raise ...(...)`) or print are not mutated: their text
+is checked by the tests that match it, and the condition that leads to them is mutated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "experiments" / "results_mutants.md"
+EQUIVALENT = REPO / "experiments" / "mutants_equivalent.yaml"
+
+# package -> (files to mutate, test files that cover them, pytest -k deselection)
+PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
+    "models": (["sdm/models/*.py"], ["tests/test_models.py"], ""),
+    "diffusion": (["sdm/diffusion/*.py"], ["tests/test_diffusion.py"], ""),
+    "data": (
+        ["sdm/data/rows.py", "sdm/data/transforms.py", "sdm/data/datamodule.py",
+         "sdm/data/prepare.py", "sdm/data/classes.py"],
+        ["tests/test_data.py"],
+        "not cli",
+    ),
+    "training": (
+        ["sdm/checkpoints.py", "sdm/ema.py", "sdm/module.py"],
+        ["tests/test_training.py", "tests/test_module.py"],
+        "not cli and not multirun and not sigkill",
+    ),
+    "generation": (["sdm/generate.py"], ["tests/test_generate.py"], "not cli"),
+}
+SKIP_PATTERNS = [r"^\s*raise \w+\(", r"^\s*print\(", r"^\s*warnings\.warn\("]
+KILLED = {"killed", "timeout", "caught by type check", "segfault"}
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if (REPO / line).is_file()]
+
+
+def changed_files(base: str) -> list[str]:
+    out = subprocess.run(["git", "diff", "--name-only", base, "--", "sdm"], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout.split()
+    untracked = subprocess.run(["git", "ls-files", "-o", "--exclude-standard", "sdm"], cwd=REPO,
+                               check=True, capture_output=True, text=True).stdout.split()
+    return sorted({f for f in out + untracked if f.endswith(".py") and (REPO / f).is_file()})
+
+
+def package_of(path: str) -> str | None:
+    from fnmatch import fnmatch
+
+    return next((name for name, (globs, _, _) in PACKAGES.items() if any(fnmatch(path, g) for g in globs)), None)
+
+
+def prepare_copy(work: Path, only: list[str], tests: list[str], deselect: str) -> None:
+    """A fresh copy of the working tree whose pyproject tells mutmut what to do."""
+    shutil.rmtree(work, ignore_errors=True)
+    for rel in tracked_files():
+        target = work / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, target)
+    selection = [t for t in tests if (REPO / t).is_file()] + ["-m", "not slow", "-p", "no:cacheprovider"]
+    if deselect:
+        selection += ["-k", deselect]
+    config = {
+        "source_paths": ["sdm"],
+        "only_mutate": only,
+        "also_copy": ["conf", "tests", "train.py", "sample.py"],
+        "pytest_add_cli_args_test_selection": selection,
+        "do_not_mutate_patterns": SKIP_PATTERNS,
+        "timeout_multiplier": 6.0,
+        "timeout_constant": 10.0,
+    }
+    pyproject = work / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + "\n[tool.mutmut]\n" + "".join(
+        f"{key} = {toml_value(value)}\n" for key, value in config.items()))
+    tomllib.loads(pyproject.read_text())  # fail here, not inside mutmut
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return "'" + value + "'"  # literal string: regexes keep their backslashes
+    return str(value)
+
+
+def run_mutmut(work: Path, children: int) -> dict[str, str]:
+    """mutant name -> status, after a full `mutmut run` in `work`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": ""}
+    mutmut = [sys.executable, "-m", "mutmut"]
+    log = work / "mutmut.log"
+    with log.open("w") as handle:
+        code = subprocess.run([*mutmut, "run", "--max-children", str(children)], cwd=work, env=env,
+                              stdout=handle, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        tail = log.read_text()[-3000:]
+        raise SystemExit(f"error: mutmut run failed in {work} (exit {code}); end of {log}:\n{tail}")
+    out = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return dict(re.findall(r"^\s*(\S+): (.+)$", out, flags=re.MULTILINE))
+
+
+def mutant_diff(work: Path, name: str) -> str:
+    """The changed source line of one mutant, for the results file."""
+    out = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": ""}).stdout
+    plus = [line[1:].strip() for line in out.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    return " / ".join(plus)[:160] or "?"
+
+
+def summarise(package: str, statuses: dict[str, str], work: Path, equivalent: dict[str, str]) -> str:
+    counts = Counter(statuses.values())
+    total = len(statuses) - counts["skipped"]
+    killed = sum(counts[s] for s in KILLED)
+    survivors = sorted(n for n, s in statuses.items() if s not in KILLED and s != "skipped")
+    eq = [n for n in survivors if n in equivalent]
+    rate = 100 * killed / total if total else 0.0
+    rate_eq = 100 * killed / (total - len(eq)) if total > len(eq) else 0.0
+    lines = [
+        f"<!-- package:{package} -->",
+        f"### {package}",
+        "",
+        f"{dt.date.today()}: {total} mutants, {killed} killed ({counts['timeout']} by time-out), "
+        f"{counts['survived']} survived, {counts['no tests']} reached by no test; "
+        f"**kill rate {rate:.1f} %**, {rate_eq:.1f} % without the {len(eq)} equivalent ones.",
+        "",
+    ]
+    if survivors:
+        lines += ["| mutant | status | change | equivalent because |", "|---|---|---|---|"]
+        for name in survivors:
+            change = mutant_diff(work, name).replace("|", "\\|")
+            lines.append(f"| `{name}` | {statuses[name]} | `{change}` | {equivalent.get(name, '')} |")
+        lines.append("")
+    lines.append(f"<!-- /package:{package} -->")
+    return "\n".join(lines)
+
+
+def summary_row(block: str) -> str | None:
+    match = re.search(r"### (\S+)\n\n(\S+): (\d+) mutants, (\d+) killed.*?kill rate ([\d.]+) %\*\*, ([\d.]+) %",
+                      block, flags=re.DOTALL)
+    if not match:
+        return None
+    name, day, total, killed, rate, rate_eq = match.groups()
+    return f"| {name} | {total} | {killed} | {rate} % | {rate_eq} % | {day} |"
+
+
+def write_results(blocks: dict[str, str]) -> None:
+    old = RESULTS.read_text() if RESULTS.is_file() else ""
+    kept = {pkg: blk for blk, pkg in re.findall(r"(<!-- package:(\S+) -->.*?<!-- /package:\2 -->)", old,
+                                                 flags=re.DOTALL)}
+    kept.update(blocks)
+    ordered = [kept[p] for p in PACKAGES if p in kept]
+    rows = [r for r in (summary_row(b) for b in ordered) if r]
+    text = "\n".join([
+        "# Mutation testing",
+        "",
+        "Written by `python experiments/mutants.py` (`make mutants`): mutmut plants one small bug at a time",
+        "in a package and runs the fast tests that cover it. Killed = some test failed (or timed out).",
+        "Mutants reached by no test count as survivors. Equivalent survivors cannot change behaviour;",
+        "their reasons live in `experiments/mutants_equivalent.yaml`.",
+        "",
+        "| package | mutants | killed | kill rate | without equivalent | run |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        *ordered,
+        "",
+    ])
+    RESULTS.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("packages", nargs="*", help=f"any of {list(PACKAGES)} (default: all)")
+    parser.add_argument("--changed", metavar="BASE", help="mutate only the files changed since git BASE")
+    parser.add_argument("--children", type=int, default=2, help="parallel mutant runs (default 2)")
+    args = parser.parse_args()
+    unknown = sorted(set(args.packages) - set(PACKAGES))
+    if unknown:
+        parser.error(f"unknown package(s) {unknown}; choose from {list(PACKAGES)}")
+    plans: dict[str, list[str]] = {}
+    if args.changed:
+        for path in changed_files(args.changed):
+            if (package := package_of(path)) is not None:
+                plans.setdefault(package, []).append(path)
+        if not plans:
+            print(f"no mutated package has changed since {args.changed}")
+            return
+    else:
+        plans = {p: PACKAGES[p][0] for p in (args.packages or PACKAGES)}
+    equivalent = yaml.safe_load(EQUIVALENT.read_text()) if EQUIVALENT.is_file() else {}
+    blocks = {}
+    for package, only in plans.items():
+        _, tests, deselect = PACKAGES[package]
+        work = REPO / "runs" / "mutants" / package
+        print(f"[{package}] mutating {only} with {tests} in {work} ...", flush=True)
+        prepare_copy(work, only, tests, deselect)
+        statuses = run_mutmut(work, args.children)
+        block = summarise(package, statuses, work, equivalent or {})
+        print(block.splitlines()[3], flush=True)
+        if not args.changed:  # a partial run must not replace the package's recorded rate
+            blocks[package] = block
+    if blocks:
+        write_results(blocks)
+        print(f"wrote {RESULTS.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

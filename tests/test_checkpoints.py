@@ -1,0 +1,174 @@
+"""Checkpoint files without a training run: which file is the newest complete one, what a
+loader refuses and why, and that weights go out and come back unchanged."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sdm.checkpoints import (
+    EMA_PREFIX,
+    AtomicCheckpointIO,
+    ema_state_dict,
+    export_ema,
+    find_latest_checkpoint,
+    is_complete,
+    load_checkpoint,
+    load_ema_weights,
+    load_into,
+    read_export_config,
+    resolve_weights_source,
+)
+from sdm.ema import EMA, ema_decay
+from sdm.errors import CheckpointError
+
+
+def save(path: Path, step: int, mtime: int) -> Path:
+    AtomicCheckpointIO().save_checkpoint({"global_step": step, "state_dict": {EMA_PREFIX + "w": torch.ones(2)}}, path)
+    os.utime(path, ns=(mtime, mtime))
+    return path
+
+
+def test_newest_complete_checkpoint_wins_over_a_truncated_newer_one(tmp_path):
+    folder = tmp_path / "checkpoints"
+    older = save(folder / "step=0000004.ckpt", 4, 1_000_000_000)
+    newer = save(folder / "step=0000008.ckpt", 8, 2_000_000_000)
+    assert find_latest_checkpoint(tmp_path) == newer
+    last = folder / "last.ckpt"
+    last.write_bytes(newer.read_bytes()[: newer.stat().st_size // 2])  # a write cut short
+    os.utime(last, ns=(3_000_000_000, 3_000_000_000))
+    assert not is_complete(last) and is_complete(newer)
+    assert find_latest_checkpoint(tmp_path) == newer
+    newer.write_bytes(b"")
+    assert find_latest_checkpoint(tmp_path) == older
+    hidden = save(folder / ".last.ckpt.partial-1-abc.ckpt", 9, 4_000_000_000)  # a temporary name
+    assert is_complete(hidden) and find_latest_checkpoint(tmp_path) == older
+    assert find_latest_checkpoint(tmp_path / "elsewhere") is None
+
+
+def test_atomic_save_leaves_no_temporary_file_and_round_trips(tmp_path):
+    path = tmp_path / "deep" / "folder" / "last.ckpt"
+    state = {"global_step": 3, "state_dict": {"a": torch.arange(5.0)}}
+    AtomicCheckpointIO().save_checkpoint(state, path)
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+    loaded = load_checkpoint(path)
+    assert loaded["global_step"] == 3 and torch.equal(loaded["state_dict"]["a"], torch.arange(5.0))
+
+
+class Payload(torch.nn.Module):
+    """A class reference in a pickle: loading it would import and run code."""
+
+
+@pytest.mark.parametrize(
+    ("kind", "match"),
+    [("missing", "does not exist"), ("truncated", "not a readable checkpoint"), ("garbage", "not a readable"),
+     ("code", r"asks to import .*Payload\); refusing to load it")],
+)
+def test_load_checkpoint_refuses_with_the_path(tmp_path, kind, match):
+    path = tmp_path / f"{kind}.ckpt"
+    if kind == "truncated":
+        save(path, 1, 1)
+        path.write_bytes(path.read_bytes()[:300])
+    elif kind == "garbage":
+        path.write_bytes(b"\x00" * 64)
+    elif kind == "code":
+        torch.save({"x": Payload()}, path)
+    with pytest.raises(CheckpointError, match=match) as caught:
+        load_checkpoint(path)
+    assert str(path) in str(caught.value)
+
+
+def test_ema_weights_are_taken_by_prefix():
+    state = {"state_dict": {EMA_PREFIX + "a.weight": torch.ones(1), "unet.a.weight": torch.zeros(1),
+                            "ema.n_averaged": torch.tensor(3)}}
+    assert set(ema_state_dict(state, "x")) == {"a.weight"}
+    assert torch.equal(ema_state_dict(state, "x")["a.weight"], torch.ones(1))
+    with pytest.raises(CheckpointError, match="'x' has no 'state_dict'"):
+        ema_state_dict({"weights": {}}, "x")
+    with pytest.raises(CheckpointError, match="'x' holds no EMA weights"):
+        ema_state_dict({"state_dict": {"unet.a": torch.ones(1)}}, "x")
+
+
+def test_weights_source_resolution(tmp_path):
+    run = tmp_path / "run"
+    assert_refused = pytest.raises(CheckpointError, match="holds no export")
+    run.mkdir()
+    with assert_refused:
+        resolve_weights_source(run)
+    ckpt = save(run / "checkpoints" / "last.ckpt", 2, 1)
+    assert resolve_weights_source(run) == ckpt
+    export_ema({"w": torch.ones(2)}, {"model": {}}, run / "export")
+    assert resolve_weights_source(run) == run / "export" / "ema.safetensors"  # the export first
+    assert resolve_weights_source(run / "export") == run / "export" / "ema.safetensors"
+    assert resolve_weights_source(ckpt) == ckpt
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve_weights_source(tmp_path / "nothing")
+    weights, path = load_ema_weights(run)
+    assert path.suffix == ".safetensors" and torch.equal(weights["w"], torch.ones(2))
+    weights, path = load_ema_weights(ckpt)
+    assert path == ckpt and torch.equal(weights["w"], torch.ones(2))
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"nope")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_ema_weights(broken)
+
+
+def test_export_round_trip_and_config(tmp_path):
+    weights = {"a": torch.randn(3, 2), "b": torch.arange(4)}
+    path = export_ema(weights, {"model": {"name": "tiny"}, "seed": 4}, tmp_path / "export")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["config.yaml", "ema.safetensors"]
+    loaded, _ = load_ema_weights(path)
+    assert set(loaded) == {"a", "b"} and all(torch.equal(loaded[k], weights[k]) for k in weights)
+    assert read_export_config(path) == {"model": {"name": "tiny"}, "seed": 4}
+    lonely = tmp_path / "lonely" / "ema.safetensors"
+    lonely.parent.mkdir()
+    save_file({"a": torch.ones(1)}, str(lonely))
+    with pytest.raises(CheckpointError, match="has no config.yaml beside it"):
+        read_export_config(lonely)
+
+
+def test_load_into_names_what_does_not_fit():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    good = {k: torch.full_like(v, 0.5) for k, v in model.state_dict().items()}
+    load_into(model, good, "ok")
+    assert all(torch.equal(v, torch.full_like(v, 0.5)) for v in model.state_dict().values())
+    bad = dict(good)
+    bad["0.weight"] = torch.zeros(4, 2)
+    del bad["1.bias"]
+    bad["2.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError) as caught:
+        load_into(model, bad, "other.ckpt")
+    message = str(caught.value)
+    assert "'other.ckpt' does not fit this model: 1 missing (e.g. ['1.bias']), 1 unexpected (e.g. ['2.weight'])" in message
+    assert "1 with other shapes (e.g. 0.weight: (4, 2) there, (3, 2) here)" in message
+    assert all(torch.equal(v, torch.full_like(v, 0.5)) for v in model.state_dict().values())  # untouched
+
+
+def test_ema_warmup_and_integer_buffers():
+    model = torch.nn.BatchNorm1d(2)
+    ema = EMA(model, decay=0.95, warmup=True)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    expected = torch.zeros(2)
+    for n in range(6):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        model.num_batches_tracked += 1
+        ema.update_parameters(model)
+        if n == 0:
+            expected = model.weight.detach().clone()  # the first update copies
+        else:
+            d = min(0.95, (1 + n) / (10 + n))
+            expected = d * expected + (1 - d) * model.weight.detach()
+    torch.testing.assert_close(ema.module.weight, expected)
+    assert int(ema.module.num_batches_tracked) == 6  # integer buffers are copied, not averaged
+    assert ema_decay(0.95, 3) == pytest.approx(4 / 13) and ema_decay(0.95, 3, warmup=False) == 0.95
+    assert ema_decay(0.95, 10_000) == 0.95
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=r"ema.decay must lie in \(0, 1\)"):
+            EMA(model, decay=bad)
+    assert EMA(model).decay == 0.9999 and EMA(model).warmup is True

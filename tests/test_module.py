@@ -1,0 +1,280 @@
+"""The LightningModule's pieces, one at a time, with a stand-in trainer (no fit loop).
+
+The end-to-end runs in test_training.py show that the pieces fit together; these show that
+each piece does what it says: which weights and masks validation uses, how the random
+streams of micro-batches differ, what is logged, what the optimizer is given.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_train
+from omegaconf import OmegaConf
+
+import sdm.module as module_code
+from sdm.data.classes import colorize
+from sdm.module import NonFiniteLossError, SDMModule, build_unet, noise_config, warmup_cosine
+
+B, SIZE = 4, 32
+
+
+@pytest.fixture
+def module(tmp_path) -> SDMModule:
+    cfg = compose_train(tmp_path, "guidance.drop_prob=0.2", "validation.num_masks=2")
+    return SDMModule(OmegaConf.to_container(cfg, resolve=True))
+
+
+def attach(module: SDMModule, *, step: int = 0, rank: int = 0, accumulate: int = 1, **extra) -> list:
+    """A stand-in trainer; returns the list that records the module's self.log calls."""
+    decisions = []
+
+    def reduce_boolean_decision(decision, all=True):  # noqa: A002 - Lightning's keyword
+        decisions.append((decision, all))
+        return decision
+
+    fields = dict(
+        global_step=step, global_rank=rank, accumulate_grad_batches=accumulate, precision="32-true",
+        strategy=SimpleNamespace(reduce_boolean_decision=reduce_boolean_decision), decisions=decisions,
+        sanity_checking=False, is_global_zero=True, loggers=[],
+    )
+    module._trainer = SimpleNamespace(**{**fields, **extra})
+    logged: list = []
+    module.log = lambda name, value, **kwargs: logged.append((name, value, kwargs))
+    return logged
+
+
+def batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    label = torch.randint(1, 35, (B, SIZE, SIZE), generator=gen, dtype=torch.uint8)
+    return {"image": torch.rand(B, 3, SIZE, SIZE, generator=gen) * 2 - 1, "label": label}
+
+
+def spy_network(network: torch.nn.Module, calls: list) -> None:
+    """Record (x_t, t, cond) of every forward pass of `network`, then run it."""
+    forward = network.forward
+    network.forward = lambda x, t, cond: calls.append((x.clone(), t.clone(), cond.clone())) or forward(x, t, cond)
+
+
+def test_validation_scores_the_ema_weights_on_full_masks_with_fixed_noise(module):
+    logged = attach(module)
+    module.drop_prob = 1.0  # were validation to drop like training, every mask would be zero
+    raw, ema = [], []
+    spy_network(module.unet, raw)
+    spy_network(module.ema.module, ema)
+    with torch.no_grad():
+        module.validation_step(batch(), 0)
+    assert not raw and len(ema) == 1
+    _, _, cond = ema[0]
+    assert torch.equal(cond.sum(1), torch.ones(B, SIZE, SIZE))  # every pixel one-hot: nothing dropped
+    with torch.no_grad():
+        module.validation_step(batch(), 0)
+        module.validation_step(batch(), 1)
+    assert torch.equal(ema[0][0], ema[1][0]) and torch.equal(ema[0][1], ema[1][1])  # same batch, same noise
+    assert not torch.equal(ema[0][0], ema[2][0])  # another batch index, other noise
+    losses = [value for name, value, _ in logged if name == "val/loss"]
+    assert losses[0] == losses[1]
+    kept = module._val_batch
+    assert kept["label"].shape[0] == 2 and torch.equal(kept["label"], batch()["label"][:2])
+
+
+def test_training_drops_masks_with_the_configured_probability(module):
+    attach(module)
+    calls = []
+    spy_network(module.unet, calls)
+    big = {"image": torch.zeros(200, 3, 8, 8), "label": torch.ones(200, 8, 8, dtype=torch.uint8)}
+    module.training_step(big, 0)
+    dropped = (calls[0][2].flatten(1).sum(1) == 0).float().mean().item()
+    assert 0.12 < dropped < 0.28  # drop_prob 0.2
+    module.drop_prob = 0.0
+    module.training_step(big, 0)
+    assert (calls[1][2].flatten(1).sum(1) > 0).all()
+
+
+def test_every_micro_batch_and_rank_draws_its_own_noise(module):
+    """Streams are a function of (seed, rank, step, micro-batch): distinct, and reproducible."""
+    draws = {}
+    for step in range(3):
+        for stream in range(2):
+            for rank in range(2):
+                attach(module, step=step, rank=rank, accumulate=2)
+                draws[(step, stream, rank)] = torch.rand(4, generator=module._generator(stream))
+    values = [tuple(v.tolist()) for v in draws.values()]
+    assert len(set(values)) == len(values)
+    attach(module, step=1, rank=1, accumulate=2)
+    assert torch.equal(torch.rand(4, generator=module._generator(1)), draws[(1, 1, 1)])
+    module.cfg = {**module.cfg, "seed": 1}
+    assert not torch.equal(torch.rand(4, generator=module._generator(1)), draws[(1, 1, 1)])
+
+
+def test_training_step_uses_the_micro_batch_stream(module, monkeypatch):
+    noises = []
+    real = module_code.add_noise
+    monkeypatch.setattr(module_code, "add_noise", lambda s, x0, noise, t: noises.append((noise, t)) or real(s, x0, noise, t))
+    attach(module, step=5, accumulate=2)
+    module.training_step(batch(), 10)  # micro-batch 0 of step 5
+    module.training_step(batch(), 11)  # micro-batch 1 of step 5
+    attach(module, step=6, accumulate=2)
+    module.training_step(batch(), 12)
+    assert not torch.equal(noises[0][0], noises[1][0]) and not torch.equal(noises[1][0], noises[2][0])
+    attach(module, step=5, accumulate=2)
+    module.training_step(batch(), 11)
+    assert torch.equal(noises[3][0], noises[1][0]) and torch.equal(noises[3][1], noises[1][1])
+
+
+def test_non_finite_loss_is_agreed_across_ranks_then_stops(module, monkeypatch):
+    attach(module, step=7)
+    module.training_step(batch(), 0)
+    assert module.trainer.decisions == [(False, False)]  # any rank (all=False) stops every rank
+    real = module_code.hybrid_loss
+    monkeypatch.setattr(module_code, "hybrid_loss",
+                        lambda *a, **k: {n: v * math.inf for n, v in real(*a, **k).items()})
+    with pytest.raises(NonFiniteLossError, match="at step 7"):
+        module.training_step(batch(), 0)
+
+
+def test_losses_are_logged_per_timestep_quarter(module):
+    logged = attach(module)
+    losses = {"loss": torch.tensor([1.0, 2.0, 3.0, 4.0]), "mse": torch.tensor([1.0, 2.0, 3.0, 4.0]),
+              "vlb": torch.tensor([0.5, 0.5, 0.5, 0.5])}
+    module.log_losses("train", losses, torch.tensor([0, 249, 250, 999]))
+    values = {name: float(value) for name, value, _ in logged}
+    assert values == {"train/loss": 2.5, "train/mse": 2.5, "train/vlb": 0.5, "train/mse_q0": 1.5,
+                      "train/mse_q1": 3.0, "train/mse_q3": 4.0}
+    options = {name: kwargs for name, _, kwargs in logged}
+    assert options["train/loss"] == {"on_step": True, "on_epoch": False, "prog_bar": True, "sync_dist": False}
+    assert options["train/mse"]["prog_bar"] is False
+    assert options["train/mse_q0"]["batch_size"] == 2 and options["train/mse_q3"]["batch_size"] == 1
+    logged.clear()
+    module.log_losses("val", losses, torch.tensor([0, 249, 250, 999]))
+    options = {name: kwargs for name, _, kwargs in logged}
+    assert options["val/loss"] == {"on_step": False, "on_epoch": True, "prog_bar": True, "sync_dist": True}
+    assert options["val/mse_q1"]["on_epoch"] and not options["val/mse_q1"]["on_step"]
+
+
+def test_optimizer_gets_the_configured_adamw_and_schedule(tmp_path):
+    cfg = compose_train(tmp_path, "optim.lr=3e-4", "optim.weight_decay=0.01", "optim.betas=[0.8,0.95]",
+                        "optim.eps=1e-6", "optim.warmup_steps=4", "trainer.max_steps=20", "optim.min_lr_ratio=0.1")
+    module = SDMModule(OmegaConf.to_container(cfg, resolve=True))
+    setup = module.configure_optimizers()
+    optimizer, schedule = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    assert isinstance(optimizer, torch.optim.AdamW) and setup["lr_scheduler"]["interval"] == "step"
+    group = optimizer.param_groups[0]
+    assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.8, 0.95), 1e-6, 0.01)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    assert len(params) == len(list(module.unet.parameters()))  # the U-Net only, never the EMA copy
+    assert {id(p) for p in params} == {id(p) for p in module.unet.parameters()}
+    rates = []
+    for _ in range(21):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    expected = [3e-4 * warmup_cosine(k, 4, 20, 0.1, True) for k in range(21)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-9)
+    assert rates[0] == pytest.approx(3e-4 / 4) and rates[20] == pytest.approx(3e-5)
+
+
+def test_constant_schedule_after_warmup(tmp_path):
+    cfg = compose_train(tmp_path, "optim.schedule=constant", "optim.warmup_steps=2", "trainer.max_steps=10")
+    module = SDMModule(OmegaConf.to_container(cfg, resolve=True))
+    setup = module.configure_optimizers()
+    optimizer, schedule = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    base = float(cfg.optim.lr)
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates == pytest.approx([base / 2] + [base] * 9)
+
+
+def test_warmup_cosine_values():
+    assert [warmup_cosine(s, 4, 12) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert warmup_cosine(4, 4, 12) == pytest.approx(1.0)
+    assert warmup_cosine(6, 4, 12) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+    assert warmup_cosine(8, 4, 12, min_ratio=0.2) == pytest.approx(0.2 + 0.8 * 0.5)
+    assert warmup_cosine(50, 4, 12, min_ratio=0.2) == pytest.approx(0.2)  # past the end: stays at the floor
+    assert warmup_cosine(5, 4, 4) == 1.0 and warmup_cosine(3, 4, 4) == pytest.approx(1.0)
+    assert warmup_cosine(0, 0, 10) == pytest.approx(1.0)
+
+
+def test_channels_last_reaches_the_network_inputs(tmp_path):
+    cfg = compose_train(tmp_path, "channels_last=true")
+    module = SDMModule(OmegaConf.to_container(cfg, resolve=True))
+    attach(module)
+    calls = []
+    spy_network(module.unet, calls)
+    forward = module.unet.forward
+    formats = []
+    module.unet.forward = lambda x, t, cond: formats.append(
+        (x.is_contiguous(memory_format=torch.channels_last), cond.is_contiguous(memory_format=torch.channels_last))
+    ) or forward(x, t, cond)
+    module.training_step(batch(), 0)
+    assert formats == [(True, True)]
+    conv = next(m for m in module.unet.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not compose_train(tmp_path, "channels_last=false").channels_last
+
+
+def test_samples_come_from_the_ema_weights(module):
+    attach(module)
+    with torch.no_grad():
+        for p in module.ema.module.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        for p in module.unet.parameters():
+            p.fill_(float("nan"))  # the raw weights must not be used
+    label = batch()["label"][:2]
+    images = module.sample_images(label, 2, steps=2, seed=3)
+    assert images.shape == (4, 3, SIZE, SIZE) and torch.isfinite(images).all()
+    assert torch.equal(images, module.sample_images(label, 2, steps=2, seed=3))
+    assert not torch.equal(images, module.sample_images(label, 2, steps=2, seed=4))
+    assert not torch.equal(images, module.sample_images(label, 2, steps=2, seed=3, guidance=3.0))
+    swapped = module.sample_images(label.flip(0), 2, steps=2, seed=3)
+    assert not torch.equal(images[:2], swapped[:2])  # each mask's samples come in order, per mask
+    picture, samples = module.sample_grid({"label": label, "image": batch()["image"][:2]})
+    per_mask = int(module.cfg["validation"]["samples_per_mask"])
+    assert samples.shape[0] == 2 * per_mask
+    tile = SIZE + 2
+    assert picture.shape == (2 * tile + 2, (2 + per_mask) * tile + 2, 3)
+    assert np.array_equal(picture[2 : 2 + SIZE, 2 : 2 + SIZE], colorize(label[0].numpy()))
+
+
+def test_bf16_sampling_follows_the_trainer_precision(module):
+    assert module._bf16() is False  # no trainer
+    attach(module)
+    assert module._bf16() is False
+    module._trainer.precision = "bf16-mixed"
+    assert module._bf16() is True
+
+
+def test_validation_grid_goes_to_the_logger_once_per_validation(module):
+    images = []
+    experiment = SimpleNamespace(add_image=lambda tag, picture, step, dataformats: images.append((tag, step, dataformats)))
+    logged = attach(module, step=12, loggers=[SimpleNamespace(experiment=experiment)])
+    with torch.no_grad():
+        module.validation_step(batch(), 0)
+    module._trainer.sanity_checking = True
+    module.on_validation_epoch_end()
+    assert not images
+    module._trainer.sanity_checking = False
+    module._trainer.is_global_zero = False
+    module.on_validation_epoch_end()
+    assert not images
+    module._trainer.is_global_zero = True
+    module.on_validation_epoch_end()
+    assert images == [("samples/mask_real_samples", 12, "HWC")]
+    assert {"val/scene_agreement", "val/scene_agreement_other_masks"} <= {name for name, _, _ in logged}
+
+
+def test_build_unet_and_noise_config_follow_the_config(module):
+    cfg = module.cfg
+    unet = build_unet({**cfg, "data": {**cfg["data"], "num_classes": 7}})
+    assert unet.num_classes == 7 and unet.out_channels == 6
+    noise = noise_config(cfg)
+    assert noise["learn_sigma"] is True and noise["num_train_timesteps"] == 1000
+    no_sigma = noise_config({**cfg, "model": {**cfg["model"], "learn_sigma": False}})
+    assert no_sigma["learn_sigma"] is False
