@@ -349,3 +349,165 @@ def test_augmentation_seeds_change_with_epoch_and_position():
     assert len({s for _, s in epoch0}) == 16 and all(0 <= s < 2**32 for _, s in epoch0)
     assert list(ResumableShuffleSampler(16, seed=3)) == epoch0
     assert [s for _, s in ResumableShuffleSampler(16, seed=4)] != [s for _, s in epoch0]
+
+
+# --- what preparation writes ------------------------------------------------------------------
+
+
+def test_prepared_statistics_and_exports_are_exact(tmp_path, data_cfg):
+    from PIL import Image
+
+    from sdm.data.classes import CLASS_NAMES
+    from sdm.data.prepare import decode_row, describe
+
+    first = np.zeros((8, 8), np.uint8)
+    first[:2] = 3  # 16 pixels of class 3, 48 of class 0
+    second = np.full((8, 8), 5, np.uint8)
+    second[:, :4] = 3  # 32 of class 3, 32 of class 5
+    rgb = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
+    rows = [hub_row(rgb, first), hub_row(np.zeros((6, 6, 3), np.uint8), np.full((4, 6), 2, np.uint8)),
+            hub_row(rgb, second)]
+    folder = write_hub_parquet(tmp_path / "known", rows)
+    cfg = data_cfg("sidewalk", path=str(folder), size=[8, 8], on_bad_row="skip", export_png=True)
+    prepared = prepare_data(cfg, show_progress=False)
+    info = prepared.info
+    assert (info["rows"], info["source_rows"], info["skipped"]) == (2, 3, 1)
+    assert info["problems"] == [{"row": 1, "reason": "image is 6x6 but label is 6x4 (width x height); they must match"}]
+    assert info["size"] == [8, 8] and info["resize"] == "crop" and info["num_classes"] == 35
+    assert info["source_sizes"] == {"8x8": 2} and info["classes_present"] == 3
+    freq = info["class_pixel_frequency"]
+    assert freq[CLASS_NAMES[0]] == 48 / 128 and freq[CLASS_NAMES[3]] == 48 / 128 and freq[CLASS_NAMES[5]] == 32 / 128
+    assert info["images_per_class"][CLASS_NAMES[3]] == 2 and info["images_per_class"][CLASS_NAMES[5]] == 1
+    assert info["images_per_class"][CLASS_NAMES[0]] == 1 and info["class_names"] == list(CLASS_NAMES)
+    stored = prepared.open()
+    assert [r["index"] for r in stored] == [0, 2]  # the source row numbers survive the skip
+    image, label = decode_row(stored[1], prepared.size)
+    assert np.array_equal(image, rgb) and np.array_equal(label, second)
+    with Image.open(prepared.root / "labels" / "000002.png") as png:
+        assert np.array_equal(np.asarray(png), second)
+    with Image.open(prepared.root / "colored_masks" / "000000.png") as png:
+        assert np.array_equal(np.asarray(png), colorize(first))
+    with Image.open(prepared.root / "images" / "000002.png") as png:
+        assert np.array_equal(np.asarray(png), rgb)
+    assert sorted(p.name for p in (prepared.root / "images").iterdir()) == ["000000.png", "000002.png"]
+    text = describe(prepared)
+    assert "prepared 2 rows at 8x8 (crop)" in text and "classes present: 3 of 35; skipped rows: 1" in text
+    # the same settings with the strict policy: the cached refusal is reported, not silently used
+    with pytest.raises(DataError, match=r"(?s)1 of 3 rows are unusable.*row 1: image is 6x6"):
+        prepare_data(data_cfg("sidewalk", path=str(folder), size=[8, 8], on_bad_row="error"), show_progress=False)
+
+
+def test_refusal_lists_at_most_ten_rows_and_bad_policy_is_named(tmp_path, data_cfg):
+    bad = hub_row(np.zeros((4, 4, 3), np.uint8), np.full((4, 4), 99, np.uint8))
+    folder = write_hub_parquet(tmp_path / "many", [bad] * 12 + [hub_row(*street_like(8, 8, 0))])
+    with pytest.raises(DataError) as caught:
+        prepare_data(data_cfg("sidewalk", path=str(folder), size=[8, 8]), show_progress=False)
+    message = str(caught.value)
+    assert "12 of 13 rows are unusable" in message and "row 9:" in message and "row 10:" not in message
+    assert "... and 2 more" in message and "data.on_bad_row=skip" in message
+    all_bad = write_hub_parquet(tmp_path / "all", [bad, bad])
+    with pytest.raises(DataError, match=r"all 2 rows are unusable; first: row 0: field 'label': ids \[99\]"):
+        prepare_data(data_cfg("sidewalk", path=str(all_bad), size=[8, 8], on_bad_row="skip"), show_progress=False)
+    with pytest.raises(DataError, match="data.on_bad_row must be 'error' or 'skip', got 'ignore'"):
+        prepare_data(data_cfg("sidewalk", path=str(folder), size=[8, 8], on_bad_row="ignore"), show_progress=False)
+
+
+def test_size_and_resize_settings_are_checked():
+    from sdm.data.rows import parse_size
+
+    assert parse_size(16) == (16, 16) and parse_size([8, 4096]) == (8, 4096)
+    for bad in ([7, 16], [16, 4097], [16], "big", [0, 0]):
+        with pytest.raises(ValueError, match="data.size"):
+            parse_size(bad)
+    with pytest.raises(ValueError, match="data.resize must be one of"):
+        resize_pair(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8), (2, 2), "squash")
+
+
+# --- the DataModule's pieces -------------------------------------------------------------------
+
+
+def test_split_sizes_and_refusals():
+    for rows, fraction, expected in [(20, 0.05, 1), (3, 0.01, 1), (10, 0.0, 0), (100, 0.3, 30)]:
+        train, val = split_indices(rows, fraction, seed=1)
+        assert len(val) == expected and len(train) == rows - expected
+        assert list(train) == sorted(train) and list(val) == sorted(val)
+        assert sorted([*train, *val]) == list(range(rows))
+    assert not np.array_equal(split_indices(100, 0.3, 1)[1], split_indices(100, 0.3, 2)[1])
+    for fraction in (1.0, -0.1):
+        with pytest.raises(DataError, match=r"data.val_fraction must lie in \[0, 1\)"):
+            split_indices(10, fraction, 0)
+    with pytest.raises(DataError, match="1 rows leave nothing to train on with data.val_fraction=0.5"):
+        split_indices(1, 0.5, 0)
+
+
+def test_sampler_shards_drop_the_remainder_and_resume_only_its_epoch():
+    shards = [ResumableShuffleSampler(10, seed=0, rank=r, world_size=3) for r in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 3]
+    items = [list(s) for s in shards]
+    assert all(len(i) == 3 for i in items)
+    assert len({i for shard in items for i, _ in shard}) == 9  # one row left out, none shared
+    with pytest.raises(DataError, match="2 training rows cannot be shared by 3 ranks"):
+        ResumableShuffleSampler(2, seed=0, world_size=3)
+    sampler = ResumableShuffleSampler(12, seed=2)
+    sampler.set_epoch(1)
+    epoch1 = list(sampler)
+    sampler.resume(epoch=0, consumed=5)  # a skip for another epoch is not applied here
+    assert list(sampler) == epoch1
+    sampler.set_epoch(0)
+    fresh = list(ResumableShuffleSampler(12, seed=2))
+    assert list(sampler) == fresh[5:]
+
+
+def test_datamodule_loaders_and_resume_state(data_cfg):
+    from types import SimpleNamespace
+
+    cfg = data_cfg("scenes", size=[16, 16], batch_size=3, num_workers=2, **{"scenes.num": 12})
+    dm = SidewalkDataModule(cfg)
+    dm.setup("fit")
+    first_train = dm.train_set
+    dm.setup("fit")
+    assert dm.train_set is first_train  # set up once
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    assert (train.batch_size, train.num_workers, train.drop_last, train.persistent_workers) == (3, 2, True, True)
+    assert train.worker_init_fn is seed_worker and isinstance(train.sampler, ResumableShuffleSampler)
+    assert (val.batch_size, val.drop_last) == (3, False) and not isinstance(val.sampler, ResumableShuffleSampler)
+    assert dm.val_set.transform is None and dm.train_set.transform is not None
+    assert dm.state_dict() == {}  # no trainer yet
+    progress = SimpleNamespace(current=SimpleNamespace(ready=2))
+    dm.trainer = SimpleNamespace(current_epoch=1, global_rank=0, world_size=1,
+                                 fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
+    assert dm.state_dict() == {"epoch": 1, "consumed": 6}
+    dm.load_state_dict({"epoch": 1, "consumed": 6})
+    resumed = dm.train_dataloader().sampler
+    resumed.set_epoch(1)
+    whole = ResumableShuffleSampler(len(dm.train_set), int(cfg.split_seed))
+    whole.set_epoch(1)
+    assert list(resumed) == list(whole)[6:]
+    dm.load_state_dict({})
+    assert list(dm.train_dataloader().sampler) == list(ResumableShuffleSampler(len(dm.train_set), 0))
+
+
+def test_too_few_rows_for_a_batch_is_named(data_cfg):
+    cfg = data_cfg("scenes", size=[16, 16], batch_size=8, num_workers=0, **{"scenes.num": 6})
+    dm = SidewalkDataModule(cfg)
+    dm.setup("fit")
+    with pytest.raises(DataError, match=r"\d+ training rows over 1 rank\(s\) do not fill one batch of 8"):
+        dm.train_dataloader()
+
+
+def test_pair_dataset_opens_lazily_and_pickles_without_the_memory_map(data_cfg):
+    import pickle
+
+    cfg = data_cfg("scenes", size=[16, 16], **{"scenes.num": 3})
+    prepared = prepare_data(cfg, show_progress=False)
+    dataset = PairDataset(prepared, np.array([2, 0]), None)
+    assert dataset._rows is None and len(dataset) == 2
+    item = dataset[0]
+    from sdm.data.prepare import decode_row
+
+    image, label = decode_row(prepared.open()[2], prepared.size)
+    assert torch.equal(item["label"], torch.from_numpy(label.copy()))
+    assert dataset._rows is not None
+    clone = pickle.loads(pickle.dumps(dataset))
+    assert clone._rows is None and torch.equal(clone[1]["image"], dataset[1]["image"])
+    assert torch.equal(dataset[(0, 5)]["image"], item["image"])  # no transform: the seed changes nothing

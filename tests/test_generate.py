@@ -257,11 +257,20 @@ def bad_mask(root: Path, kind: str) -> Path:
         (lambda tmp, run: [f"weights={tmp / 'nowhere'}"], CheckpointError, "does not exist"),
         (lambda tmp, run: [f"weights={incompatible_export(tmp, run)}"], CheckpointError, "does not fit"),
         (lambda tmp, run: [f"weights={tmp / 'x.safetensors'}"], CheckpointError, "not a readable safetensors"),
-        (lambda tmp, run: [f"weights={run}", "sampler.name=euler"], ConfigError, "sampler.name"),
-        (lambda tmp, run: [f"weights={run}", "sampler.guidance_scale=-1"], ConfigError, "guidance_scale"),
-        (lambda tmp, run: [f"weights={run}", "sampler.num_steps=5000"], ConfigError, "1000 training timesteps"),
-        (lambda tmp, run: [f"weights={run}", "num_per_mask=0"], ConfigError, "num_per_mask"),
-        (lambda tmp, run: [f"weights={run}", "precision=fp16"], ConfigError, "precision"),
+        (lambda tmp, run: [f"weights={run}", "sampler.name=euler"], ConfigError, r"^sampler\.name='euler' is invalid: expected one of \['ddim', 'ddpm', 'dpmpp', 'unipc'\]"),
+        (lambda tmp, run: [f"weights={run}", "sampler.guidance_scale=-1"], ConfigError, r"^sampler\.guidance_scale=-1\.0 is invalid: expected a number >= 0"),
+        (lambda tmp, run: [f"weights={run}", "sampler.num_steps=5000"], ConfigError, r"^sampler\.num_steps=5000 is invalid: expected at most the 1000 training timesteps"),
+        (lambda tmp, run: [f"weights={run}", "num_per_mask=0"], ConfigError, r"^num_per_mask=0 is invalid: expected an integer >= 1"),
+        (lambda tmp, run: [f"weights={run}", "precision=fp16"], ConfigError, r"^precision='fp16' is invalid: expected one of \['bf16', 'fp32'\]"),
+        (lambda tmp, run: [f"weights={run}", "batch_size=0"], ConfigError, r"^batch_size=0 is invalid"),
+        (lambda tmp, run: [f"weights={run}", "limit=0"], ConfigError, r"^limit=0 is invalid: expected null or"),
+        (lambda tmp, run: [f"weights={run}", "seed=-1"], ConfigError, r"^seed=-1 is invalid: expected an integer >= 0"),
+        (lambda tmp, run: [f"weights={run}", "sampler.eta=-0.5"], ConfigError, r"^sampler\.eta=-0\.5 is invalid"),
+        (lambda tmp, run: [f"weights={run}", "sampler.num_steps=0"], ConfigError, r"^sampler\.num_steps=0 is invalid"),
+        (lambda tmp, run: [f"weights={run}", "sampler.timestep_spacing=even"], ConfigError,
+         r"^sampler\.timestep_spacing='even' is invalid: expected one of \['trailing', 'linspace', 'leading'\]"),
+        (lambda tmp, run: [f"weights={run}", "device=tpu"], ConfigError, r"^device='tpu' is invalid: expected auto, cpu"),
+        (lambda tmp, run: [f"weights={run}", "device=cuda"], ConfigError, r"^device=cuda but no CUDA GPU is visible"),
         (lambda tmp, run: ["weights=???"], ConfigError, "weights=... is required"),
         (lambda tmp, run: [f"weights={run}", f"masks={bad_mask(tmp, 'empty')}"], DataError, "no .png"),
         (lambda tmp, run: [f"weights={run}", f"masks={tmp / 'none'}"], DataError, "neither 'val' nor"),
@@ -278,6 +287,14 @@ def bad_mask(root: Path, kind: str) -> Path:
         "too-many-steps",
         "zero-per-mask",
         "bad-precision",
+        "zero-batch",
+        "zero-limit",
+        "negative-seed",
+        "negative-eta",
+        "zero-steps",
+        "unknown-spacing",
+        "unknown-device",
+        "cuda-without-gpu",
         "no-weights",
         "empty-folder",
         "no-folder",
@@ -288,8 +305,11 @@ def bad_mask(root: Path, kind: str) -> Path:
 )
 def test_bad_inputs_give_clear_errors(run_dir, tmp_path, make, error, match):
     (tmp_path / "x.safetensors").write_bytes(b"garbage")
+    args = make(tmp_path, run_dir)
+    if "device=cuda" in args and torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
     with pytest.raises(error, match=match):
-        generate(sample_cfg(*make(tmp_path, run_dir), f"out_dir={tmp_path / 'out'}"))
+        generate(sample_cfg(*args, f"out_dir={tmp_path / 'out'}"))
     assert not (tmp_path / "out" / "images").exists() or not any((tmp_path / "out" / "images").iterdir())
 
 
@@ -306,3 +326,44 @@ def test_cli_end_to_end(run_dir, tmp_path):
     failed = subprocess.run([*command[:2], f"weights={tmp_path / 'missing'}"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=120)
     assert failed.returncode == 2 and "error:" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_default_output_folder_names_what_decides_the_pixels(tmp_path):
+    from sdm.generate import default_out_dir, run_dir_of
+
+    export = tmp_path / "run" / EXPORT_DIR / "ema.safetensors"
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert run_dir_of(export) == run_dir_of(ckpt) == tmp_path / "run"
+    assert run_dir_of(tmp_path / "loose" / "ema.safetensors") is None
+    base = tmp_path / "run" / "samples"
+    assert default_out_dir(sample_cfg("weights=x"), export) == base / "ddim-s1.5-n2"
+    assert default_out_dir(sample_cfg("weights=x", "sampler.eta=0.5"), ckpt) == base / "ddim-s1.5-n2-eta0.5"
+    assert default_out_dir(sample_cfg("weights=x", "sampler=dpmpp", "sampler.eta=0.5", "sampler.num_steps=7",
+                                      "sampler.guidance_scale=3"), export) == base / "dpmpp-s3-n7"
+    assert default_out_dir(sample_cfg("weights=x", "seed=4"), export) == base / "ddim-s1.5-n2-seed4"
+    masks = tmp_path / "my_masks"
+    assert default_out_dir(sample_cfg("weights=x", f"masks={masks}"), export) == base / "ddim-s1.5-n2-my_masks"
+    loose = default_out_dir(sample_cfg("weights=x", f"output_root={tmp_path / 'elsewhere'}"),
+                            tmp_path / "loose" / "ema.safetensors")
+    assert loose.parent == tmp_path / "elsewhere" / "samples"
+
+
+def test_grids_show_mask_real_and_samples_and_split_by_eight(run_dir, tmp_path):
+    labels = {f"m{i:02d}": bands(SIZE, SIZE, (1 + i, 20)) for i in range(9)}
+    folder = mask_folder(tmp_path, labels)
+    out = tmp_path / "out"
+    args = [f"weights={run_dir}", f"masks={folder}", f"out_dir={out}", "num_per_mask=1", "batch_size=9"]
+    manifest = generate(sample_cfg(*args))
+    assert manifest["grids"] == ["grids/grid_000.png", "grids/grid_001.png"]
+    first = pixels(out / "grids" / "grid_000.png")
+    assert first.shape == (8 * 18 + 2, 2 * 18 + 2, 3)  # no real photos: mask | sample
+    tile = lambda grid, row, col: grid[2 + 18 * row : 2 + 18 * row + SIZE, 2 + 18 * col : 2 + 18 * col + SIZE]  # noqa: E731
+    assert np.array_equal(tile(first, 0, 0), colorize(labels["m00"]))
+    assert np.array_equal(tile(first, 7, 1), pixels(out / "images" / "m07_0.png"))
+    assert np.array_equal(tile(pixels(out / "grids" / "grid_001.png"), 0, 1), pixels(out / "images" / "m08_0.png"))
+    assert [item["seed"] for item in manifest["items"]] == list(range(9))  # seed + mask position
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "grids").iterdir()}
+    (out / "images" / "m08_0.png").unlink()
+    generate(sample_cfg(*args))
+    assert (out / "grids" / "grid_000.png").stat().st_mtime_ns == stamps["grid_000.png"]  # untouched rows
+    assert (out / "grids" / "grid_001.png").stat().st_mtime_ns != stamps["grid_001.png"]
