@@ -109,18 +109,26 @@ def toml_value(value: object) -> str:
     return str(value)
 
 
-def run_mutmut(work: Path, children: int) -> dict[str, str]:
-    """mutant name -> status, after a full `mutmut run` in `work`."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": ""}
-    mutmut = [sys.executable, "-m", "mutmut"]
+MUTMUT_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
+              "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": ""}
+
+
+def run_mutmut(work: Path, children: int) -> None:
+    """A full `mutmut run` in `work`, its output in `work/mutmut.log`."""
+    env = {**os.environ, **MUTMUT_ENV}
     log = work / "mutmut.log"
     with log.open("w") as handle:
-        code = subprocess.run([*mutmut, "run", "--max-children", str(children)], cwd=work, env=env,
-                              stdout=handle, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children)], cwd=work,
+                              env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
     if code != 0:
         tail = log.read_text()[-3000:]
         raise SystemExit(f"error: mutmut run failed in {work} (exit {code}); end of {log}:\n{tail}")
+
+
+def mutant_statuses(work: Path) -> dict[str, str]:
+    """mutant name -> status of the finished run in `work`."""
+    env = {**os.environ, **MUTMUT_ENV}
+    mutmut = [sys.executable, "-m", "mutmut"]
     out = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, env=env, check=True,
                          capture_output=True, text=True).stdout
     return dict(re.findall(r"^\s*(\S+): (.+)$", out, flags=re.MULTILINE))
@@ -200,6 +208,8 @@ def main() -> None:
     parser.add_argument("packages", nargs="*", help=f"any of {list(PACKAGES)} (default: all)")
     parser.add_argument("--changed", metavar="BASE", help="mutate only the files changed since git BASE")
     parser.add_argument("--children", type=int, default=2, help="parallel mutant runs (default 2)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="summarise the finished runs under runs/mutants/ again, without running mutmut")
     args = parser.parse_args()
     unknown = sorted(set(args.packages) - set(PACKAGES))
     if unknown:
@@ -215,20 +225,22 @@ def main() -> None:
     else:
         plans = {p: PACKAGES[p][0] for p in (args.packages or PACKAGES)}
     equivalent = yaml.safe_load(EQUIVALENT.read_text()) if EQUIVALENT.is_file() else {}
-    blocks = {}
     for package, only in plans.items():
         _, tests, deselect = PACKAGES[package]
         work = REPO / "runs" / "mutants" / package
-        print(f"[{package}] mutating {only} with {tests} in {work} ...", flush=True)
-        prepare_copy(work, only, tests, deselect)
-        statuses = run_mutmut(work, args.children)
+        if not args.report_only:
+            print(f"[{package}] mutating {only} with {tests} in {work} ...", flush=True)
+            prepare_copy(work, only, tests, deselect)
+            run_mutmut(work, args.children)
+        elif not (work / "mutants").is_dir():
+            print(f"[{package}] no finished run in {work}; skipped")
+            continue
+        statuses = mutant_statuses(work)
         block = summarise(package, statuses, work, equivalent or {})
         print(block.splitlines()[3], flush=True)
         if not args.changed:  # a partial run must not replace the package's recorded rate
-            blocks[package] = block
-    if blocks:
-        write_results(blocks)
-        print(f"wrote {RESULTS.relative_to(REPO)}")
+            write_results({package: block})  # after each package: a later failure keeps it
+            print(f"wrote {RESULTS.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

@@ -278,3 +278,27 @@ def test_build_unet_and_noise_config_follow_the_config(module):
     assert noise["learn_sigma"] is True and noise["num_train_timesteps"] == 1000
     no_sigma = noise_config({**cfg, "model": {**cfg["model"], "learn_sigma": False}})
     assert no_sigma["learn_sigma"] is False
+
+
+def test_the_training_step_learns_a_fixed_batch(tmp_path):
+    """The module's own step, optimizer and schedule: 60 steps on one batch (fixed t and noise,
+    as the stand-in trainer never advances the step) must halve the loss."""
+    cfg = compose_train(tmp_path, "optim.lr=2e-3", "guidance.drop_prob=0", "optim.warmup_steps=2",
+                        "trainer.max_steps=1000")
+    module = SDMModule(OmegaConf.to_container(cfg, resolve=True))
+    attach(module)
+    torch.manual_seed(0)
+    label = torch.zeros(4, SIZE, SIZE, dtype=torch.uint8)
+    label[:, SIZE // 2 :] = 1
+    fixed = {"image": torch.rand(4, 3, SIZE, SIZE) * 2 - 1, "label": label}
+    setup = module.configure_optimizers()
+    optimizer, schedule = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    losses = []
+    for _ in range(60):
+        loss = module.training_step(fixed, 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    assert min(losses[-5:]) < 0.5 * losses[0], losses[::10]

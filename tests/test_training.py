@@ -68,25 +68,6 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(50, 10, 100, cosine=False) == 1.0
 
 
-def test_one_batch_overfit(tmp_path):
-    cfg = compose_train(tmp_path, "optim.lr=2e-3", "guidance.drop_prob=0")
-    module = SDMModule(OmegaConf.to_container(cfg, resolve=True))
-    torch.manual_seed(0)
-    label = torch.zeros(4, 32, 32, dtype=torch.uint8)
-    label[:, 16:] = 1
-    batch = {"image": torch.rand(4, 3, 32, 32) * 2 - 1, "label": label}
-    optimizer = torch.optim.AdamW(module.unet.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(60):
-        generator = torch.Generator().manual_seed(0)  # the same t and noise every step
-        loss = module.diffusion_losses(batch, generator, 0.0, module.unet)[0]["loss"].mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert min(losses[-5:]) < 0.5 * losses[0], losses[::10]
-
-
 def test_dropping_the_condition_uses_the_null_map(tmp_path):
     cfg = compose_train(tmp_path)
     module = SDMModule(OmegaConf.to_container(cfg, resolve=True))

@@ -1,0 +1,99 @@
+"""Pretrained weights of the published metrics (Inception for FID/KID, AlexNet for LPIPS).
+
+They come from torch's standard cache (`$TORCH_HOME/hub/checkpoints`, or the folder given
+as `metrics.weights_dir`). Compute nodes often have no internet: `python -m
+sdm.metrics.weights download [--dir DIR]` fetches every file on a machine that has, and the
+folder is then copied or shared. When a file is missing, the metric that needs it is skipped
+with one line saying so and how to fix it; every other metric still runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    metric: str
+    filename: str
+    url: str
+
+
+WEIGHT_FILES = {
+    "inception": WeightFile(
+        "FID/KID (Inception-v3, torch-fidelity's port of the TF FID network)",
+        "weights-inception-2015-12-05-6726825d.pth",
+        "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+    ),
+    "alexnet": WeightFile(
+        "LPIPS (AlexNet backbone, torchvision)",
+        "alexnet-owt-7be5be79.pth",
+        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+    ),
+}
+
+
+def checkpoint_dir(weights_dir: str | Path | None = None) -> Path:
+    """Where torch.hub keeps downloaded weights: `<weights_dir>/checkpoints` or the default cache."""
+    root = Path(weights_dir).expanduser() if weights_dir else Path(torch.hub.get_dir())
+    return root / "checkpoints"
+
+
+def use_weights_dir(weights_dir: str | Path | None) -> None:
+    """Point torch.hub (and so torchvision, lpips and torch-fidelity) at `weights_dir`."""
+    if weights_dir:
+        torch.hub.set_dir(str(Path(weights_dir).expanduser()))
+
+
+def weight_path(name: str, weights_dir: str | Path | None = None) -> Path:
+    return checkpoint_dir(weights_dir) / WEIGHT_FILES[name].filename
+
+
+def missing_message(name: str, weights_dir: str | Path | None = None) -> str | None:
+    """None when the weights of `name` are on disk, else one line: what is skipped and the fix."""
+    path = weight_path(name, weights_dir)
+    if path.is_file():
+        return None
+    entry = WEIGHT_FILES[name]
+    return (f"{entry.metric} skipped: {path} not found. On a machine with internet run "
+            f"`python -m sdm.metrics.weights download --dir <folder>`, then pass metrics.weights_dir=<folder> "
+            f"(or set TORCH_HOME)")
+
+
+def download(weights_dir: str | Path | None = None) -> list[Path]:
+    """Fetch every metric weight file into the cache (skipping those already there)."""
+    folder = checkpoint_dir(weights_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for entry in WEIGHT_FILES.values():
+        path = folder / entry.filename
+        if not path.is_file():
+            print(f"downloading {entry.url}")
+            torch.hub.download_url_to_file(entry.url, str(path), progress=True)
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Fetch or check the metric weights (FID/KID, LPIPS).")
+    parser.add_argument("command", choices=["download", "check"])
+    parser.add_argument("--dir", default=None, help="a folder to use as TORCH_HOME (default: torch's cache)")
+    args = parser.parse_args(argv)
+    if args.command == "download":
+        for path in download(args.dir):
+            print(f"ok {path}")
+        if args.dir:
+            print(f"use it with metrics.weights_dir={args.dir} (or TORCH_HOME={args.dir})")
+        return
+    problems = [m for m in (missing_message(n, args.dir) for n in WEIGHT_FILES) if m]
+    for name in WEIGHT_FILES:
+        print(f"{'ok     ' if weight_path(name, args.dir).is_file() else 'missing'} {weight_path(name, args.dir)}")
+    raise SystemExit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()
