@@ -12,7 +12,13 @@ from torch import nn
 
 from sdm.metrics import weights
 from sdm.metrics.consistency import ConfusionMatrix, segmentation_scores
-from sdm.metrics.distances import feature_distance, fid_and_kid, frechet_distance, gaussian_of, to_uint8
+from sdm.metrics.distances import (
+    feature_distance,
+    fid_and_kid,
+    frechet_distance,
+    gaussian_of,
+    to_uint8,
+)
 from sdm.metrics.diversity import mean_pairwise, ms_ssim_scales, ssim_distance
 
 
