@@ -53,6 +53,7 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
     "generation": (["sdm/generate.py"], ["tests/test_generate.py"], "not cli"),
 }
 SKIP_PATTERNS = [r"^\s*raise \w+\(", r"^\s*print\(", r"^\s*warnings\.warn\(", r"\btqdm\("]
+NOTES = "<!-- notes: kept as written -->"
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 
 
@@ -138,8 +139,10 @@ def mutant_diff(work: Path, name: str) -> str:
     """The changed source line of one mutant, for the results file."""
     out = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True,
                          text=True, env={**os.environ, "PYTHONPATH": ""}).stdout
-    plus = [line[1:].strip() for line in out.splitlines() if line.startswith("+") and not line.startswith("+++")]
-    return " / ".join(plus)[:160] or "?"
+    lines = out.splitlines()
+    plus = [line[1:].strip() for line in lines if line.startswith("+") and not line.startswith("+++")]
+    minus = [line[1:].strip() for line in lines if line.startswith("-") and not line.startswith("---")]
+    return (" / ".join(plus) if plus else "removed: " + " / ".join(minus))[:160]
 
 
 def summarise(package: str, statuses: dict[str, str], work: Path, equivalent: dict[str, str]) -> str:
@@ -185,6 +188,10 @@ def write_results(blocks: dict[str, str]) -> None:
     kept.update(blocks)
     ordered = [kept[p] for p in PACKAGES if p in kept]
     rows = [r for r in (summary_row(b) for b in ordered) if r]
+    notes = NOTES + "\n"
+    if NOTES in old:  # hand-written notes between the marker and the first package section
+        tail = old[old.index(NOTES):]
+        notes = tail[: tail.index("<!-- package:")] if "<!-- package:" in tail else tail
     text = "\n".join([
         "# Mutation testing",
         "",
@@ -197,6 +204,7 @@ def write_results(blocks: dict[str, str]) -> None:
         "|---|---|---|---|---|---|",
         *rows,
         "",
+        notes,
         *ordered,
         "",
     ])

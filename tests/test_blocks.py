@@ -258,8 +258,24 @@ def test_block_defaults_are_the_papers():
         assert params["dropout"].default == 0.0 and params["use_checkpoint"].default is False
     assert inspect.signature(SPADEResBlock).parameters["spade_hidden"].default == 128
     assert SPADE(32, 5).shared[0].out_channels == 128
-    block = ResBlock(32, 16)
-    assert not block.use_checkpoint and all(m.p == 0 for m in block.modules() if isinstance(m, nn.Dropout))
+    for block in (ResBlock(32, 16), SPADEResBlock(32, 16, 5)):  # what the defaults build
+        assert not block.use_checkpoint and all(m.p == 0 for m in block.modules() if isinstance(m, nn.Dropout))
+    spade_block = SPADEResBlock(32, 16, 5)
+    assert {s.shared[0].out_channels for s in (spade_block.in_norm, spade_block.out_norm)} == {128}
+
+
+def test_output_head_is_norm_silu_conv():
+    model = randomize(SDMUNet(num_classes=5, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                              attention_ds=(), spade_hidden=8)).eval()
+    seen = []
+    model.out.register_forward_hook(lambda module, args, out: seen.append((args[0], out)))
+    x, t = torch.randn(1, 3, 8, 8), torch.tensor([3])
+    with torch.no_grad():
+        model(x, t, label_to_condition(torch.randint(0, 5, (1, 8, 8)), 5))
+        h, out = seen[0]
+        norm, head = model.out[0], model.out[2]
+        expected = conv(F.silu(F.group_norm(h, 32, norm.weight, norm.bias)), head)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
 # --- condition maps ----------------------------------------------------------------------
