@@ -694,5 +694,6 @@ def test_closed_forms_work_on_any_tensor_rank(shape):
                                atol=1e-5, rtol=1e-5)
     mean, var, logvar = q_posterior(tab, x0.double(), x_t.double(), t)
     assert mean.shape == var.shape == logvar.shape == shape
+    assert training_target(build_noise_scheduler("linear"), x0, noise, t) is noise  # eps prediction
     frac = torch.zeros(shape, dtype=torch.float64)
     assert learned_log_variance(tab, frac, t).shape == shape
