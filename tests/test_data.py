@@ -390,8 +390,14 @@ def test_prepared_statistics_and_exports_are_exact(tmp_path, data_cfg):
     with Image.open(prepared.root / "images" / "000002.png") as png:
         assert np.array_equal(np.asarray(png), rgb)
     assert sorted(p.name for p in (prepared.root / "images").iterdir()) == ["000000.png", "000002.png"]
-    text = describe(prepared)
-    assert "prepared 2 rows at 8x8 (crop)" in text and "classes present: 3 of 35; skipped rows: 1" in text
+    names = [CLASS_NAMES[i] for i in (0, 3, 5, 1, 2, 4)]
+    assert describe(prepared).splitlines() == [
+        f"prepared 2 rows at 8x8 (crop) in {prepared.root}",
+        "  classes present: 3 of 35; skipped rows: 1; converted to RGB: none",
+        "  most frequent: " + ", ".join(f"{n} {f}" for n, f in zip(names, ["37.5%", "37.5%", "25.0%"] + ["0.0%"] * 3,
+                                                                     strict=True)),
+        f"  look at: {prepared.root / 'preview.png'} and {prepared.root / 'class_frequency.png'}",
+    ]
     # the same settings with the strict policy: the cached refusal is reported, not silently used
     with pytest.raises(DataError, match=r"(?s)1 of 3 rows are unusable.*row 1: image is 6x6"):
         prepare_data(data_cfg("sidewalk", path=str(folder), size=[8, 8], on_bad_row="error"), show_progress=False)
@@ -511,3 +517,69 @@ def test_pair_dataset_opens_lazily_and_pickles_without_the_memory_map(data_cfg):
     clone = pickle.loads(pickle.dumps(dataset))
     assert clone._rows is None and torch.equal(clone[1]["image"], dataset[1]["image"])
     assert torch.equal(dataset[(0, 5)]["image"], item["image"])  # no transform: the seed changes nothing
+
+
+def test_seed_worker_seeds_every_stream_of_its_worker(monkeypatch):
+    import random
+    from types import SimpleNamespace
+
+    from sdm.data.transforms import train_transform
+
+    transform = train_transform((16, 16), scale=(0.3, 1.0))
+    image, label = street_like(32, 32, 0)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: SimpleNamespace(dataset=SimpleNamespace(transform=transform)))
+
+    def draws(seed: int):
+        torch.manual_seed(seed)  # what the DataLoader does per worker before worker_init_fn
+        seed_worker(0)
+        crop = transform(image=image, mask=label)["mask"]
+        return random.random(), float(np.random.rand()), crop.tobytes()
+
+    assert draws(1234) == draws(1234)
+    other = draws(98765)
+    assert all(a != b for a, b in zip(draws(1234), other, strict=True))
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: None)
+    seed_worker(0)  # in the main process: nothing to seed but the global streams
+
+
+def test_batch_label_is_a_copy_of_the_cache():
+    from sdm.data.transforms import to_item
+
+    label = np.array([[1, 2]], dtype=np.uint8)
+    item = to_item(np.zeros((1, 2, 3), np.uint8), label)
+    label[0, 0] = 7
+    assert item["label"].tolist() == [[1, 2]]
+    frozen = np.frombuffer(bytes([3, 4]), dtype=np.uint8).reshape(1, 2)  # read-only, like the Arrow cache
+    assert to_item(np.zeros((1, 2, 3), np.uint8), frozen)["label"].tolist() == [[3, 4]]
+
+
+def test_setup_wires_augmentations_splits_and_ranks(tmp_path, data_cfg):
+    from types import SimpleNamespace
+
+    def augmentations(transform):
+        crop, flip = transform.transforms
+        return tuple(crop.scale), crop.size, flip.p
+
+    cfg = data_cfg("scenes", size=[16, 24], num_workers=0, **{"scenes.num": 8, "augment.scale": [0.4, 0.9],
+                                                              "augment.hflip": 0.25})
+    dm = SidewalkDataModule(cfg)
+    dm.setup("fit")
+    assert augmentations(dm.train_set.transform) == ((0.4, 0.9), (16, 24), 0.25) and dm.val_set.transform is None
+    assert len(dm.train_set) + len(dm.val_set) == 8 and dm.prepared is not None
+    bare = data_cfg("scenes", size=[16, 16], num_workers=0, **{"scenes.num": 8})
+    bare.augment = None  # no augment group: no random crop, no flip
+    plain = SidewalkDataModule(bare)
+    plain.setup("fit")
+    assert augmentations(plain.train_set.transform) == ((1.0, 1.0), (16, 16), 0.0)
+
+    folder = write_hub_parquet(tmp_path / "stream", [hub_row(*street_like(40, 40, s)) for s in range(6)])
+    stream_cfg = data_cfg("sidewalk", path=str(folder), size=[16, 16], streaming=True, num_workers=3,
+                          batch_size=2, **{"augment.scale": [0.5, 1.0], "augment.hflip": 0.5})
+    streaming = SidewalkDataModule(stream_cfg)
+    streaming.trainer = SimpleNamespace(global_rank=1, world_size=2)
+    streaming.setup("fit")
+    train, val = streaming.train_set, streaming.val_set
+    assert (train.split, train.rank, train.world_size, val.split, val.rank) == ("train", 1, 2, "val", 1)
+    assert augmentations(train.transform) == ((0.5, 1.0), (16, 16), 0.5) and val.transform is None
+    assert streaming.train_dataloader().num_workers == 0  # one shard per rank cannot feed several workers
+    assert streaming.state_dict() == {}
