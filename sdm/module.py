@@ -140,12 +140,12 @@ class SDMModule(L.LightningModule):
             return
         picture, samples = self.sample_grid(self._val_batch)
         if self.cfg["data"]["name"] == "scenes" and len(self._val_batch["label"]) > 1:
-            from sdm.metrics.scene_agreement import agreement_with_shuffled
+            from sdm.metrics.scene_agreement import agreement_own_and_other
 
-            labels = self._val_batch["label"].repeat_interleave(samples.shape[0] // len(self._val_batch["label"]), 0)
-            own, other = agreement_with_shuffled(samples, labels)
-            self.log("val/scene_agreement", own, rank_zero_only=True)
-            self.log("val/scene_agreement_other_masks", other, rank_zero_only=True)
+            per_mask = samples.shape[0] // len(self._val_batch["label"])
+            own, other = agreement_own_and_other(samples, self._val_batch["label"], per_mask)
+            self.log("val/scene_colour_agreement", own, rank_zero_only=True)
+            self.log("val/scene_colour_agreement_other_masks", other, rank_zero_only=True)
         for logger in self.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):

@@ -101,7 +101,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 
 def final_metrics(trainer: L.Trainer) -> dict[str, float]:
     wanted = {"train/loss": "final/train_loss", "val/loss": "final/val_loss", "val/mse": "final/val_mse",
-              "val/scene_agreement": "final/scene_agreement"}
+              "val/scene_colour_agreement": "final/scene_colour_agreement"}
     return {new: float(trainer.callback_metrics[old]) for old, new in wanted.items()
             if old in trainer.callback_metrics}
 

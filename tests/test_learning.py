@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from sdm.checkpoints import load_ema_weights, load_into
 from sdm.data.scenes import generate_scene
-from sdm.metrics.scene_agreement import agreement_with_shuffled
+from sdm.metrics.scene_agreement import agreement_own_and_other
 from sdm.module import SDMModule
 from sdm.training import train
 
@@ -34,10 +34,10 @@ def test_short_quickstart_follows_held_out_masks(tmp_path):
     scenes = [generate_scene(50_000 + i, 64, 64) for i in range(12)]  # never seen in training
     labels = torch.from_numpy(np.stack([s[1] for s in scenes]))
     real = torch.from_numpy(np.stack([s[0] for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    scores = {"real": agreement_with_shuffled(real, labels)}
+    scores = {"real": agreement_own_and_other(real, labels)}
     for scale in (1.0, 1.5):
         images = module.sample_images(labels, 1, steps=25, guidance=scale, seed=1)
-        scores[scale] = agreement_with_shuffled(images, labels)
+        scores[scale] = agreement_own_and_other(images, labels)
     print({k: tuple(round(v, 3) for v in pair) for k, pair in scores.items()})
     own, other = scores[1.5]
     # measured: about 0.6 against the own masks, 0.2 against other masks (real scenes: 0.77, 0.2)

@@ -267,7 +267,7 @@ def test_validation_grid_goes_to_the_logger_once_per_validation(module):
     module._trainer.is_global_zero = True
     module.on_validation_epoch_end()
     assert images == [("samples/mask_real_samples", 12, "HWC")]
-    assert {"val/scene_agreement", "val/scene_agreement_other_masks"} <= {name for name, _, _ in logged}
+    assert {"val/scene_colour_agreement", "val/scene_colour_agreement_other_masks"} <= {name for name, _, _ in logged}
 
 
 def test_build_unet_and_noise_config_follow_the_config(module):
@@ -302,3 +302,21 @@ def test_the_training_step_learns_a_fixed_batch(tmp_path):
         schedule.step()
         losses.append(loss.item())
     assert min(losses[-5:]) < 0.5 * losses[0], losses[::10]
+
+
+def test_other_mask_baseline_never_pairs_a_sample_with_its_own_mask():
+    from sdm.data.scenes import generate_scene
+    from sdm.metrics.scene_agreement import agreement_own_and_other, colour_agreement
+
+    scenes = [generate_scene(70_000 + i, 32, 32) for i in range(3)]
+    labels = torch.from_numpy(np.stack([s[1] for s in scenes]))
+    real = torch.from_numpy(np.stack([s[0] for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    three_each = real.repeat_interleave(3, 0)  # 3 "samples" per mask, mask by mask
+    own, other = agreement_own_and_other(three_each, labels, per_mask=3)
+    assert own == pytest.approx(colour_agreement(real, labels))
+    assert other == pytest.approx(colour_agreement(real, labels.roll(1, 0)))
+    assert own > other + 0.3
+    with pytest.raises(ValueError, match="9 images for 3 masks x 2 samples"):
+        agreement_own_and_other(three_each, labels, per_mask=2)
+    with pytest.raises(ValueError, match="at least two masks"):
+        agreement_own_and_other(real[:1], labels[:1])

@@ -3,7 +3,7 @@
 Each scene class is drawn around its own reference colour, so assigning every pixel to
 the class whose reference colour is nearest is a crude but honest segmenter. Scoring a
 generated image against its own mask, and against another scene's mask, tells whether the
-layout follows the condition (real scenes: about 0.77 against 0.23).
+layout follows the condition (real scenes at 64x64: 0.76 against 0.24).
 """
 
 from __future__ import annotations
@@ -28,8 +28,16 @@ def colour_agreement(images: torch.Tensor, labels: torch.Tensor) -> float:
     return (nearest_class(images) == labels.to(images.device).long()).float().mean().item()
 
 
-def agreement_with_shuffled(images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """(agreement with own masks, agreement with the masks rolled by one): the gap is adherence."""
-    if images.shape[0] < 2:
-        raise ValueError("need at least two images to compare against other masks")
-    return colour_agreement(images, labels), colour_agreement(images, labels.roll(1, dims=0))
+def agreement_own_and_other(images: torch.Tensor, labels: torch.Tensor, per_mask: int = 1) -> tuple[float, float]:
+    """(agreement with their own masks, with another mask): the gap is adherence.
+
+    `images` hold `per_mask` samples of each of the `len(labels)` masks, mask by mask. The
+    other-mask baseline pairs every sample of mask i with mask i - 1, never with its own.
+    """
+    if len(labels) < 2:
+        raise ValueError("need at least two masks to compare against another mask")
+    if images.shape[0] != len(labels) * per_mask:
+        raise ValueError(f"{images.shape[0]} images for {len(labels)} masks x {per_mask} samples")
+    own = labels.repeat_interleave(per_mask, 0)
+    other = labels.roll(1, dims=0).repeat_interleave(per_mask, 0)
+    return colour_agreement(images, own), colour_agreement(images, other)

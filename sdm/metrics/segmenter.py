@@ -1,0 +1,232 @@
+"""The segmenter that measures semantic consistency, trained by the project on real images.
+
+`python -m sdm.metrics.segmenter data=scenes` trains it on the training split of a prepared
+dataset (the same DataModule, augmentations and TensorBoard as the diffusion model) and
+caches it per dataset, size and architecture, so every evaluation of that data reuses it.
+Its mIoU on the real held-out split is the ceiling a generated image can reach.
+
+Architectures: `small` (0.3 M parameters, trains on the scenes in minutes on 2 cores) and the
+torchvision models `lraspp` (MobileNet-V3) and `deeplabv3` (ResNet-50) for real sidewalk on
+a GPU, with ImageNet backbone weights when `segmenter.pretrained_backbone=true` and they can
+be had.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from sdm.atomic import write_atomically
+from sdm.errors import CheckpointError, ConfigError
+from sdm.metrics.consistency import segmentation_scores
+
+ARCHS = ("small", "lraspp", "deeplabv3")
+WEIGHTS_FILE = "segmenter.safetensors"
+INFO_FILE = "segmenter.json"
+IGNORE = 0  # unlabeled pixels carry no target
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def conv_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )  # fmt: skip
+
+
+class SmallSegmenter(nn.Module):
+    """A three-level encoder-decoder with skips: small enough for 2 CPU cores, wide enough
+    to tell the 35 classes apart by colour, texture and position."""
+
+    def __init__(self, num_classes: int = 35, width: int = 32) -> None:
+        super().__init__()
+        self.enc1, self.enc2 = conv_block(3, width), conv_block(width, 2 * width, stride=2)
+        self.enc3 = conv_block(2 * width, 4 * width, stride=2)
+        self.dec2, self.dec1 = conv_block(6 * width, 2 * width), conv_block(3 * width, width)
+        self.head = nn.Conv2d(width, num_classes, 1)
+        self.num_features = 4 * width
+
+    def encode(self, images: Tensor) -> list[Tensor]:
+        e1 = self.enc1(images)
+        e2 = self.enc2(e1)
+        return [e1, e2, self.enc3(e2)]
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Images in [-1, 1] -> class logits at the same size."""
+        e1, e2, e3 = self.encode(images)
+        d2 = self.dec2(torch.cat([F.interpolate(e3, size=e2.shape[-2:], mode="nearest"), e2], 1))
+        d1 = self.dec1(torch.cat([F.interpolate(d2, size=e1.shape[-2:], mode="nearest"), e1], 1))
+        return self.head(d1)
+
+    def features(self, images: Tensor) -> Tensor:
+        """(B, 4 x width) pooled bottleneck features: the space of the weight-free Fréchet distance."""
+        return self.encode(images)[-1].mean((2, 3))
+
+
+class TorchvisionSegmenter(nn.Module):
+    """A torchvision segmentation model behind the same interface (images in [-1, 1])."""
+
+    def __init__(self, arch: str, num_classes: int, pretrained_backbone: bool) -> None:
+        super().__init__()
+        from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights
+        from torchvision.models.segmentation import deeplabv3_resnet50, lraspp_mobilenet_v3_large
+
+        if arch == "lraspp":
+            backbone = MobileNet_V3_Large_Weights.IMAGENET1K_V1 if pretrained_backbone else None
+            self.net = lraspp_mobilenet_v3_large(weights=None, weights_backbone=backbone, num_classes=num_classes)
+        else:
+            backbone = ResNet50_Weights.IMAGENET1K_V1 if pretrained_backbone else None
+            self.net = deeplabv3_resnet50(weights=None, weights_backbone=backbone, num_classes=num_classes,
+                                          aux_loss=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def _normalise(self, images: Tensor) -> Tensor:
+        return ((images + 1) / 2 - self.mean) / self.std
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(self._normalise(images))["out"]
+
+    def features(self, images: Tensor) -> Tensor:
+        return self.net.backbone(self._normalise(images))["out"].mean((2, 3))
+
+
+def build_segmenter(arch: str, num_classes: int, width: int = 32, pretrained_backbone: bool = False) -> nn.Module:
+    if arch not in ARCHS:
+        raise ConfigError(f"segmenter.arch={arch!r} is invalid: expected one of {list(ARCHS)}")
+    if arch == "small":
+        return SmallSegmenter(num_classes, width)
+    try:
+        return TorchvisionSegmenter(arch, num_classes, pretrained_backbone)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError: no internet for the backbone
+        raise ConfigError(f"segmenter.arch={arch} with pretrained_backbone=true needs the ImageNet weights, which "
+                          f"could not be loaded ({err}); put them in the torch cache or pass "
+                          "segmenter.pretrained_backbone=false") from None
+
+
+class SegmenterTask(L.LightningModule):
+    """Cross-entropy training (class 0 ignored) with mIoU on the validation split."""
+
+    def __init__(self, settings: dict[str, Any], num_classes: int) -> None:
+        super().__init__()
+        self.settings, self.num_classes = settings, num_classes
+        self.network = build_segmenter(settings["arch"], num_classes, int(settings["width"]),
+                                       bool(settings["pretrained_backbone"]))
+        self.confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE)
+        self.last_scores: dict[str, Any] = {}
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits = self.network(batch["image"])
+        loss = F.cross_entropy(logits.float(), batch["label"].long(), ignore_index=IGNORE)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.confusion.update(self.network(batch["image"]).argmax(1), batch["label"].long())
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_scores = segmentation_scores(self.confusion.compute().long(), IGNORE)
+        self.confusion.reset()
+        self.log("val/miou", self.last_scores["miou"])
+        self.log("val/pixel_accuracy", self.last_scores["pixel_accuracy"])
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=float(self.settings["lr"]),
+                                      weight_decay=float(self.settings["weight_decay"]))
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=float(self.settings["lr"]),
+                                                       total_steps=int(self.settings["max_steps"]), pct_start=0.1)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def cache_folder(data_key: str, settings: dict[str, Any]) -> Path:
+    """One folder per prepared dataset (source, size, resize) and architecture."""
+    name = f"{data_key}-{settings['arch']}" + (f"-w{settings['width']}" if settings["arch"] == "small" else "")
+    return Path(str(settings["cache_dir"])).expanduser() / name
+
+
+def load_segmenter(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A trained segmenter (eval mode, CPU) and its info (architecture, data, held-out scores)."""
+    folder = Path(folder)
+    info_path, weights_path = folder / INFO_FILE, folder / WEIGHTS_FILE
+    if not info_path.is_file() or not weights_path.is_file():
+        raise CheckpointError(f"'{folder}' holds no trained segmenter ({INFO_FILE} and {WEIGHTS_FILE})")
+    info = json.loads(info_path.read_text())
+    network = build_segmenter(info["arch"], int(info["num_classes"]), int(info.get("width", 32)))
+    state = load_file(weights_path)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"'{weights_path}' does not fit a {info['arch']} segmenter: "
+                              f"{str(err).splitlines()[0]}") from None
+    return network.eval().requires_grad_(False), info
+
+
+def train_segmenter(cfg: DictConfig) -> Path:
+    """Train (or reuse) the segmenter of `cfg.data`; returns its cache folder."""
+    from sdm.data.datamodule import SidewalkDataModule
+    from sdm.data.prepare import prepare_data
+
+    settings = OmegaConf.to_container(cfg.segmenter, resolve=True)
+    if int(settings["max_steps"]) < 1:
+        raise ConfigError(f"segmenter.max_steps={settings['max_steps']} is invalid: expected an integer >= 1")
+    prepared = prepare_data(cfg.data, show_progress=False)
+    folder = cache_folder(prepared.root.name, settings)
+    if (folder / INFO_FILE).is_file() and not settings.get("retrain"):
+        print(f"using the cached segmenter {folder} (segmenter.retrain=true trains a new one)")
+        return folder
+    started = time.perf_counter()
+    L.seed_everything(int(cfg.seed), workers=True)
+    task = SegmenterTask(settings, int(cfg.data.num_classes))
+    datamodule = SidewalkDataModule(cfg.data)
+    logger = L.pytorch.loggers.TensorBoardLogger(str(cfg.output_dir), name="tb", version="", default_hp_metric=False)
+    every = min(int(settings["val_every"]), int(settings["max_steps"]))
+    trainer = L.Trainer(
+        max_steps=int(settings["max_steps"]), max_epochs=-1, precision=settings["precision"], logger=logger,
+        val_check_interval=every, check_val_every_n_epoch=None, num_sanity_val_steps=0, use_distributed_sampler=False,
+        enable_checkpointing=False, enable_progress_bar=bool(settings.get("progress_bar", True)),
+        log_every_n_steps=10, accelerator=settings.get("accelerator", "auto"), devices=1,
+    )
+    trainer.fit(task, datamodule=datamodule)
+    trainer.validate(task, datamodule=datamodule, verbose=False)
+    scores = task.last_scores
+    info = {
+        "arch": settings["arch"], "width": int(settings["width"]), "num_classes": int(cfg.data.num_classes),
+        "data_key": prepared.root.name, "size": list(prepared.size), "steps": int(trainer.global_step),
+        "real_val_miou": scores["miou"], "real_val_pixel_accuracy": scores["pixel_accuracy"],
+        "real_val_per_class_iou": {str(k): v for k, v in scores["per_class_iou"].items()},
+        "seconds": round(time.perf_counter() - started, 1), "tensorboard": str(Path(str(cfg.output_dir)) / "tb"),
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in task.network.state_dict().items()}
+    write_atomically(folder / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
+    write_atomically(folder / INFO_FILE, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+    print(f"segmenter: mIoU {scores['miou']:.3f}, pixel accuracy {scores['pixel_accuracy']:.3f} on the real "
+          f"held-out split after {info['steps']} steps ({info['seconds']:.0f} s) -> {folder}")
+    return folder
+
+
+def _main() -> None:
+    import hydra
+
+    from sdm.errors import exit_on_sdm_error
+
+    @hydra.main(version_base="1.3", config_path="../../conf", config_name="segmenter")
+    @exit_on_sdm_error
+    def run(cfg: DictConfig) -> None:
+        train_segmenter(cfg)
+
+    run()
+
+
+if __name__ == "__main__":
+    _main()
