@@ -35,7 +35,7 @@ def segmenter_cfg(tmp_path, *overrides: str):
 
 def test_trains_caches_and_reloads(tmp_path):
     folder = train_segmenter(segmenter_cfg(tmp_path))
-    assert folder.parent == tmp_path / "segmenters" and folder.name.endswith("-small-w32")
+    assert folder.parent == tmp_path / "segmenters" and folder.name.endswith("-small-w16")
     info = json.loads((folder / INFO_FILE).read_text())
     assert info["steps"] == 6 and info["size"] == [32, 32] and info["num_classes"] == 35
     assert 0 <= info["real_val_miou"] <= 1 and info["data_key"] in folder.name
@@ -47,7 +47,7 @@ def test_trains_caches_and_reloads(tmp_path):
     assert loaded == info and not network.training
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     logits = network(images)
-    assert logits.shape == (2, 35, 32, 32) and network.features(images).shape == (2, 128)
+    assert logits.shape == (2, 35, 32, 32) and network.features(images).shape == (2, 64)
     train_segmenter(segmenter_cfg(tmp_path, "segmenter.retrain=true"))
     assert (folder / WEIGHTS_FILE).stat().st_mtime_ns != stamp
 
