@@ -159,6 +159,9 @@ def test_rgba_and_grayscale_are_converted_and_counted(tmp_path, data_cfg):
     prepared = prepare_data(data_cfg("sidewalk", path=str(folder), size=[16, 16]), show_progress=False)
     assert prepared.info["rows"] == 3
     assert prepared.info["converted_to_rgb"] == {"RGBA": 1, "L": 1}
+    twice = write_hub_parquet(tmp_path / "twice", [hub_row(rgba, label), hub_row(rgba, label)])
+    assert prepare_data(data_cfg("sidewalk", path=str(twice), size=[16, 16]),
+                        show_progress=False).info["converted_to_rgb"] == {"RGBA": 2}
 
 
 def test_empty_dataset_and_wrong_columns(tmp_path, data_cfg):
@@ -371,6 +374,13 @@ def test_prepared_statistics_and_exports_are_exact(tmp_path, data_cfg):
     cfg = data_cfg("sidewalk", path=str(folder), size=[8, 8], on_bad_row="skip", export_png=True)
     prepared = prepare_data(cfg, show_progress=False)
     info = prepared.info
+    assert set(info) == {"key", "source", "path", "rows", "source_rows", "skipped", "problems", "converted_to_rgb",
+                         "source_sizes", "size", "resize", "num_classes", "class_names", "class_pixel_frequency",
+                         "images_per_class", "classes_present", "seconds"}
+    assert (info["key"], info["source"], info["path"]) == (prepared.root.name, "sidewalk", str(folder))
+    assert info["seconds"] >= 0 and info["seconds"] == round(info["seconds"], 2)
+    assert sorted(p.name for p in prepared.root.iterdir()) == [
+        "class_frequency.png", "colored_masks", "data.arrow", "dataset_info.json", "images", "labels", "preview.png"]
     assert (info["rows"], info["source_rows"], info["skipped"]) == (2, 3, 1)
     assert info["problems"] == [{"row": 1, "reason": "image is 6x6 but label is 6x4 (width x height); they must match"}]
     assert info["size"] == [8, 8] and info["resize"] == "crop" and info["num_classes"] == 35
