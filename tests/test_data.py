@@ -593,3 +593,13 @@ def test_setup_wires_augmentations_splits_and_ranks(tmp_path, data_cfg):
     assert augmentations(train.transform) == ((0.5, 1.0), (16, 16), 0.5) and val.transform is None
     assert streaming.train_dataloader().num_workers == 0  # one shard per rank cannot feed several workers
     assert streaming.state_dict() == {}
+
+
+def test_cache_root_defaults_to_runs_data():
+    from omegaconf import OmegaConf
+
+    from sdm.data.prepare import cache_root_for
+
+    assert cache_root_for(OmegaConf.create({"cache_dir": None})) == Path("runs/data")
+    assert cache_root_for(OmegaConf.create({})) == Path("runs/data")
+    assert cache_root_for(OmegaConf.create({"cache_dir": "~/sdm-cache"})) == Path.home() / "sdm-cache"
