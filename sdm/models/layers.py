@@ -29,9 +29,10 @@ class GroupNorm32(nn.GroupNorm):
         super().__init__(NUM_GROUPS, channels, affine=affine)
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+        if self.weight is not None and self.weight.dtype != torch.float32:  # a network cast to bf16
+            weight, bias = self.weight.float(), self.bias.float()
+            return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+        return super().forward(x.float()).to(x.dtype)
 
 
 def zero_init(module: nn.Module) -> nn.Module:
