@@ -333,3 +333,18 @@ def test_finetune_without_init_from_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="needs init_from="):
         train(compose_train(tmp_path / "ft", "experiment=finetune_cfg", "data.size=[32,32]"))
     assert not (tmp_path / "data-cache").exists()
+
+
+def test_bf16_falls_back_to_float32_on_a_cpu_without_native_bf16(tmp_path, monkeypatch, capsys):
+    from sdm import training
+
+    cfg = compose_train(tmp_path, "trainer.precision=bf16-mixed", "trainer.accelerator=cpu")
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    assert training.effective_precision(cfg) == "32-true"
+    assert "no native bf16" in capsys.readouterr().out
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    assert training.effective_precision(cfg) == "bf16-mixed"
+    cfg.trainer.precision = "32-true"
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    assert training.effective_precision(cfg) == "32-true"
+    assert isinstance(training.cpu_has_bf16(), bool)
