@@ -1,11 +1,11 @@
-# make demo: set up and run the main job on the embedded street scenes
+# make demo: set up and run the whole pipeline on the embedded street scenes (prepare .. evaluate)
 # make test: set up and run the whole test suite
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test test-fast lint mutants bench clean
+.PHONY: setup demo pipeline test test-fast lint mutants bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
@@ -17,7 +17,11 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(PY) train.py experiment=quickstart
+	$(PY) -m sdm.pipeline conf/pipeline/demo.yaml
+
+# make pipeline CONFIG=conf/pipeline/sidewalk.yaml [ARGS="root=... train.trainer.max_steps=..."]
+pipeline: setup
+	$(PY) -m sdm.pipeline $(CONFIG) $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q

@@ -1,6 +1,7 @@
 """Generate images from masks: `python sample.py weights=runs/quickstart/<date>` (conf/sample.yaml)."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -14,7 +15,13 @@ from sdm.generate import generate  # noqa: E402
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 @exit_on_sdm_error
 def main(cfg: DictConfig) -> None:
-    generate(cfg)
+    manifest = generate(cfg)
+    if cfg.evaluate:
+        from sdm.metrics.evaluation import evaluate_set
+        from sdm.metrics.image_sets import from_sample_folder
+
+        out_dir = Path(manifest["out_dir"])
+        evaluate_set(from_sample_folder(out_dir), out_dir, cfg.evaluation)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,10 @@ def peak_rss_gib() -> float:
 
 
 def machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+    from sdm.hardware import cpu_has_bf16
+
+    flags = "native bf16 (AVX-512 BF16 / AMX)" if cpu_has_bf16() else "no native bf16 (AVX2)"
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {flags}, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f} at start")
 
 

@@ -44,6 +44,7 @@ from sdm.data.rows import label_to_ids, parse_size
 from sdm.diffusion import SAMPLERS, sample
 from sdm.diffusion.sampling import TIMESTEP_SPACINGS
 from sdm.errors import CheckpointError, ConfigError, DataError
+from sdm.hardware import cpu_has_bf16
 from sdm.models import SDMUNet, label_to_condition
 from sdm.module import build_unet, noise_config
 from sdm.seeding import stable_seed
@@ -437,6 +438,10 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     check_settings(cfg)
     device = resolve_device(str(cfg.device))
+    if cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        print("precision=bf16: this CPU has no native bf16 (no AVX-512 BF16 / AMX), where it runs many times "
+              "slower than float32; sampling in fp32 instead")
+        cfg = OmegaConf.merge(cfg, {"precision": "fp32"})
     model = load_model(str(cfg.weights))
     total_steps = int(model.cfg["diffusion"]["num_train_timesteps"])
     require(int(cfg.sampler.num_steps) <= total_steps, "sampler.num_steps", cfg.sampler.num_steps,
@@ -451,7 +456,9 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
     per_mask, seed = int(cfg.num_per_mask), int(cfg.seed)
     manifest: dict[str, Any] = {
         "settings": settings,
-        "weights": {"given": str(cfg.weights), "file": str(model.path), "run": model.cfg.get("run_name")},
+        "weights": {"given": str(cfg.weights), "file": str(model.path), "run": model.cfg.get("run_name"),
+                    "run_dir": str(run_dir_of(model.path)) if run_dir_of(model.path) else None},
+        "train_data": model.cfg["data"],  # the evaluation finds the segmenter of this data
         "num_per_mask": per_mask,
         "batch_size": int(cfg.batch_size),
         "device": str(device),
@@ -472,4 +479,4 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
     write_json(out_dir / MANIFEST, manifest)
     print(f"made {sum(made.values())} images ({len(masks) * per_mask - sum(made.values())} were there) in "
           f"{seconds:.1f} s; grids: {out_dir / 'grids'}")
-    return manifest
+    return {**manifest, "out_dir": str(out_dir)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -60,6 +61,9 @@ class SDMModule(L.LightningModule):
             self.unet.compile()  # in place: the state dict keeps its keys, checkpoints stay portable
         self.channels_last = bool(cfg.get("channels_last", False))
         self._val_batch: dict[str, Tensor] | None = None
+        # (samples, labels, per_mask) -> metrics of the validation grid; set by training.py, so the
+        # module never holds a metric network (sdm.metrics.validation)
+        self.sample_scorer: Callable[[Tensor, Tensor, int], dict[str, float]] | None = None
         if self.channels_last:
             self.unet.to(memory_format=torch.channels_last)
 
@@ -139,13 +143,10 @@ class SDMModule(L.LightningModule):
         if int(self.cfg["validation"]["num_masks"]) < 1:
             return
         picture, samples = self.sample_grid(self._val_batch)
-        if self.cfg["data"]["name"] == "scenes" and len(self._val_batch["label"]) > 1:
-            from sdm.metrics.scene_agreement import agreement_own_and_other
-
+        if self.sample_scorer is not None:
             per_mask = samples.shape[0] // len(self._val_batch["label"])
-            own, other = agreement_own_and_other(samples, self._val_batch["label"], per_mask)
-            self.log("val/scene_colour_agreement", own, rank_zero_only=True)
-            self.log("val/scene_colour_agreement_other_masks", other, rank_zero_only=True)
+            for name, value in self.sample_scorer(samples, self._val_batch["label"], per_mask).items():
+                self.log(name, value, rank_zero_only=True)
         for logger in self.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):

@@ -24,6 +24,8 @@ from sdm.checkpoints import (
 from sdm.config import check_train_config
 from sdm.data.datamodule import SidewalkDataModule
 from sdm.errors import CheckpointError, ConfigError
+from sdm.hardware import cpu_has_bf16
+from sdm.metrics.validation import validation_scorer
 from sdm.module import SDMModule
 
 # The DataModule saves and restores its sampler position itself (SidewalkDataModule.state_dict).
@@ -80,16 +82,6 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(cfg.ckpt_path)
 
 
-def cpu_has_bf16() -> bool:
-    """True when this CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere torch emulates
-    it and bf16 autocast runs many times slower than float32 (measured 13x on an AVX2 machine)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True  # not Linux: keep what was asked
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
-
-
 def effective_precision(cfg: DictConfig) -> str:
     """The configured precision, or 32-true for bf16 on a CPU without native bf16 (with a notice)."""
     import torch
@@ -124,7 +116,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 
 def final_metrics(trainer: L.Trainer) -> dict[str, float]:
     wanted = {"train/loss": "final/train_loss", "val/loss": "final/val_loss", "val/mse": "final/val_mse",
-              "val/scene_colour_agreement": "final/scene_colour_agreement"}
+              "val/scene_colour_agreement": "final/scene_colour_agreement",
+              "val/segmenter_miou": "final/segmenter_miou"}
     return {new: float(trainer.callback_metrics[old]) for old, new in wanted.items()
             if old in trainer.callback_metrics}
 
@@ -166,6 +159,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         load_into(module.unet, weights, str(source))
         module.ema.module.load_state_dict(module.unet.state_dict())
         print(f"initialised the U-Net and its EMA from {source}")
+    module.sample_scorer = validation_scorer(plain)
     trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=SidewalkDataModule(cfg.data), ckpt_path=ckpt_path, weights_only=True)
     metrics = final_metrics(trainer)

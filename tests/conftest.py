@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# trained segmenters are cached per data key: tests must never find (or fill) the user's cache
+os.environ["SDM_SEGMENTER_DIR"] = tempfile.mkdtemp(prefix="sdm-segmenters-")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

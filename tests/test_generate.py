@@ -83,9 +83,11 @@ def test_layout_counts_manifest_and_default_dir(run_dir):
     counts = {d: len(list((out / d).glob("*.png"))) for d in ("images", "labels", "colored_masks", "real", "grids")}
     assert counts == {"images": 6, "labels": 3, "colored_masks": 3, "real": 3, "grids": 1}
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary files left
+    assert manifest.pop("out_dir") == str(out)  # returned, not written: the folder may move
     assert manifest == json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and manifest["images_made"] == 6
     assert manifest["weights"]["file"] == str(run_dir / EXPORT_DIR / "ema.safetensors")
+    assert manifest["weights"]["run_dir"] == str(run_dir) and manifest["train_data"]["size"] == [SIZE, SIZE]
     assert manifest["settings"]["sampler"]["guidance_scale"] == 1.5
     for item in manifest["items"]:
         with Image.open(out / item["label"]) as label:
@@ -367,3 +369,14 @@ def test_grids_show_mask_real_and_samples_and_split_by_eight(run_dir, tmp_path):
     generate(sample_cfg(*args))
     assert (out / "grids" / "grid_000.png").stat().st_mtime_ns == stamps["grid_000.png"]  # untouched rows
     assert (out / "grids" / "grid_001.png").stat().st_mtime_ns != stamps["grid_001.png"]
+
+
+def test_bf16_falls_back_to_fp32_on_a_cpu_without_native_bf16(run_dir, tmp_path, monkeypatch, capsys):
+    from sdm import generate as generation
+
+    monkeypatch.setattr(generation, "cpu_has_bf16", lambda: False)
+    manifest = generate(sample_cfg(f"weights={run_dir}", "precision=bf16", "limit=1", "num_per_mask=1", f"out_dir={tmp_path / 'a'}"))
+    assert manifest["settings"]["precision"] == "fp32" and "no native bf16" in capsys.readouterr().out
+    monkeypatch.setattr(generation, "cpu_has_bf16", lambda: True)
+    manifest = generate(sample_cfg(f"weights={run_dir}", "precision=bf16", "limit=1", "num_per_mask=1", f"out_dir={tmp_path / 'b'}"))
+    assert manifest["settings"]["precision"] == "bf16" and "no native bf16" not in capsys.readouterr().out

@@ -255,6 +255,13 @@ def test_validation_grid_goes_to_the_logger_once_per_validation(module):
     images = []
     experiment = SimpleNamespace(add_image=lambda tag, picture, step, dataformats: images.append((tag, step, dataformats)))
     logged = attach(module, step=12, loggers=[SimpleNamespace(experiment=experiment)])
+    seen = []
+
+    def scorer(samples, labels, per_mask):
+        seen.append((samples.shape, labels.clone(), per_mask))
+        return {"val/some_score": 0.25}
+
+    module.sample_scorer = scorer
     with torch.no_grad():
         module.validation_step(batch(), 0)
     module._trainer.sanity_checking = True
@@ -267,7 +274,10 @@ def test_validation_grid_goes_to_the_logger_once_per_validation(module):
     module._trainer.is_global_zero = True
     module.on_validation_epoch_end()
     assert images == [("samples/mask_real_samples", 12, "HWC")]
-    assert {"val/scene_colour_agreement", "val/scene_colour_agreement_other_masks"} <= {name for name, _, _ in logged}
+    per_mask, masks = module.cfg["validation"]["samples_per_mask"], module._val_batch["label"]
+    assert len(seen) == 1 and seen[0][2] == per_mask and torch.equal(seen[0][1], masks)
+    assert seen[0][0] == (len(masks) * per_mask, 3, SIZE, SIZE)  # the grid's samples, mask by mask
+    assert ("val/some_score", 0.25) in {(name, value) for name, value, _ in logged}
 
 
 def test_build_unet_and_noise_config_follow_the_config(module):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -33,6 +34,15 @@ class ConfusionMatrix:
         return segmentation_scores(self.matrix, self.ignore_index)
 
 
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = 0) -> Tensor:
+    """The (C x C) confusion matrix of one set of maps (rows: the mask), without a metric object."""
+    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+    if ignore_index is not None:
+        keep = target != ignore_index
+        pred, target = pred[keep], target[keep]
+    return torch.bincount(target * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
 def segmentation_scores(matrix: Tensor, ignore_index: int | None = 0) -> dict[str, Any]:
     """mIoU, pixel accuracy and per-class IoU (None for classes that never occur) of a confusion matrix."""
     matrix = matrix.double()
@@ -46,5 +56,6 @@ def segmentation_scores(matrix: Tensor, ignore_index: int | None = 0) -> dict[st
         "miou": sum(present) / len(present) if present else float("nan"),
         "pixel_accuracy": float(true_positive.sum() / total) if total > 0 else float("nan"),
         "per_class_iou": per_class,
+        "per_class_pixels": {c: int(matrix[c].sum()) for c in classes},  # pixels of the class in the masks
         "pixels": int(total),
     }

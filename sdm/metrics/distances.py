@@ -52,21 +52,37 @@ def to_uint8(images: Tensor) -> Tensor:
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def fid_and_kid(real: Iterable[Tensor], fake: Iterable[Tensor], feature: int | nn.Module = 2048,
-                kid_subset_size: int = 1000) -> dict[str, float]:
-    """FID and KID (mean and std over subsets) of two sets of [-1, 1] image batches.
+class InceptionDistances:
+    """FID and KID accumulated batch by batch (torchmetrics), for sets too large to hold in memory.
 
     `feature` is the Inception pool size (2048, the standard) or a module mapping uint8
-    images to (N, d) features (tests inject small ones).
+    images to (N, d) features (tests inject small ones). KID's subset size is capped by the
+    smaller set, so it also works for a few dozen images, where FID is strongly biased.
     """
-    fid = FrechetInceptionDistance(feature=feature, reset_real_features=True)
-    real_batches, fake_batches = [to_uint8(b) for b in real], [to_uint8(b) for b in fake]
-    n = min(sum(len(b) for b in real_batches), sum(len(b) for b in fake_batches))
-    kid = KernelInceptionDistance(feature=feature, subset_size=max(2, min(kid_subset_size, n)), subsets=50)
-    for metric in (fid, kid):
-        for batch in real_batches:
-            metric.update(batch, real=True)
-        for batch in fake_batches:
-            metric.update(batch, real=False)
-    kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+
+    def __init__(self, feature: int | nn.Module, n_real: int, n_fake: int, kid_subset_size: int = 1000) -> None:
+        self.fid = FrechetInceptionDistance(feature=feature, reset_real_features=True)
+        subset = max(2, min(kid_subset_size, n_real, n_fake))
+        self.kid = KernelInceptionDistance(feature=feature, subset_size=subset, subsets=50)
+
+    def update(self, images: Tensor, real: bool) -> None:
+        """A batch of [-1, 1] images of the real or the generated set."""
+        batch = to_uint8(images)
+        self.fid.update(batch, real=real)
+        self.kid.update(batch, real=real)
+
+    def compute(self) -> dict[str, float]:
+        kid_mean, kid_std = self.kid.compute()
+        return {"fid": float(self.fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+
+
+def fid_and_kid(real: Iterable[Tensor], fake: Iterable[Tensor], feature: int | nn.Module = 2048,
+                kid_subset_size: int = 1000) -> dict[str, float]:
+    """FID and KID (mean and std over subsets) of two lists of [-1, 1] image batches."""
+    real, fake = list(real), list(fake)
+    distances = InceptionDistances(feature, sum(len(b) for b in real), sum(len(b) for b in fake), kid_subset_size)
+    for batch in real:
+        distances.update(batch, real=True)
+    for batch in fake:
+        distances.update(batch, real=False)
+    return distances.compute()

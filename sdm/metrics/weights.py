@@ -1,7 +1,7 @@
 """Pretrained weights of the published metrics (Inception for FID/KID, AlexNet for LPIPS).
 
 They come from torch's standard cache (`$TORCH_HOME/hub/checkpoints`, or the folder given
-as `metrics.weights_dir`). Compute nodes often have no internet: `python -m
+as `evaluation.weights_dir`). Compute nodes often have no internet: `python -m
 sdm.metrics.weights download [--dir DIR]` fetches every file on a machine that has, and the
 folder is then copied or shared. When a file is missing, the metric that needs it is skipped
 with one line saying so and how to fix it; every other metric still runs.
@@ -60,7 +60,7 @@ def missing_message(name: str, weights_dir: str | Path | None = None) -> str | N
         return None
     entry = WEIGHT_FILES[name]
     return (f"{entry.metric} skipped: {path} not found. On a machine with internet run "
-            f"`python -m sdm.metrics.weights download --dir <folder>`, then pass metrics.weights_dir=<folder> "
+            f"`python -m sdm.metrics.weights download --dir <folder>`, then pass evaluation.weights_dir=<folder> "
             f"(or set TORCH_HOME)")
 
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         for path in download(args.dir):
             print(f"ok {path}")
         if args.dir:
-            print(f"use it with metrics.weights_dir={args.dir} (or TORCH_HOME={args.dir})")
+            print(f"use it with evaluation.weights_dir={args.dir} (or TORCH_HOME={args.dir})")
         return
     problems = [m for m in (missing_message(n, args.dir) for n in WEIGHT_FILES) if m]
     for name in WEIGHT_FILES:

@@ -1,0 +1,100 @@
+"""Sampler and guidance study: which sampler and step count should sample.py use by default?
+
+    python experiments/study_samplers.py --weights runs/demo/train [--masks 16] [--per-mask 2]
+
+On a trained model (the demo's, by default) it generates for the same validation masks with
+the paper's 1000-step DDPM and with DDIM, DPM-Solver++ and UniPC at 10 / 15 / 25 steps (s = 1.5),
+then with the chosen sampler at guidance 1, 1.5, 2 and 3, and evaluates each folder with the
+cached segmenter of the model's data: consistency ratio, the segmenter-feature Fréchet
+distance, 1 - MS-SSIM diversity and seconds per image. The default is the fastest setting
+within 5 % of DDPM-1000 on both consistency and distance. Writes results_samplers.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from _common import machine
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from sdm.generate import generate
+from sdm.metrics.evaluation import evaluate_set
+from sdm.metrics.image_sets import from_sample_folder
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLERS = [("ddpm", 1000), ("ddim", 50), ("ddim", 25), *[(name, n) for name in ("dpmpp", "unipc", "ddim")
+                                                           for n in (10, 15)], ("dpmpp", 25), ("unipc", 25)]
+SCALES = (1.0, 1.5, 2.0, 3.0)
+TOLERANCE = 0.05
+
+
+def run_one(weights: str, out: Path, sampler: str, steps: int, scale: float, masks: int, per_mask: int) -> dict:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("sample", overrides=[f"weights={weights}", f"sampler={sampler}", f"sampler.num_steps={steps}",
+                                           f"sampler.guidance_scale={scale}", f"limit={masks}",
+                                           f"num_per_mask={per_mask}", "precision=fp32", "batch_size=16",
+                                           f"out_dir={out}", "evaluation.progress=false", "evaluation.fid=false",
+                                           "evaluation.lpips=false", "evaluation.tensorboard=false"])
+    started = time.perf_counter()
+    manifest = generate(cfg)
+    seconds = time.perf_counter() - started if manifest["images_made"] else manifest["seconds"]
+    report = evaluate_set(from_sample_folder(out), out, cfg.evaluation)
+    m = report["metrics"]
+    images = report["counts"]["images"]
+    return {"sampler": sampler, "steps": steps, "guidance": scale, "miou": m.get("miou"),
+            "ratio": m.get("consistency_ratio"), "other": m.get("other_mask_miou"),
+            "distance": m.get("segmenter_frechet_distance"), "diversity": m.get("ms_ssim_diversity"),
+            "s_per_image": manifest["seconds"] / images if manifest["images_made"] else seconds / images}
+
+
+def close_enough(row: dict, reference: dict) -> bool:
+    return (row["ratio"] >= (1 - TOLERANCE) * reference["ratio"]
+            and row["distance"] <= (1 + TOLERANCE) * reference["distance"])
+
+
+def table(rows: list[dict]) -> str:
+    head = "| sampler | steps | s | mIoU | ratio | other-mask mIoU | seg. Fréchet | 1-MS-SSIM | s/image |\n"
+    head += "|---|---|---|---|---|---|---|---|---|\n"
+    return head + "".join(
+        f"| {r['sampler']} | {r['steps']} | {r['guidance']:g} | {r['miou']:.3f} | {r['ratio']:.3f} | "
+        f"{r['other']:.3f} | {r['distance']:.4f} | {r['diversity']:.3f} | {r['s_per_image']:.2f} |\n" for r in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", default="runs/demo/train")
+    parser.add_argument("--masks", type=int, default=16)
+    parser.add_argument("--per-mask", type=int, default=2)
+    args = parser.parse_args()
+    root = Path(args.weights) / "study"
+    rows = []
+    for sampler, steps in SAMPLERS:
+        rows.append(run_one(args.weights, root / f"{sampler}-{steps}-s1.5", sampler, steps, 1.5, args.masks,
+                            args.per_mask))
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    reference = rows[0]
+    fits = [r for r in rows[1:] if close_enough(r, reference)]
+    chosen = min(fits, key=lambda r: r["s_per_image"]) if fits else None
+    guided = []
+    best = chosen or min(rows[1:], key=lambda r: r["distance"])
+    for scale in SCALES:
+        guided.append(run_one(args.weights, root / f"{best['sampler']}-{best['steps']}-s{scale:g}", best["sampler"],
+                              best["steps"], scale, args.masks, args.per_mask))
+    verdict = (f"Chosen default: **{chosen['sampler']} {chosen['steps']} steps**, the fastest within "
+               f"{TOLERANCE:.0%} of DDPM-1000 on consistency ratio and distance." if chosen else
+               f"No setting came within {TOLERANCE:.0%} of DDPM-1000 on both; the closest by distance was "
+               f"{best['sampler']} {best['steps']}.")
+    body = (f"Weights: `{args.weights}`; {args.masks} validation masks x {args.per_mask} samples; fp32; "
+            "segmenter: the cached default of the model's data.\n\n## Samplers at s = 1.5\n\n" + table(rows) +
+            f"\n{verdict}\n\n## Guidance with {best['sampler']} {best['steps']}\n\n" + table(guided))
+    out = Path(__file__).with_name("results_samplers.md")
+    out.write_text(f"# Sampler and guidance study\n\n`python experiments/study_samplers.py --weights {args.weights}` "
+                   f"on {machine()}.\n\n{body}")
+    print(OmegaConf.to_yaml({"chosen": chosen}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""An evaluation from start to end: read the set, find the networks, score, write the report.
+
+`python -m sdm.evaluate samples=<sample.py folder>` or `images=<dir> labels=<dir> [real=<dir>]`,
+and `python sample.py ... evaluate=true` after a generation (conf/evaluate.yaml,
+conf/evaluation/default.yaml).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sdm.errors import ConfigError
+from sdm.metrics.image_sets import ImageSet, from_folders, from_sample_folder
+from sdm.metrics.pictures import ranked_masks, ranking_grid
+from sdm.metrics.report import (
+    HTML_FILE,
+    JSON_FILE,
+    PICTURES_DIR,
+    TEXT_FILE,
+    history,
+    library_versions,
+    log_to_tensorboard,
+    text_report,
+    write_json,
+    write_text,
+)
+from sdm.metrics.report_html import page
+from sdm.metrics.scoring import Networks, score_set
+from sdm.metrics.weights import missing_message, use_weights_dir
+from sdm.viz import save_png
+
+SEGMENTER_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "segmenter.yaml"
+RANKED = 4  # masks shown in each of the best and worst grids
+
+
+def default_segmenter_settings() -> dict[str, Any]:
+    """The `segmenter:` block of conf/segmenter.yaml (architecture, steps, cache folder)."""
+    return OmegaConf.to_container(OmegaConf.load(SEGMENTER_CONFIG).segmenter, resolve=True)
+
+
+def cached_segmenter_folder(train_data: dict[str, Any]) -> Path:
+    """Where the default segmenter of a run's data lives (trained or not)."""
+    from sdm.data.prepare import prepare_data
+    from sdm.metrics.segmenter import cache_folder
+
+    prepared = prepare_data(OmegaConf.create(train_data), show_progress=False)
+    return cache_folder(prepared.root.name, default_segmenter_settings())
+
+
+def find_segmenter(spec: str, image_set: ImageSet, train: bool, notes: list[str]) -> Path | None:
+    """The segmenter folder to use: a given path, or for `auto` the cached one of the run's data
+    (trained first when `train` and there is none yet)."""
+    if spec == "none":
+        notes.append("semantic consistency skipped: evaluation.segmenter=none")
+        return None
+    if spec != "auto":
+        return Path(spec).expanduser()
+    if image_set.train_data is None:
+        notes.append("semantic consistency skipped: these folders do not say which data trained their model; "
+                     "pass evaluation.segmenter=<folder> (python -m sdm.metrics.segmenter data=...)")
+        return None
+    folder = cached_segmenter_folder(image_set.train_data)
+    if (folder / "segmenter.json").is_file():
+        return folder
+    if not train:
+        notes.append(f"semantic consistency skipped: no segmenter cached at {folder}; run python -m "
+                     "sdm.metrics.segmenter with the run's data, or pass evaluation.train_segmenter=true")
+        return None
+    from sdm.metrics.segmenter import train_segmenter
+
+    print(f"no segmenter for this data yet: training the default one (once per dataset and size) -> {folder}")
+    cfg = OmegaConf.create({"data": image_set.train_data, "seed": 0, "output_dir": str(folder / "train"),
+                            "segmenter": default_segmenter_settings()})
+    return train_segmenter(cfg)
+
+
+def load_networks(ecfg: DictConfig, image_set: ImageSet) -> tuple[Networks, dict[str, Any]]:
+    """The metric networks the settings and the weights on disk allow, and what was used."""
+    from sdm.metrics.segmenter import load_segmenter
+
+    nets = Networks()
+    use_weights_dir(ecfg.weights_dir)
+    folder = find_segmenter(str(ecfg.segmenter), image_set, bool(ecfg.train_segmenter), nets.notes)
+    used: dict[str, Any] = {}
+    if folder is not None:
+        nets.segmenter, nets.segmenter_info = load_segmenter(folder)
+        used = {"folder": str(folder), **{k: v for k, v in nets.segmenter_info.items()
+                                          if k in ("arch", "width", "data_key", "size", "steps", "real_val_miou")}}
+        trained_size = tuple(nets.segmenter_info.get("size", image_set.size))
+        if trained_size != image_set.size:
+            nets.notes.append(f"the segmenter was trained at {trained_size[0]}x{trained_size[1]} and the set is "
+                              f"{image_set.size[0]}x{image_set.size[1]}: its scores are less reliable")
+    if ecfg.fid:
+        message = missing_message("inception", ecfg.weights_dir)
+        if message:
+            nets.notes.append(message)
+        else:
+            nets.inception = int(ecfg.fid_features)
+    if ecfg.lpips:
+        message = missing_message("alexnet", ecfg.weights_dir)
+        if message:
+            nets.notes.append(message)
+        else:
+            import lpips
+
+            nets.lpips = lpips.LPIPS(net="alex", verbose=False)
+    return nets, used
+
+
+def open_set(cfg: DictConfig) -> tuple[ImageSet, Path]:
+    """The image set named by samples= or images=/labels=, and the folder the report goes to."""
+    num_classes = int(cfg.num_classes)
+    if cfg.samples:
+        if cfg.images or cfg.labels:
+            raise ConfigError("pass either samples=<sample.py folder> or images=<dir> labels=<dir>, not both")
+        image_set = from_sample_folder(str(cfg.samples), num_classes)
+        return image_set, Path(str(cfg.out_dir)) if cfg.out_dir else image_set.root
+    if not (cfg.images and cfg.labels):
+        raise ConfigError("nothing to evaluate: pass samples=<a sample.py output folder>, or images=<dir> "
+                          "labels=<dir> [real=<dir>] (label PNGs named like the images, <mask>[_<k>].png)")
+    image_set = from_folders(str(cfg.images), str(cfg.labels), cfg.real, num_classes)
+    return image_set, Path(str(cfg.out_dir)) if cfg.out_dir else image_set.root
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def evaluate_set(image_set: ImageSet, out_dir: Path, ecfg: DictConfig, num_classes: int = 35,
+                 nets: Networks | None = None) -> dict[str, Any]:
+    """Score a set and write evaluation.json, evaluation_report.txt, evaluation.html (+ pictures).
+
+    `nets` replaces the networks the settings would load (tests inject small ones).
+    """
+    started = time.perf_counter()
+    device = resolve_device(str(ecfg.device))
+    segmenter_used: dict[str, Any] = {"folder": "injected"} if nets is not None else {}
+    if nets is None:
+        nets, segmenter_used = load_networks(ecfg, image_set)
+    scores = score_set(image_set, nets, num_classes=num_classes,
+                       images_per_batch=int(ecfg.batch_size), device=device,
+                       kid_subset_size=int(ecfg.kid_subset_size), progress=bool(ecfg.progress))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pictures = {}
+    best, worst = ranked_masks(scores["per_mask"], RANKED)
+    for caption, name, indices in (("best masks", "best.png", best), ("worst masks", "worst.png", worst)):
+        if indices:
+            save_png(ranking_grid(image_set, indices, nets.segmenter, device), out_dir / PICTURES_DIR / name)
+            pictures[caption] = f"{PICTURES_DIR}/{name}"
+    report = {
+        **scores,
+        "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "set": {"root": str(image_set.root), "kind": image_set.kind, "size": list(image_set.size)},
+        "settings": image_set.settings,
+        "weights": image_set.weights,
+        "train_data": image_set.train_data,
+        "segmenter": segmenter_used,
+        "evaluation": OmegaConf.to_container(ecfg, resolve=True),
+        "device": str(device),
+        "versions": library_versions(),
+        "files": {"json": str(out_dir / JSON_FILE), "text": str(out_dir / TEXT_FILE),
+                  "html": str(out_dir / HTML_FILE), "pictures": pictures},
+    }
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    rows = history(report, image_set.run_dir, out_dir)
+    write_text(out_dir / HTML_FILE, page(report, pictures, rows))
+    text = text_report(report)
+    write_text(out_dir / TEXT_FILE, text)
+    if ecfg.tensorboard:
+        logdir = image_set.run_dir / "tb" / f"eval-{out_dir.name}" if image_set.run_dir else out_dir / PICTURES_DIR / "tb"
+        log_to_tensorboard(report, logdir)
+        report["files"]["tensorboard"] = str(logdir)
+    write_json(out_dir / JSON_FILE, report)
+    print(text, end="")
+    return report
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """The `python -m sdm.evaluate` job (conf/evaluate.yaml)."""
+    image_set, out_dir = open_set(cfg)
+    return evaluate_set(image_set, out_dir, cfg.evaluation, int(cfg.num_classes))
