@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from sdm.errors import ConfigError, SDMError, exit_on_sdm_error
 
 LOG_TAIL = 25
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,39 @@ def overrides(cfg: DictConfig, key: str) -> list[str]:
     return as_overrides(OmegaConf.to_container(block, resolve=True)) if block else []
 
 
+def compose_data(overrides_: list[str]) -> dict:
+    """The resolved `data` block of the training config these overrides compose."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides_)
+    return OmegaConf.to_container(cfg.data, resolve=True)
+
+
+def changed(node: dict, base: dict) -> dict:
+    """The entries of `node` that differ from `base` (recursively)."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            inner = changed(value, base[key])
+            if inner:
+                out[key] = inner
+        elif base.get(key, object()) != value:
+            out[key] = value
+    return out
+
+
 def data_overrides(cfg: DictConfig) -> list[str]:
-    """`data=<group>` and the data.* settings, the same for every stage (the caches key on them)."""
-    settings = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
-    return [f"data={cfg.data_source}", *as_overrides(settings, "data")]
+    """The data settings the training stage will use, as overrides for prepare and the segmenter.
+
+    They come from composing the training config itself (its experiment included), so the
+    dataset prepared, the segmenter trained and the model trained share one cache key.
+    """
+    extra = as_overrides(OmegaConf.to_container(cfg.data, resolve=True), "data") if cfg.get("data") else []
+    source = [f"data={cfg.data_source}"]
+    trained = compose_data([*overrides(cfg, "train"), *source, *extra])
+    defaults = compose_data(source)
+    return [*source, *as_overrides(changed(trained, defaults), "data")]
 
 
 def manifest_complete(folder: Path) -> bool:

@@ -60,8 +60,7 @@ def missing_message(name: str, weights_dir: str | Path | None = None) -> str | N
         return None
     entry = WEIGHT_FILES[name]
     return (f"{entry.metric} skipped: {path} not found. On a machine with internet run "
-            f"`python -m sdm.metrics.weights download --dir <folder>`, then pass evaluation.weights_dir=<folder> "
-            f"(or set TORCH_HOME)")
+            f"`python -m sdm.metrics.weights download --dir <folder>`, then pass evaluation.weights_dir=<folder>")
 
 
 def download(weights_dir: str | Path | None = None) -> list[Path]:
@@ -81,13 +80,13 @@ def download(weights_dir: str | Path | None = None) -> list[Path]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Fetch or check the metric weights (FID/KID, LPIPS).")
     parser.add_argument("command", choices=["download", "check"])
-    parser.add_argument("--dir", default=None, help="a folder to use as TORCH_HOME (default: torch's cache)")
+    parser.add_argument("--dir", default=None, help="a torch hub folder (files go to <dir>/checkpoints; default: torch's own)")
     args = parser.parse_args(argv)
     if args.command == "download":
         for path in download(args.dir):
             print(f"ok {path}")
         if args.dir:
-            print(f"use it with evaluation.weights_dir={args.dir} (or TORCH_HOME={args.dir})")
+            print(f"use it with evaluation.weights_dir={args.dir}")
         return
     problems = [m for m in (missing_message(n, args.dir) for n in WEIGHT_FILES) if m]
     for name in WEIGHT_FILES:
