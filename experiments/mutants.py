@@ -53,10 +53,14 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
     "generation": (["sdm/generate.py"], ["tests/test_generate.py"], "not cli"),
     "metrics": (
         ["sdm/metrics/consistency.py", "sdm/metrics/distances.py", "sdm/metrics/diversity.py",
-         "sdm/metrics/image_sets.py", "sdm/metrics/scoring.py", "sdm/metrics/report.py",
-         "sdm/metrics/report_html.py", "sdm/metrics/pictures.py", "sdm/metrics/evaluation.py",
-         "sdm/metrics/validation.py", "sdm/metrics/weights.py", "sdm/pipeline.py"],
-        ["tests/test_metrics.py", "tests/test_evaluation.py", "tests/test_segmenter.py", "tests/test_pipeline.py"],
+         "sdm/metrics/image_sets.py", "sdm/metrics/scoring.py", "sdm/metrics/validation.py", "sdm/pipeline.py"],
+        ["tests/test_metrics.py", "tests/test_evaluation.py", "tests/test_pipeline.py"],
+        "not cli",
+    ),
+    "report": (
+        ["sdm/metrics/report.py", "sdm/metrics/report_html.py", "sdm/metrics/pictures.py",
+         "sdm/metrics/evaluation.py", "sdm/metrics/weights.py", "sdm/metrics/segmenter.py"],
+        ["tests/test_metrics.py", "tests/test_evaluation.py", "tests/test_segmenter.py"],
         "not cli",
     ),
 }

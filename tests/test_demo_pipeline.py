@@ -27,7 +27,7 @@ def test_demo_pipeline_learns_and_writes_the_report(tmp_path):
              "train.trainer.enable_progress_bar=false", "train.validation.every_n_steps=400",
              "train.checkpoint.every_n_steps=400", "segmenter.segmenter.max_steps=300",
              "segmenter.segmenter.val_every=300", "segmenter.segmenter.progress_bar=false",
-             "sample.limit=12", "sample.num_per_mask=2", "sample.sampler.num_steps=25"]
+             "sample.limit=12", "sample.num_per_mask=2"]
     command = [sys.executable, "-m", "sdm.pipeline", "conf/pipeline/demo.yaml", *short]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -43,7 +43,7 @@ def test_demo_pipeline_learns_and_writes_the_report(tmp_path):
 
     unguided = tmp_path / "s1"
     again = subprocess.run([sys.executable, "sample.py", f"weights={root / 'train'}", f"out_dir={unguided}", "limit=12",
-                            "num_per_mask=2", "sampler.num_steps=25", "sampler.guidance_scale=1.0", "evaluate=true",
+                            "num_per_mask=2", "sampler.guidance_scale=1.0", "evaluate=true",
                             "evaluation.progress=false"], cwd=REPO, env=env, capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -24,7 +24,7 @@ from sdm.module import SDMModule
 from sdm.viz import to_uint8_image
 
 SIZE = 16
-FAST = ["sampler.num_steps=2", "precision=fp32", "device=cpu", "batch_size=4", "num_per_mask=2"]
+FAST = ["sampler=ddim", "sampler.num_steps=2", "precision=fp32", "device=cpu", "batch_size=4", "num_per_mask=2"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -380,3 +380,10 @@ def test_bf16_falls_back_to_fp32_on_a_cpu_without_native_bf16(run_dir, tmp_path,
     monkeypatch.setattr(generation, "cpu_has_bf16", lambda: True)
     manifest = generate(sample_cfg(f"weights={run_dir}", "precision=bf16", "limit=1", "num_per_mask=1", f"out_dir={tmp_path / 'b'}"))
     assert manifest["settings"]["precision"] == "bf16" and "no native bf16" not in capsys.readouterr().out
+
+
+def test_the_default_sampler_is_the_studys_choice():
+    """experiments/study_samplers.py chose UniPC with 15 steps (results_samplers.md)."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("sample", overrides=["weights=x"])
+    assert (cfg.sampler.name, cfg.sampler.num_steps, cfg.sampler.guidance_scale, cfg.num_per_mask) == ("unipc", 15, 1.5, 5)
