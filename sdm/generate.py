@@ -40,7 +40,7 @@ from sdm.config import number, require
 from sdm.data.classes import colorize
 from sdm.data.datamodule import split_indices
 from sdm.data.prepare import decode_row, prepare_data
-from sdm.data.rows import label_to_ids, parse_size
+from sdm.data.rows import label_to_ids, parse_size, read_rgb_file
 from sdm.diffusion import SAMPLERS, sample
 from sdm.diffusion.sampling import TIMESTEP_SPACINGS
 from sdm.errors import CheckpointError, ConfigError, DataError
@@ -205,17 +205,7 @@ def read_mask(path: Path, size: tuple[int, int], num_classes: int) -> tuple[np.n
 
 def read_real(path: Path, size: tuple[int, int]) -> np.ndarray | None:
     """The photo of a mask from a sibling images/ folder, when there is one of the same name."""
-    if not path.is_file():
-        return None
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"real image '{path}' (beside the masks) cannot be read: {err}") from None
-    height, width = size
-    if rgb.size != (width, height):
-        rgb = rgb.resize((width, height), Image.Resampling.LANCZOS)
-    return np.asarray(rgb)
+    return read_rgb_file(path, size, "real image (beside the masks)") if path.is_file() else None
 
 
 def folder_masks(folder: Path, size: tuple[int, int], num_classes: int, limit: int | None) -> list[Mask]:

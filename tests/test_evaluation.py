@@ -316,3 +316,11 @@ def test_cli_scores_a_folder_offline_and_refuses_bad_input(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "sdm.evaluate", f"images={tmp_path / 'nowhere'}",
                           f"labels={root / 'labels'}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "is not a folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_an_unreadable_sample_is_named_and_no_report_is_written(tmp_path):
+    root, _ = coloured_set(tmp_path / "s", n=3, per_mask=2)
+    (root / "images" / "000002_1.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(DataError, match=r"image file '.*000002_1\.png' cannot be read"):
+        evaluate_set(from_sample_folder(root), root, settings(), nets=oracle())
+    assert not (root / JSON_FILE).exists() and not (root / "evaluation.html").exists()

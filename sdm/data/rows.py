@@ -9,11 +9,13 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from sdm.data.classes import NUM_CLASSES, decolorize
+from sdm.errors import DataError
 
 RESIZE_MODES = ("stretch", "crop")
 
@@ -133,3 +135,16 @@ def resize_pair(
         box = (left, top, left + width, top + height)
         image_pil, label_pil = image_pil.crop(box), label_pil.crop(box)
     return np.asarray(image_pil), np.asarray(label_pil)
+
+
+def read_rgb_file(path: Path, size: tuple[int, int] | None = None, what: str = "image file") -> np.ndarray:
+    """H x W x 3 uint8 of an image file, resized (Lanczos) to `size` = (H, W) when it differs;
+    a file that cannot be decoded is a DataError naming it."""
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"{what} '{path}' cannot be read: {err}") from None
+    if size is not None and rgb.size != (size[1], size[0]):
+        rgb = rgb.resize((size[1], size[0]), Image.Resampling.LANCZOS)
+    return np.asarray(rgb)

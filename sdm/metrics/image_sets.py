@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from sdm.data.rows import label_to_ids
+from sdm.data.rows import label_to_ids, read_rgb_file
 from sdm.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -74,16 +74,8 @@ def read_label(path: Path, num_classes: int) -> np.ndarray:
 
 
 def read_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """H x W x 3 uint8 of an image file, resized (Lanczos) to `size` = (H, W) when it differs."""
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"image file '{path}' cannot be read: {err}") from None
-    height, width = size
-    if rgb.size != (width, height):
-        rgb = rgb.resize((width, height), Image.Resampling.LANCZOS)
-    return np.asarray(rgb)
+    """H x W x 3 uint8 of an image file at `size` = (H, W) (Lanczos when it differs)."""
+    return read_rgb_file(path, size)
 
 
 def _require_file(path: Path, what: str) -> Path:
