@@ -202,9 +202,10 @@ def small_segmenter_folder(folder: Path, real_val_miou: float = 0.5, size=(32, 3
     return folder
 
 
-def test_auto_finds_the_segmenter_cached_for_the_runs_data(tmp_path, data_cfg):
+def test_auto_finds_the_segmenter_cached_for_the_runs_data(tmp_path, data_cfg, monkeypatch):
     from sdm.metrics.evaluation import cached_segmenter_folder
 
+    monkeypatch.setenv("SDM_SEGMENTER_DIR", str(tmp_path / "segmenters"))
     data = OmegaConf.to_container(data_cfg("scenes", size=[32, 32], **{"scenes.num": 6}), resolve=True)
     root, _ = coloured_set(tmp_path / "s", n=2, per_mask=2, train_data=data)
     image_set = from_sample_folder(root)
@@ -324,3 +325,92 @@ def test_an_unreadable_sample_is_named_and_no_report_is_written(tmp_path):
     with pytest.raises(DataError, match=r"image file '.*000002_1\.png' cannot be read"):
         evaluate_set(from_sample_folder(root), root, settings(), nets=oracle())
     assert not (root / JSON_FILE).exists() and not (root / "evaluation.html").exists()
+
+
+def test_lpips_diversity_per_mask_and_in_the_mean(tmp_path):
+    import lpips
+
+    root, _ = coloured_set(tmp_path / "s", n=3, per_mask=3, noise=30)
+    network = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
+    result = score_set(from_sample_folder(root), Networks(lpips=network), progress=False)
+    rows = result["per_mask"]
+    assert all(row["diversity_lpips"] > 0 for row in rows)
+    assert result["metrics"]["lpips_diversity"] == pytest.approx(np.mean([row["diversity_lpips"] for row in rows]))
+    same, _ = coloured_set(tmp_path / "t", n=2, per_mask=2, noise=0)
+    assert score_set(from_sample_folder(same), Networks(lpips=network), progress=False)["metrics"][
+        "lpips_diversity"] == pytest.approx(0, abs=1e-6)
+
+
+def test_the_record_of_a_set_names_every_part(tmp_path):
+    root, _ = coloured_set(tmp_path / "s", n=2, per_mask=2, noise=0)
+    result = score_set(from_sample_folder(root), oracle(), progress=False)
+    assert result["counts"] == {"masks": 2, "images": 4, "real": 2}
+    assert [set(row) for row in result["per_mask"]] == [{"mask", "images", "miou", "real_miou", "diversity_ms_ssim"}] * 2
+    assert [row["mask"] for row in result["per_mask"]] == ["000000", "000001"] and result["per_mask"][0]["images"] == 2
+    assert result["metrics"]["real_pixel_accuracy"] == 1.0 and "other_mask_miou" in result["metrics"]  # two masks
+    assert result["sources"] == {"real_miou": "the segmenter on the real photos of these masks"}
+    real = result["per_class_iou"]["real"]
+    assert set(real) == {str(c) for c in range(1, 35)} and all(v in (None, 1.0) for v in real.values())
+    assert result["notes"] == []
+
+
+def test_single_samples_and_a_zero_ceiling(tmp_path):
+    labels = [stripes(16, s) for s in range(2)]
+    root = write_sample_folder(tmp_path / "s", labels, [[colorize(lb)] for lb in labels])
+    nets = Networks(segmenter=PaletteReader(), segmenter_info={"real_val_miou": 0.0})
+    result = score_set(from_sample_folder(root), nets, progress=False)
+    assert "ms_ssim_diversity" not in result["metrics"] and "diversity_ms_ssim" not in result["per_mask"][0]
+    assert any(n.startswith("diversity skipped: every mask has a single image") for n in result["notes"])
+    assert np.isnan(result["metrics"]["consistency_ratio"])
+    alone = write_sample_folder(tmp_path / "one", labels[:1], [[colorize(labels[0])] * 2])
+    assert "other_mask_miou" not in score_set(from_sample_folder(alone), oracle(), progress=False)["metrics"]
+    bare = score_set(from_sample_folder(root), Networks(), progress=False)
+    assert bare["metrics"] == {} and any(n.startswith("semantic consistency skipped: no segmenter") for n in bare["notes"])
+
+
+def test_images_of_another_size_are_resized_to_the_labels(tmp_path):
+    label = stripes(16, 3)
+    save(label, tmp_path / "labels" / "m.png")
+    big = np.asarray(Image.fromarray(colorize(label)).resize((48, 48), Image.Resampling.NEAREST))
+    save(big, tmp_path / "images" / "m_0.png")
+    save(big, tmp_path / "images" / "m_1.png")
+    image_set = from_folders(tmp_path / "images", tmp_path / "labels")
+    result = score_set(image_set, Networks(segmenter=PaletteReader()), progress=False)
+    assert result["metrics"]["pixel_accuracy"] > 0.9  # Lanczos at band edges aside, the layout is kept
+    with pytest.raises(DataError, match=r"images=.*nowhere is not a folder"):
+        from_folders(tmp_path / "nowhere", tmp_path / "labels")
+    with pytest.raises(DataError, match=r"labels=.*nowhere is not a folder"):
+        from_folders(tmp_path / "images", tmp_path / "nowhere")
+    with pytest.raises(DataError, match=r"real=.*nowhere is not a folder"):
+        from_folders(tmp_path / "images", tmp_path / "labels", tmp_path / "nowhere")
+    with pytest.raises(DataError, match=r"ids \[35\] outside 0\.\.34"):
+        save(np.full((16, 16), 35, np.uint8), tmp_path / "labels" / "m.png")
+        from_folders(tmp_path / "images", tmp_path / "labels")
+    assert from_folders(tmp_path / "images", tmp_path / "labels", num_classes=36).entries[0].label.max() == 35
+
+
+def test_batches_hold_whole_masks_of_about_the_asked_size():
+    from sdm.metrics.image_sets import MaskEntry
+    from sdm.metrics.scoring import batches_of_masks
+
+    entries = [MaskEntry(str(i), np.zeros((2, 2), np.uint8), tuple(Path(f"{i}_{k}") for k in range(n)))
+               for i, n in enumerate([2, 2, 3, 1, 5])]
+    assert list(batches_of_masks(entries, 4)) == [[0, 1], [2, 3], [4]]
+    assert list(batches_of_masks(entries, 5)) == [[0, 1], [2, 3], [4]]
+    assert list(batches_of_masks(entries, 1)) == [[0], [1], [2], [3], [4]]
+
+
+def test_auto_validation_scorer_finds_the_cached_segmenter(tmp_path, data_cfg, monkeypatch):
+    from sdm.metrics.evaluation import cached_segmenter_folder
+
+    monkeypatch.setenv("SDM_SEGMENTER_DIR", str(tmp_path / "segmenters"))
+    from sdm.metrics.validation import find_scorer
+
+    data = OmegaConf.to_container(data_cfg("scenes", size=[32, 32], **{"scenes.num": 6}), resolve=True)
+    cfg = {"validation": {"segmenter": "auto"}, "data": data}
+    assert find_scorer(cfg) is colour_scorer  # scenes, nothing cached yet
+    assert find_scorer({**cfg, "data": {**data, "name": "sidewalk", "streaming": True}}) is None
+    small_segmenter_folder(cached_segmenter_folder(data))
+    found = find_scorer(cfg)
+    assert isinstance(found, SegmenterScorer) and found.folder == str(cached_segmenter_folder(data))
+    assert find_scorer({**cfg, "data": {**data, "streaming": True}}) is colour_scorer  # a stream has no cache key

@@ -166,3 +166,35 @@ def test_missing_weights_are_named_with_the_fix(tmp_path):
     with pytest.raises(SystemExit) as done:
         weights.main(["check", "--dir", str(tmp_path)])
     assert done.value.code == 1  # inception is still missing
+
+
+@pytest.mark.parametrize("size, scales", [(16, 1), (64, 3), (192, 5)])
+def test_ssim_distance_is_one_minus_torchmetrics_on_unit_range_images(size, scales):
+    from torchmetrics.functional.image import (
+        multiscale_structural_similarity_index_measure as ms_ssim,
+    )
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    torch.manual_seed(0)
+    a, b = torch.rand(3, 3, size, size) * 2 - 1, torch.rand(3, 3, size, size) * 2 - 1
+    b[0] = a[0]
+    got = ssim_distance(a * 1.5, b)  # values beyond [-1, 1] are clamped first
+    unit_a, unit_b = ((a * 1.5).clamp(-1, 1) + 1) / 2, (b + 1) / 2
+    assert ms_ssim_scales(size, size) == scales and got.shape == (3,)
+    if scales == 1:
+        expected = 1 - ssim(unit_a, unit_b, data_range=1.0, reduction="none")
+    else:
+        betas = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)[:scales]
+        expected = 1 - ms_ssim(unit_a, unit_b, data_range=1.0, reduction="none",
+                               betas=tuple(x / sum(betas) for x in betas))
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert ssim_distance(a, a).abs().max() < 1e-5
+
+
+def test_scores_of_an_empty_matrix_are_nan_not_an_error():
+    empty = segmentation_scores(torch.zeros(4, 4, dtype=torch.long))
+    assert math.isnan(empty["miou"]) and math.isnan(empty["pixel_accuracy"]) and empty["pixels"] == 0
+    one = torch.zeros(4, 4, dtype=torch.long)
+    one[2, 2] = 1
+    assert segmentation_scores(one)["pixel_accuracy"] == 1.0 and segmentation_scores(one)["miou"] == 1.0
+    assert set(segmentation_scores(one)["per_class_iou"]) == {1, 2, 3}

@@ -79,3 +79,49 @@ def test_config_errors_are_clear(tmp_path):
     (tmp_path / "p.yaml").write_text("data_source: scenes\n")
     with pytest.raises(ConfigError, match="'root'"):
         load_config(str(tmp_path / "p.yaml"), [])
+
+
+def test_every_stage_runs_the_projects_own_command(tmp_path):
+    cfg = load_config(str(REPO / "conf" / "pipeline" / "sidewalk.yaml"), [f"root={tmp_path}"])
+    plan = {stage.name: stage for stage in stages(cfg)}
+    heads = {name: stage.command[:3] for name, stage in plan.items()}
+    python = sys.executable
+    assert heads == {
+        "prepare": [python, "-m", "sdm.data.prepare"], "segmenter": [python, "-m", "sdm.metrics.segmenter"],
+        "train": [python, "train.py", "experiment=sidewalk256"],
+        "finetune": [python, "train.py", "experiment=sidewalk256"],
+        "sample": [python, "sample.py", f"weights={tmp_path / 'finetune'}"],
+        "evaluate": [python, "-m", "sdm.evaluate"],
+    }
+    assert plan["finetune"].command[-2:] == [f"run_dir={tmp_path / 'finetune'}", "ckpt_path=auto"]
+    assert plan["sample"].command[3] == f"out_dir={tmp_path / 'samples'}"
+    assert plan["evaluate"].command[3:5] == [f"samples={tmp_path / 'samples'}", "evaluation.progress=false"]
+    # prepare and the segmenter reuse their own caches: they always run, and are quick when cached
+    assert plan["prepare"].done() is False and plan["segmenter"].done() is False
+    for name in ("train", "finetune"):
+        assert plan[name].done() is False
+        export = tmp_path / name / "export" / "ema.safetensors"
+        export.parent.mkdir(parents=True)
+        export.write_bytes(b"x")
+        assert plan[name].done() is True
+    assert plan["sample"].done() is False and plan["evaluate"].done() is False
+
+
+def test_logs_hold_the_command_and_its_output_and_the_report_is_named(tmp_path, monkeypatch, capsys):
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "evaluation_report.txt").write_text("table")
+    plan = [Stage("only", [sys.executable, "-c", "import os, sys; print(os.getcwd()); print('err', file=sys.stderr)"],
+                  lambda: False)]
+    monkeypatch.setattr(pipeline, "stages", lambda cfg: plan)
+    summary = run_pipeline(OmegaConf.create({"root": str(tmp_path / "nested" / "..")}), cwd=tmp_path)
+    assert [(name, status) for name, status, _ in summary] == [("only", "ran")] and 0 < summary[0][2] < 60
+    log = (tmp_path / "logs" / "only.log").read_text().splitlines()
+    assert log[0] == " ".join(plan[0].command) and log[1] == ""
+    assert log[2] == str(tmp_path) and log[3] == "err"  # the stage ran in cwd, stderr into the same log
+    out = capsys.readouterr().out
+    assert f"report: {tmp_path / 'nested' / '..' / 'samples' / 'evaluation_report.txt'}" in out
+    assert "only        ran" in out
+    assert pipeline.tail(tmp_path / "logs" / "only.log", 2) == f"    {tmp_path}\n    err"
+    monkeypatch.setattr(pipeline, "stages", lambda cfg: [Stage("only", ["true"], lambda: True)])
+    summary = run_pipeline(OmegaConf.create({"root": str(tmp_path)}), cwd=tmp_path)
+    assert summary == [("only", "skipped (complete)", 0.0)]
