@@ -44,7 +44,7 @@ from sdm.data.rows import label_to_ids, parse_size, read_rgb_file
 from sdm.diffusion import SAMPLERS, sample
 from sdm.diffusion.sampling import TIMESTEP_SPACINGS
 from sdm.errors import CheckpointError, ConfigError, DataError
-from sdm.hardware import cpu_has_bf16
+from sdm.hardware import cpu_has_bf16, resolve_device
 from sdm.models import SDMUNet, label_to_condition
 from sdm.module import build_unet, noise_config
 from sdm.seeding import stable_seed
@@ -102,20 +102,6 @@ def check_settings(cfg: DictConfig) -> None:
     require(cfg.limit is None or number(cfg, "limit") >= 1, "limit", cfg.limit, "null or an integer >= 1")
     require(number(cfg, "seed") >= 0, "seed", cfg.seed, "an integer >= 0")
     require(cfg.precision in PRECISIONS, "precision", cfg.precision, f"one of {list(PRECISIONS)}")
-
-
-def resolve_device(spec: str) -> torch.device:
-    """auto -> the GPU when there is one; an explicit cuda without a GPU is an error, not a fallback."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, ValueError):
-        device = None
-    require(device is not None and device.type in ("cpu", "cuda"), "device", spec, "auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={spec} but no CUDA GPU is visible here; use device=cpu or device=auto")
-    return device
 
 
 # ----------------------------------------------------------------------------- weights

@@ -414,3 +414,10 @@ def test_auto_validation_scorer_finds_the_cached_segmenter(tmp_path, data_cfg, m
     found = find_scorer(cfg)
     assert isinstance(found, SegmenterScorer) and found.folder == str(cached_segmenter_folder(data))
     assert find_scorer({**cfg, "data": {**data, "streaming": True}}) is colour_scorer  # a stream has no cache key
+
+
+def test_a_bad_device_is_refused_before_anything_is_read(tmp_path):
+    root, _ = coloured_set(tmp_path / "s", n=2, per_mask=2)
+    with pytest.raises(ConfigError, match=r"device='tpu' is invalid: expected auto, cpu, cuda or cuda:N"):
+        evaluate_set(from_sample_folder(root), root, settings(device="tpu"), nets=oracle())
+    assert not (root / JSON_FILE).exists()

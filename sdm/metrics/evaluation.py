@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sdm.errors import ConfigError
+from sdm.hardware import resolve_device
 from sdm.metrics.image_sets import ImageSet, from_folders, from_sample_folder
 from sdm.metrics.pictures import ranked_masks, ranking_grid
 from sdm.metrics.report import (
@@ -126,12 +126,6 @@ def open_set(cfg: DictConfig) -> tuple[ImageSet, Path]:
                           "labels=<dir> [real=<dir>] (label PNGs named like the images, <mask>[_<k>].png)")
     image_set = from_folders(str(cfg.images), str(cfg.labels), cfg.real, num_classes)
     return image_set, Path(str(cfg.out_dir)) if cfg.out_dir else image_set.root
-
-
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
 
 
 def evaluate_set(image_set: ImageSet, out_dir: Path, ecfg: DictConfig, num_classes: int = 35,
