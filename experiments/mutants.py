@@ -42,7 +42,7 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
     "data": (
         ["sdm/data/rows.py", "sdm/data/transforms.py", "sdm/data/datamodule.py",
          "sdm/data/prepare.py", "sdm/data/classes.py"],
-        ["tests/test_data.py"],
+        ["tests/test_data.py", "tests/test_data_edges.py"],
         "not cli",
     ),
     "training": (
