@@ -172,3 +172,40 @@ def test_ema_warmup_and_integer_buffers():
         with pytest.raises(ValueError, match=r"ema.decay must lie in \(0, 1\)"):
             EMA(model, decay=bad)
     assert EMA(model).decay == 0.9999 and EMA(model).warmup is True
+
+
+def test_the_newest_file_wins_whatever_its_name(tmp_path):
+    folder = tmp_path / "checkpoints"
+    save(folder / "step=0000004.ckpt", 4, 1_000_000_000)
+    last = save(folder / "last.ckpt", 8, 2_000_000_000)  # sorts before "step=..." by name, but is newer
+    assert find_latest_checkpoint(tmp_path) == last
+
+
+def test_a_newest_checkpoint_that_carries_code_is_not_taken_as_complete(tmp_path):
+    folder = tmp_path / "checkpoints"
+    good = save(folder / "step=0000004.ckpt", 4, 1_000_000_000)
+    code = folder / "last.ckpt"
+    torch.save({"x": Payload()}, code)
+    os.utime(code, ns=(2_000_000_000, 2_000_000_000))
+    assert not is_complete(code) and find_latest_checkpoint(tmp_path) == good
+
+
+def test_each_kind_of_misfit_alone_is_refused_and_examples_are_two():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1), torch.nn.Linear(1, 1))
+    good = dict(model.state_dict())
+    only_missing = {k: v for k, v in good.items() if not k.startswith("2.")}
+    only_missing.pop("1.bias")
+    with pytest.raises(CheckpointError, match=r"3 missing \(e.g. \['1.bias', '2.bias'\]\), 0 unexpected"):
+        load_into(model, only_missing, "a")
+    extra = {**good, "x.weight": torch.ones(1), "y.weight": torch.ones(1), "z.weight": torch.ones(1)}
+    with pytest.raises(CheckpointError, match=r"0 missing \(e.g. \[\]\), 3 unexpected \(e.g. \['x.weight', 'y.weight'\]\)"):
+        load_into(model, extra, "b")
+    with pytest.raises(CheckpointError, match=r"1 with other shapes"):
+        load_into(model, {**good, "2.bias": torch.ones(2)}, "c")
+
+
+def test_a_checkpoint_without_ema_weights_is_named_by_its_path(tmp_path):
+    path = tmp_path / "raw.ckpt"
+    torch.save({"state_dict": {"unet.w": torch.ones(1)}}, path)
+    with pytest.raises(CheckpointError, match=f"'{path}' holds no EMA weights"):
+        load_ema_weights(path)
