@@ -45,8 +45,16 @@ def test_transparent_images_are_composited_on_black():
     rgb, mode = image_to_rgb(Image.fromarray(la, "LA"))
     assert mode == "LA" and rgb[:, :, 0].tolist() == [[90, 0], [0, 90]] and (rgb[..., 1] == rgb[..., 0]).all()
 
-    pa = Image.fromarray(np.array([[0, 1]], np.uint8), "P").convert("RGBA").convert("PA")
-    assert image_to_rgb(pa)[1] == "PA"
+    pa = Image.fromarray(la[..., 0], "L").convert("RGBA")
+    pa.putalpha(Image.fromarray(la[..., 1]))
+    pa = pa.convert("PA")
+    rgb, mode = image_to_rgb(pa)
+    assert mode == "PA" and rgb[0, 1].tolist() == [0, 0, 0] and rgb[0, 0].tolist() == [90, 90, 90]
+
+    keyed = Image.fromarray(np.array([[90, 40]], np.uint8), "L")
+    keyed.info["transparency"] = 40  # a grey level marked transparent: black, like alpha 0
+    rgb, mode = image_to_rgb(keyed)
+    assert mode == "L" and rgb.tolist() == [[[90, 90, 90], [0, 0, 0]]]
 
     palette = Image.fromarray(np.array([[0, 1]], np.uint8), "P")
     palette.putpalette([10, 20, 30, 40, 50, 60] + [0] * 762)
@@ -65,6 +73,8 @@ def test_16_bit_images_are_scaled_to_8_bits(mode):
     rgb, reported = image_to_rgb(image)
     assert reported == mode and rgb.dtype == np.uint8
     assert rgb[0, :, 0].tolist() == [0, int(1000 * 255 / 65535), 255] and (rgb[..., 2] == rgb[..., 0]).all()
+    near = Image.frombytes("I;16", (3, 1), np.array([[0, 128, 256]], "<u2").tobytes())  # past 255: 16-bit
+    assert image_to_rgb(near)[0][0, :, 0].tolist() == [0, 0, 0]
     shallow = Image.fromarray(np.array([[0, 17, 255]], np.int32), "I")  # already in 0..255: kept as is
     assert image_to_rgb(shallow)[0][0, :, 1].tolist() == [0, 17, 255]
     black = Image.fromarray(np.zeros((1, 2), np.int32), "I")  # a peak of 0 must not divide by zero
@@ -150,21 +160,22 @@ def test_size_limits_per_side():
 
 
 def test_crop_geometry_is_centred_and_exact():
-    # 40 x 91 -> 32 x 32: scale 0.8, scaled to 73 x 32, centre crop from column 20
-    rows, cols = np.meshgrid(np.arange(40), np.arange(91), indexing="ij")
+    # 40 x 94 -> 32 x 32: scale 0.8, scaled to 75 x 32, centre crop from column 21 (43 // 2: an odd
+    # margin, where a rounded half would start at 22)
+    rows, cols = np.meshgrid(np.arange(40), np.arange(94), indexing="ij")
     label = ((rows // 5) * 3 + cols // 13).astype(np.uint8) % 35
     image = np.stack([label * 7] * 3, -1).astype(np.uint8)
     out_image, out_label = resize_pair(image, label, (32, 32), "crop")
-    scaled = Image.fromarray(label).resize((73, 32), Image.Resampling.NEAREST)
-    assert np.array_equal(out_label, np.asarray(scaled.crop((20, 0, 52, 32))))
-    tall_rows, tall_cols = np.meshgrid(np.arange(91), np.arange(40), indexing="ij")
-    tall = ((tall_rows // 13) * 3 + tall_cols // 5).astype(np.uint8)  # 91 x 40: crop from row 20
-    _, out_tall = resize_pair(np.zeros((91, 40, 3), np.uint8), tall, (32, 32), "crop")
-    scaled = Image.fromarray(tall).resize((32, 73), Image.Resampling.NEAREST)
-    assert np.array_equal(out_tall, np.asarray(scaled.crop((0, 20, 32, 52))))
+    scaled = Image.fromarray(label).resize((75, 32), Image.Resampling.NEAREST)
+    assert np.array_equal(out_label, np.asarray(scaled.crop((21, 0, 53, 32))))
+    tall_rows, tall_cols = np.meshgrid(np.arange(94), np.arange(40), indexing="ij")
+    tall = ((tall_rows // 13) * 3 + tall_cols // 5).astype(np.uint8)  # 94 x 40: crop from row 21
+    _, out_tall = resize_pair(np.zeros((94, 40, 3), np.uint8), tall, (32, 32), "crop")
+    scaled = Image.fromarray(tall).resize((32, 75), Image.Resampling.NEAREST)
+    assert np.array_equal(out_tall, np.asarray(scaled.crop((0, 21, 32, 53))))
     # the image goes through Lanczos (reducing_gap 2: PIL's fast path, within 1 level of exact)
-    lanczos = Image.fromarray(image).resize((73, 32), Image.Resampling.LANCZOS, reducing_gap=2.0)
-    assert np.array_equal(out_image, np.asarray(lanczos.crop((20, 0, 52, 32))))
+    lanczos = Image.fromarray(image).resize((75, 32), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    assert np.array_equal(out_image, np.asarray(lanczos.crop((21, 0, 53, 32))))
     stretched = resize_pair(image, label, (16, 16))  # the default mode stretches
     assert np.array_equal(stretched[1], np.asarray(Image.fromarray(label).resize((16, 16), Image.Resampling.NEAREST)))
 

@@ -49,11 +49,13 @@ def open_image(value: object, field: str) -> Image.Image:
 
 
 def image_to_rgb(image: Image.Image) -> tuple[np.ndarray, str | None]:
-    """RGB uint8 array; RGBA, grayscale and palette images are converted and the mode reported."""
+    """RGB uint8 array; RGBA, grayscale and palette images are converted and the mode reported.
+
+    Transparent pixels (alpha, or a palette or grey-level transparency key) become black."""
     if image.mode == "RGB":
         return np.asarray(image), None
     mode = image.mode
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+    if mode in ("RGBA", "LA", "PA") or "transparency" in image.info:  # a palette or grey-level key
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, rgba)
