@@ -261,3 +261,20 @@ def test_conditioning_reaches_the_network_with_the_models_edge_channel(run_dir, 
     assert (kwargs["sampler"], kwargs["num_steps"], kwargs["guidance_scale"], kwargs["eta"]) == ("ddim", 2, 2.5, 0.25)
     assert kwargs["timestep_spacing"] == "trailing" and len(kwargs["generator"]) == 2
     assert kwargs["noise_config"]["num_train_timesteps"] == 1000 and "learn_sigma" in kwargs["noise_config"]
+
+
+def test_an_unreadable_photo_beside_the_masks_is_named(tmp_path):
+    folder = mask_folder(tmp_path / "set", {"p": bands(SIZE, SIZE, (2,))})
+    (tmp_path / "set" / "images").mkdir()
+    (tmp_path / "set" / "images" / "p.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"real image \(beside the masks\) '.*images/p.png' cannot be read"):
+        folder_masks(folder, (SIZE, SIZE), 35, None)
+
+
+def test_weights_outside_a_run_write_to_a_dated_folder(tmp_path):
+    import re
+
+    from sdm.generate import default_out_dir
+
+    out = default_out_dir(sample_cfg("weights=x", f"output_root={tmp_path}"), tmp_path / "loose.safetensors")
+    assert out.parent == tmp_path / "samples" and re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", out.name)

@@ -122,8 +122,14 @@ def test_resume_is_exact(tmp_path, monkeypatch):
         assert curve_b[step] == pytest.approx(value, abs=1e-6), step
 
 
-def test_tensorboard_holds_losses_grids_and_hparams(tmp_path):
-    out, metrics = run_train(tmp_path, "tb")
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict]:
+    """One short default run shared by the tests that only read what it wrote."""
+    return run_train(tmp_path_factory.mktemp("trained"), "run")
+
+
+def test_tensorboard_holds_losses_grids_and_hparams(trained):
+    out, metrics = trained
     assert set(metrics) >= {"final/train_loss", "final/val_loss"}
     tags = read_events(out).Tags()
     assert {"train/loss", "val/loss", "train/mse_q0", "lr-AdamW"} <= set(tags["scalars"])
@@ -135,8 +141,8 @@ def test_tensorboard_holds_losses_grids_and_hparams(tmp_path):
     assert any(p.name.startswith("best-") for p in (out / "checkpoints").iterdir())
 
 
-def test_export_holds_the_ema_weights(tmp_path):
-    out, _ = run_train(tmp_path, "export")
+def test_export_holds_the_ema_weights(trained):
+    out, _ = trained
     exported, _ = load_ema_weights(out / "export" / "ema.safetensors")
     ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")["state_dict"]
     raw = {k[len("unet."):]: v for k, v in ckpt.items() if k.startswith("unet.")}
@@ -145,8 +151,8 @@ def test_export_holds_the_ema_weights(tmp_path):
     assert any(not torch.equal(exported[k], raw[k]) for k in exported)  # EMA, not raw weights
 
 
-def test_finetune_starts_from_ema_with_its_own_lr_and_drop(tmp_path):
-    source, _ = run_train(tmp_path, "stage1", "guidance.drop_prob=0")
+def test_finetune_starts_from_ema_with_its_own_lr_and_drop(tmp_path, trained):
+    source, _ = trained
     out = tmp_path / "stage2"
     cfg = compose_train(out, "experiment=finetune_cfg", f"init_from={source}", "trainer.max_steps=1",
                         "data.size=[32,32]")
@@ -163,8 +169,8 @@ def test_finetune_starts_from_ema_with_its_own_lr_and_drop(tmp_path):
     assert ckpt["optimizer_states"][0]["state"][0]["step"] == 1  # a fresh optimizer
 
 
-def test_init_from_refuses_bad_sources(tmp_path):
-    source, _ = run_train(tmp_path, "tiny")
+def test_init_from_refuses_bad_sources(tmp_path, trained):
+    source, _ = trained
     cases = {"missing": tmp_path / "nothing-here"}
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes((source / "checkpoints" / "last.ckpt").read_bytes()[:5000])
