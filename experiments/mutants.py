@@ -159,9 +159,10 @@ def mutant_diff(work: Path, name: str) -> str:
 
 def summarise(package: str, statuses: dict[str, str], work: Path, equivalent: dict[str, str]) -> str:
     counts = Counter(statuses.values())
-    total = len(statuses) - counts["skipped"]
+    unrun = counts["not checked"]  # a run stopped early: rates over the mutants it tried
+    total = len(statuses) - counts["skipped"] - unrun
     killed = sum(counts[s] for s in KILLED)
-    survivors = sorted(n for n, s in statuses.items() if s not in KILLED and s != "skipped")
+    survivors = sorted(n for n, s in statuses.items() if s not in (*KILLED, "skipped", "not checked"))
     eq = [n for n in survivors if n in equivalent]
     rate = 100 * killed / total if total else 0.0
     rate_eq = 100 * killed / (total - len(eq)) if total > len(eq) else 0.0
@@ -171,7 +172,8 @@ def summarise(package: str, statuses: dict[str, str], work: Path, equivalent: di
         "",
         f"{dt.date.today()}: {total} mutants, {killed} killed ({counts['timeout']} by time-out), "
         f"{counts['survived']} survived, {counts['no tests']} reached by no test; "
-        f"**kill rate {rate:.1f} %**, {rate_eq:.1f} % without the {len(eq)} equivalent ones.",
+        f"**kill rate {rate:.1f} %**, {rate_eq:.1f} % without the {len(eq)} equivalent ones"
+        + (f"; partial run: {unrun} more mutants not run." if unrun else "."),
         "",
     ]
     if survivors:

@@ -278,3 +278,59 @@ def test_weights_outside_a_run_write_to_a_dated_folder(tmp_path):
 
     out = default_out_dir(sample_cfg("weights=x", f"output_root={tmp_path}"), tmp_path / "loose.safetensors")
     assert out.parent == tmp_path / "samples" and re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", out.name)
+
+
+def test_bf16_sampling_runs_the_network_under_bf16_autocast(run_dir, tmp_path, monkeypatch):  # noqa: F811
+    import sdm.generate as generation
+
+    states = []
+    real_sample = generation.sample
+
+    def spy(*args, **kwargs):
+        states.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "sample", spy)
+    monkeypatch.setattr(generation, "cpu_has_bf16", lambda: True)
+    for precision in ("bf16", "fp32"):
+        generate(sample_cfg(f"weights={run_dir}", f"precision={precision}", "limit=1", "num_per_mask=1",
+                            f"out_dir={tmp_path / precision}"))
+    assert states[0] == (True, torch.bfloat16) and states[1][0] is False
+
+
+def test_every_image_is_reproduced_from_the_seed_in_the_manifest(run_dir, tmp_path):  # noqa: F811
+    from safetensors.torch import load_file
+
+    from sdm.module import SDMModule
+    from sdm.viz import to_uint8_image
+
+    out = tmp_path / "out"
+    manifest = generate(sample_cfg(f"weights={run_dir}", "limit=2", "num_per_mask=2", "seed=7", f"out_dir={out}"))
+    module = SDMModule(OmegaConf.to_container(OmegaConf.load(run_dir / EXPORT_DIR / EXPORT_CONFIG)))
+    module.ema.module.load_state_dict(load_file(run_dir / EXPORT_DIR / "ema.safetensors"))
+    item = manifest["items"][1]  # mask index 1: seeds derive from 7 + 1
+    label = torch.from_numpy(np.array(pixels(out / item["label"])))[None]
+    for k in range(2):
+        expected = module.sample_images(label, 1, steps=2, guidance=1.5, seed=item["sample_seeds"][k])[0]
+        assert np.array_equal(pixels(out / item["images"][k]), to_uint8_image(expected)), k
+
+
+def test_a_model_with_an_edge_channel_gets_the_label_edges(tmp_path, monkeypatch):
+    from conftest import compose_train
+
+    import sdm.generate as generation
+    from sdm.module import SDMModule
+
+    run = tmp_path / "edge_run"
+    cfg = compose_train(run, f"data.size=[{SIZE},{SIZE}]", "data.scenes.num=12", "model.edge_channel=true")
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    export_ema(SDMModule(plain).ema.module.state_dict(), plain, run / EXPORT_DIR)
+    seen = []
+    real_sample = generation.sample
+    monkeypatch.setattr(generation, "sample", lambda model, cond, **kw: seen.append(cond) or real_sample(model, cond, **kw))
+    folder = mask_folder(tmp_path / "m", {"x": bands(SIZE, SIZE, (3, 7))})
+    generate(sample_cfg(f"weights={run}", f"masks={folder}", "num_per_mask=1", f"out_dir={tmp_path / 'o'}"))
+    [cond] = seen
+    assert cond.shape[1] == 36
+    edges = cond[0, 35]
+    assert edges[SIZE // 2 - 1 : SIZE // 2 + 1].sum() > 0 and edges[: SIZE // 2 - 2].sum() == 0  # at the band border only
