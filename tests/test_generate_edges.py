@@ -334,3 +334,42 @@ def test_a_model_with_an_edge_channel_gets_the_label_edges(tmp_path, monkeypatch
     assert cond.shape[1] == 36
     edges = cond[0, 35]
     assert edges[SIZE // 2 - 1 : SIZE // 2 + 1].sum() > 0 and edges[: SIZE // 2 - 2].sum() == 0  # at the band border only
+
+
+def test_the_progress_bar_counts_finished_masks_and_shows_the_step(run_dir, tmp_path, monkeypatch):  # noqa: F811
+    """The bar is what a user watches for an hour: masks done (a resume starts where it was), and
+    the sampler's step within the current pass, every tenth step and at the last."""
+    import sdm.generate as generation
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, initial, **kwargs):
+            self.total, self.initial, self.updates, self.postfixes = total, initial, [], []
+            bars.append(self)
+
+        def update(self, n):
+            self.updates.append(n)
+
+        def set_postfix_str(self, text):
+            self.postfixes.append(text)
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(generation, "tqdm", Bar)
+    out = tmp_path / "out"
+    args = [f"weights={run_dir}", "limit=3", "num_per_mask=2", "batch_size=4", "sampler.num_steps=20",
+            f"out_dir={out}"]
+    generate(sample_cfg(*args))
+    bar = bars[-1]
+    assert (bar.total, bar.initial, bar.updates, bar.closed) == (3, 0, [1, 1, 1], True)
+    steps = [f"step {s}/20" for s in (2, 4, 6, 8, 10, 12, 14, 16, 18, 20)]
+    assert bar.postfixes == steps * 2  # two passes of 20 steps
+    victims = sorted((out / "images").iterdir())[-2:]  # both samples of the last mask
+    for victim in victims:
+        victim.unlink()
+    generate(sample_cfg(*args))
+    assert (bars[-1].initial, bars[-1].updates) == (2, [1])
+    generate(sample_cfg(*args, "sampler.num_steps=3", f"out_dir={tmp_path / 'few'}", "limit=1", "num_per_mask=1"))
+    assert bars[-1].postfixes == ["step 1/3", "step 2/3", "step 3/3"]  # fewer than ten steps: every step
