@@ -373,3 +373,32 @@ def test_the_progress_bar_counts_finished_masks_and_shows_the_step(run_dir, tmp_
     assert (bars[-1].initial, bars[-1].updates) == (2, [1])
     generate(sample_cfg(*args, "sampler.num_steps=3", f"out_dir={tmp_path / 'few'}", "limit=1", "num_per_mask=1"))
     assert bars[-1].postfixes == ["step 1/3", "step 2/3", "step 3/3"]  # fewer than ten steps: every step
+
+
+def test_settings_at_their_boundaries_are_accepted_and_named_when_not(run_dir, tmp_path):  # noqa: F811
+    from sdm.generate import check_settings
+
+    check_settings(sample_cfg("weights=x", "sampler.guidance_scale=0", "sampler.num_steps=1", "sampler.eta=0"))
+    for override, message in [("sampler.num_steps=0", "sampler.num_steps=0 is invalid: expected an integer >= 1"),
+                              ("sampler.eta=-1", "sampler.eta=-1 is invalid: expected a number >= 0"),
+                              ("sampler.guidance_scale=-0.1", "expected a number >= 0 (1 = no guidance")]:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+            check_settings(sample_cfg("weights=x", override))
+    folder = mask_folder(tmp_path, {f"m{i}": bands(SIZE, SIZE, (i + 1,)) for i in range(3)})
+    manifest = generate(sample_cfg(f"weights={run_dir}", f"masks={folder}", "limit=2", "num_per_mask=1",
+                                   "sampler.guidance_scale=0", f"out_dir={tmp_path / 'o'}"))
+    assert [item["mask"] for item in manifest["items"]] == ["m0", "m1"]  # limit applies to folders too
+
+
+def test_weights_that_do_not_fit_are_named_by_their_file(run_dir, tmp_path):  # noqa: F811
+    from safetensors.torch import load_file
+
+    other = export_copy(run_dir, tmp_path, lambda c: c["model"].update(model_channels=64))
+    with pytest.raises(CheckpointError, match=f"'{other / 'ema.safetensors'}' does not fit this model"):
+        load_model(other)
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / EXPORT_DIR / EXPORT_CONFIG))
+    raw = {"unet." + k: v for k, v in load_file(run_dir / EXPORT_DIR / "ema.safetensors").items()}
+    path = tmp_path / "raw.ckpt"
+    torch.save({"state_dict": raw, "hyper_parameters": {"cfg": cfg}}, path)
+    with pytest.raises(CheckpointError, match=f"'{path}' holds no EMA weights"):
+        load_model(path)
