@@ -402,3 +402,19 @@ def test_weights_that_do_not_fit_are_named_by_their_file(run_dir, tmp_path):  # 
     torch.save({"state_dict": raw, "hyper_parameters": {"cfg": cfg}}, path)
     with pytest.raises(CheckpointError, match=f"'{path}' holds no EMA weights"):
         load_model(path)
+
+
+def test_every_count_setting_accepts_its_smallest_value_and_words_its_refusal(run_dir, tmp_path, monkeypatch):  # noqa: F811
+    import sdm.generate as generation
+    from sdm.generate import check_settings
+
+    check_settings(sample_cfg("weights=x", "batch_size=1", "num_per_mask=1", "limit=1", "seed=0"))
+    for override, expected in [("batch_size=0", "an integer >= 1"), ("num_per_mask=0", "an integer >= 1"),
+                               ("limit=0", "null or an integer >= 1"), ("seed=-1", "an integer >= 0")]:
+        with pytest.raises(ConfigError, match=f"^{override} is invalid: expected {expected}$"):
+            check_settings(sample_cfg("weights=x", override))
+    # as many sampling steps as training timesteps is allowed (the network is stubbed: 1000 passes)
+    monkeypatch.setattr(generation, "sample", lambda model, cond, **kw: torch.zeros(cond.shape[0], 3, SIZE, SIZE))
+    made = generate(sample_cfg(f"weights={run_dir}", "sampler.num_steps=1000", "limit=1", "num_per_mask=1",
+                               f"out_dir={tmp_path / 'o'}"))
+    assert made["images_made"] == 1
