@@ -45,9 +45,15 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
         ["tests/test_data.py", "tests/test_data_edges.py"],
         "not cli",
     ),
-    "training": (
-        ["sdm/checkpoints.py", "sdm/ema.py", "sdm/module.py"],
-        ["tests/test_training.py", "tests/test_module.py", "tests/test_checkpoints.py"],
+    # the module's survivors re-run every fit that covers them: its own run fits one session
+    "checkpoints": (
+        ["sdm/checkpoints.py", "sdm/ema.py"],
+        ["tests/test_checkpoints.py", "tests/test_training.py"],
+        "not cli and not multirun and not sigkill",
+    ),
+    "module": (
+        ["sdm/module.py"],
+        ["tests/test_module.py", "tests/test_training.py"],
         "not cli and not multirun and not sigkill",
     ),
     "generation": (["sdm/generate.py"], ["tests/test_generate.py", "tests/test_generate_edges.py"], "not cli"),
