@@ -124,8 +124,9 @@ def test_resume_is_exact(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, dict]:
-    """One short default run shared by the tests that only read what it wrote."""
-    return run_train(tmp_path_factory.mktemp("trained"), "run")
+    """One short run shared by the tests that only read what it wrote. Without mask dropout, so
+    that a fine-tune from it shows its 0.2 comes from finetune_cfg, not from the source run."""
+    return run_train(tmp_path_factory.mktemp("trained"), "run", "guidance.drop_prob=0")
 
 
 def test_tensorboard_holds_losses_grids_and_hparams(trained):
