@@ -9,7 +9,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from sdm.errors import exit_on_sdm_error  # noqa: E402
-from sdm.generate import generate  # noqa: E402
+from sdm.generation import generate  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")

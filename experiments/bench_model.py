@@ -37,9 +37,9 @@ REFERENCE = {"train img/s": 1.8, "forward img/s": 4.8, "guided step img/s": 2.6}
 def measure(preset: str, size: int, batch: int, bf16: bool, channels_last: bool) -> dict:
     from omegaconf import OmegaConf
 
-    from sdm.diffusion import guided_prediction
+    from sdm.diffusion import guided_prediction, noise_config
     from sdm.diffusion.sampling import build_sampler_scheduler
-    from sdm.module import SDMModule, noise_config
+    from sdm.module import SDMModule
 
     cfg = compose(f"model={preset}", f"data.size=[{size},{size}]", f"channels_last={channels_last}")
     module = SDMModule(OmegaConf.to_container(cfg, resolve=True))

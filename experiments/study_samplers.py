@@ -22,7 +22,7 @@ from _common import machine
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sdm.generate import generate
+from sdm.generation import generate
 from sdm.metrics.evaluation import evaluate_set
 from sdm.metrics.image_sets import from_sample_folder
 

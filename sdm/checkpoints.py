@@ -2,7 +2,7 @@
 
 Full Lightning checkpoints hold raw and EMA weights, optimizer, schedulers and loop state.
 Exports hold the EMA weights alone as safetensors with the resolved config beside them,
-which is what `sample.py` reads. Everything is loaded with `weights_only=True`.
+which is what `sample.py` reads. Everything is loaded with `weights_only=True`. Reading weights never imports Lightning.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 import yaml
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -29,11 +28,9 @@ EXPORT_WEIGHTS = "ema.safetensors"
 EXPORT_CONFIG = "config.yaml"
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
+def save_checkpoint_file(checkpoint: dict[str, Any], path: str | Path) -> None:
     """`torch.save` to a temporary name in the same folder, fsync, then rename."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        write_atomically(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+    write_atomically(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

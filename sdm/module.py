@@ -12,27 +12,16 @@ import torch
 from torch import Tensor
 
 from sdm.data.classes import colorize
-from sdm.diffusion import add_noise, build_noise_scheduler, hybrid_loss, sample
+from sdm.diffusion import add_noise, build_noise_scheduler, hybrid_loss, noise_config, sample
 from sdm.ema import EMA
 from sdm.errors import SDMError
-from sdm.models import SDMUNet, drop_condition, label_to_condition
+from sdm.models import build_unet, drop_condition, label_to_condition
+from sdm.seeding import stable_seed
 from sdm.viz import grid, to_uint8_image
-
-MODEL_KEYS = ("name",)  # config keys of the model group that are not SDMUNet arguments
 
 
 class NonFiniteLossError(SDMError):
     """The loss became NaN or infinite; training stops instead of skipping the step."""
-
-
-def build_unet(cfg: dict[str, Any]) -> SDMUNet:
-    """The U-Net of a resolved config (model group + data.num_classes)."""
-    kwargs = {k: v for k, v in cfg["model"].items() if k not in MODEL_KEYS}
-    return SDMUNet(num_classes=int(cfg["data"]["num_classes"]), **kwargs)
-
-
-def noise_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {**cfg["diffusion"], "learn_sigma": bool(cfg["model"]["learn_sigma"])}
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0, cosine: bool = True) -> float:
@@ -43,6 +32,13 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0, co
         return 1.0
     progress = min(1.0, (step - warmup) / (total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def training_seed(seed: int, rank: int, step: int, micro_batch: int) -> int:
+    """Seed of one micro-batch's (drop, t, noise) draws: a hash of its coordinates, so resume is
+    exact and no two ranks, steps or micro-batches of a run share a stream (a sum such as
+    seed * P + rank * Q + step gives rank 1 at step 0 the stream of rank 0 at step Q)."""
+    return stable_seed("train", seed, rank, step, micro_batch)
 
 
 class SDMModule(L.LightningModule):
@@ -73,9 +69,8 @@ class SDMModule(L.LightningModule):
         return cond.contiguous(memory_format=torch.channels_last) if self.channels_last else cond
 
     def _generator(self, stream: int) -> torch.Generator:
-        """Per-step random stream: a pure function of (seed, rank, step), so resume is exact."""
-        step = self.global_step * self.trainer.accumulate_grad_batches + stream
-        seed = int(self.cfg["seed"]) * 1_000_003 + self.global_rank * 7_919 + step
+        """Per-micro-batch random stream: a pure function of (seed, rank, step, micro-batch)."""
+        seed = training_seed(int(self.cfg["seed"]), self.global_rank, self.global_step, stream)
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def diffusion_losses(self, batch: dict[str, Tensor], generator: torch.Generator,

@@ -13,9 +13,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
+from sdm.callbacks import AtomicCheckpointIO
 from sdm.checkpoints import (
     EXPORT_DIR,
-    AtomicCheckpointIO,
     export_ema,
     find_latest_checkpoint,
     load_ema_weights,

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from sdm.callbacks import AtomicCheckpointIO
 from sdm.checkpoints import (
     EMA_PREFIX,
-    AtomicCheckpointIO,
     ema_state_dict,
     export_ema,
     find_latest_checkpoint,
@@ -209,3 +209,24 @@ def test_a_checkpoint_without_ema_weights_is_named_by_its_path(tmp_path):
     torch.save({"state_dict": {"unet.w": torch.ones(1)}}, path)
     with pytest.raises(CheckpointError, match=f"'{path}' holds no EMA weights"):
         load_ema_weights(path)
+
+
+def test_the_exported_config_keeps_the_runs_key_order(tmp_path):
+    """People read config.yaml top-down in the order the run resolved it, not alphabetically."""
+    config = {"seed": 4, "model": {"name": "tiny", "base_channels": 32}, "data": {"size": 64}}
+    path = export_ema({"a": torch.ones(1)}, config, tmp_path / "export")
+    text = path.with_name("config.yaml").read_text()
+    assert [line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")] == ["seed", "model", "data"]
+    assert text.index("name: tiny") < text.index("base_channels: 32")
+
+
+def test_ema_averages_float_buffers_like_weights():
+    """BatchNorm-style running statistics are part of what the EMA network computes with: they
+    are averaged with the same decay, not copied from the raw network."""
+    model = torch.nn.BatchNorm1d(2)
+    ema = EMA(model, decay=0.5, warmup=False)
+    for value in (2.0, 4.0, 8.0):
+        model.running_mean.fill_(value)
+        ema.update_parameters(model)
+    # first update copies (2), then 0.5 * 2 + 0.5 * 4 = 3, then 0.5 * 3 + 0.5 * 8 = 5.5
+    torch.testing.assert_close(ema.module.running_mean, torch.full((2,), 5.5))

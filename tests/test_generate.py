@@ -19,7 +19,7 @@ from PIL import Image
 from sdm.checkpoints import EMA_PREFIX, EXPORT_CONFIG, EXPORT_DIR, export_ema
 from sdm.data.classes import colorize
 from sdm.errors import CheckpointError, ConfigError, DataError
-from sdm.generate import generate, sample_seed
+from sdm.generation import generate, sample_seed
 from sdm.module import SDMModule
 from sdm.viz import to_uint8_image
 
@@ -136,7 +136,7 @@ def test_resumption_skips_done_and_redraws_a_deleted_image(run_dir, tmp_path):
 
 def test_resumed_generation_samples_with_the_first_runs_pass_size(run_dir, tmp_path, monkeypatch):
     """A pass of one image would change the bf16/threaded numerics: resumes pad to the full pass."""
-    import sdm.generate as generation
+    import sdm.generation.run as generation
 
     passes = []
     real_sample = generation.sample
@@ -163,7 +163,7 @@ def test_resumed_generation_samples_with_the_first_runs_pass_size(run_dir, tmp_p
 def test_changed_weights_are_refused_when_resuming(run_dir, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from sdm.generate import weights_fingerprint
+    from sdm.generation import weights_fingerprint
 
     export = tmp_path / "run" / EXPORT_DIR
     export.mkdir(parents=True)
@@ -331,7 +331,7 @@ def test_cli_end_to_end(run_dir, tmp_path):
 
 
 def test_default_output_folder_names_what_decides_the_pixels(tmp_path):
-    from sdm.generate import default_out_dir, run_dir_of
+    from sdm.generation import default_out_dir, run_dir_of
 
     export = tmp_path / "run" / EXPORT_DIR / "ema.safetensors"
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -372,7 +372,7 @@ def test_grids_show_mask_real_and_samples_and_split_by_eight(run_dir, tmp_path):
 
 
 def test_bf16_falls_back_to_fp32_on_a_cpu_without_native_bf16(run_dir, tmp_path, monkeypatch, capsys):
-    from sdm import generate as generation
+    import sdm.generation.run as generation
 
     monkeypatch.setattr(generation, "cpu_has_bf16", lambda: False)
     manifest = generate(sample_cfg(f"weights={run_dir}", "precision=bf16", "limit=1", "num_per_mask=1", f"out_dir={tmp_path / 'a'}"))
@@ -387,3 +387,13 @@ def test_the_default_sampler_is_the_studys_choice():
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("sample", overrides=["weights=x"])
     assert (cfg.sampler.name, cfg.sampler.num_steps, cfg.sampler.guidance_scale, cfg.num_per_mask) == ("unipc", 15, 1.5, 5)
+
+
+def test_generation_never_imports_lightning_or_the_training_module():
+    """Generating needs the network, the weights and the sampler: not Lightning, not the
+    LightningModule (a sampling job on a cluster node starts faster and fails in fewer ways)."""
+    code = ("import sys, sdm.generation, sdm.checkpoints; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightning' or m == 'sdm.module'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}).stdout
+    assert out.strip() == "[]"

@@ -15,7 +15,7 @@ from test_generate import SIZE, bands, mask_folder, one_thread, pixels, run_dir,
 
 from sdm.checkpoints import EMA_PREFIX, EXPORT_CONFIG, EXPORT_DIR, export_ema
 from sdm.errors import CheckpointError, ConfigError, DataError
-from sdm.generate import folder_masks, generate, load_model, read_mask, val_masks
+from sdm.generation import folder_masks, generate, load_model, read_mask, val_masks
 
 
 def export_copy(run_dir, root, edit=None):  # noqa: F811
@@ -211,7 +211,7 @@ def test_manifest_records_how_the_images_were_made(run_dir, tmp_path):  # noqa: 
 
 
 def test_an_interrupted_run_leaves_an_incomplete_manifest_and_resumes(run_dir, tmp_path, monkeypatch):  # noqa: F811
-    import sdm.generate as generation
+    import sdm.generation.run as generation
 
     out = tmp_path / "out"
     args = [f"weights={run_dir}", "limit=3", "num_per_mask=2", "batch_size=2", f"out_dir={out}"]
@@ -238,7 +238,7 @@ def test_an_interrupted_run_leaves_an_incomplete_manifest_and_resumes(run_dir, t
 
 
 def test_conditioning_reaches_the_network_with_the_models_edge_channel(run_dir, tmp_path, monkeypatch):  # noqa: F811
-    import sdm.generate as generation
+    import sdm.generation.run as generation
 
     seen = []
     real_sample = generation.sample
@@ -274,14 +274,14 @@ def test_an_unreadable_photo_beside_the_masks_is_named(tmp_path):
 def test_weights_outside_a_run_write_to_a_dated_folder(tmp_path):
     import re
 
-    from sdm.generate import default_out_dir
+    from sdm.generation import default_out_dir
 
     out = default_out_dir(sample_cfg("weights=x", f"output_root={tmp_path}"), tmp_path / "loose.safetensors")
     assert out.parent == tmp_path / "samples" and re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", out.name)
 
 
 def test_bf16_sampling_runs_the_network_under_bf16_autocast(run_dir, tmp_path, monkeypatch):  # noqa: F811
-    import sdm.generate as generation
+    import sdm.generation.run as generation
 
     states = []
     real_sample = generation.sample
@@ -318,7 +318,7 @@ def test_every_image_is_reproduced_from_the_seed_in_the_manifest(run_dir, tmp_pa
 def test_a_model_with_an_edge_channel_gets_the_label_edges(tmp_path, monkeypatch):
     from conftest import compose_train
 
-    import sdm.generate as generation
+    import sdm.generation.run as generation
     from sdm.module import SDMModule
 
     run = tmp_path / "edge_run"
@@ -339,7 +339,7 @@ def test_a_model_with_an_edge_channel_gets_the_label_edges(tmp_path, monkeypatch
 def test_the_progress_bar_counts_finished_masks_and_shows_the_step(run_dir, tmp_path, monkeypatch):  # noqa: F811
     """The bar is what a user watches for an hour: masks done (a resume starts where it was), and
     the sampler's step within the current pass, every tenth step and at the last."""
-    import sdm.generate as generation
+    import sdm.generation.run as generation
 
     bars = []
 
@@ -376,7 +376,7 @@ def test_the_progress_bar_counts_finished_masks_and_shows_the_step(run_dir, tmp_
 
 
 def test_settings_at_their_boundaries_are_accepted_and_named_when_not(run_dir, tmp_path):  # noqa: F811
-    from sdm.generate import check_settings
+    from sdm.generation import check_settings
 
     check_settings(sample_cfg("weights=x", "sampler.guidance_scale=0", "sampler.num_steps=1", "sampler.eta=0"))
     for override, message in [("sampler.num_steps=0", "sampler.num_steps=0 is invalid: expected an integer >= 1"),
@@ -405,8 +405,8 @@ def test_weights_that_do_not_fit_are_named_by_their_file(run_dir, tmp_path):  # 
 
 
 def test_every_count_setting_accepts_its_smallest_value_and_words_its_refusal(run_dir, tmp_path, monkeypatch):  # noqa: F811
-    import sdm.generate as generation
-    from sdm.generate import check_settings
+    import sdm.generation.run as generation
+    from sdm.generation import check_settings
 
     check_settings(sample_cfg("weights=x", "batch_size=1", "num_per_mask=1", "limit=1", "seed=0"))
     for override, expected in [("batch_size=0", "an integer >= 1"), ("num_per_mask=0", "an integer >= 1"),

@@ -18,7 +18,10 @@ from omegaconf import OmegaConf
 
 import sdm.module as module_code
 from sdm.data.classes import colorize
-from sdm.module import NonFiniteLossError, SDMModule, build_unet, noise_config, warmup_cosine
+from sdm.diffusion import noise_config
+from sdm.models import build_unet, label_to_condition
+from sdm.module import NonFiniteLossError, SDMModule, training_seed, warmup_cosine
+from sdm.viz import to_uint8_image
 
 B, SIZE = 4, 32
 
@@ -111,6 +114,15 @@ def test_every_micro_batch_and_rank_draws_its_own_noise(module):
     assert not torch.equal(torch.rand(4, generator=module._generator(1)), draws[(1, 1, 1)])
 
 
+def test_no_two_micro_batches_of_a_run_share_a_random_stream():
+    """Two nodes of 8 GPUs, 2 micro-batches per step, 5,000 steps, two seeds: 320,000 streams."""
+    seeds = {training_seed(seed, rank, step, micro)
+             for seed in (0, 1) for rank in range(16) for step in range(5_000) for micro in range(2)}
+    assert len(seeds) == 2 * 16 * 5_000 * 2
+    assert training_seed(0, 1, 2, 1) == training_seed(0, 1, 2, 1)  # a pure function: resume is exact
+    assert all(0 <= s < 2**63 for s in list(seeds)[:1000])  # valid for torch.Generator.manual_seed
+
+
 def test_training_step_uses_the_micro_batch_stream(module, monkeypatch):
     noises = []
     real = module_code.add_noise
@@ -157,14 +169,14 @@ def test_losses_are_logged_per_timestep_quarter(module):
 
 
 def test_optimizer_gets_the_configured_adamw_and_schedule(tmp_path):
-    cfg = compose_train(tmp_path, "optim.lr=3e-4", "optim.weight_decay=0.01", "optim.betas=[0.8,0.95]",
+    cfg = compose_train(tmp_path, "optim.lr=3e-4", "optim.weight_decay=0.05", "optim.betas=[0.8,0.95]",
                         "optim.eps=1e-6", "optim.warmup_steps=4", "trainer.max_steps=20", "optim.min_lr_ratio=0.1")
     module = SDMModule(OmegaConf.to_container(cfg, resolve=True))
     setup = module.configure_optimizers()
     optimizer, schedule = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
     assert isinstance(optimizer, torch.optim.AdamW) and setup["lr_scheduler"]["interval"] == "step"
     group = optimizer.param_groups[0]
-    assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.8, 0.95), 1e-6, 0.01)
+    assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.8, 0.95), 1e-6, 0.05)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     assert len(params) == len(list(module.unet.parameters()))  # the U-Net only, never the EMA copy
     assert {id(p) for p in params} == {id(p) for p in module.unet.parameters()}
@@ -202,22 +214,21 @@ def test_warmup_cosine_values():
     assert warmup_cosine(0, 0, 10) == pytest.approx(1.0)
 
 
-def test_channels_last_reaches_the_network_inputs(tmp_path):
-    cfg = compose_train(tmp_path, "channels_last=true")
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_reaches_the_network_inputs(tmp_path, channels_last):
+    """On, inputs and weights are channels-last; off (the default), everything stays NCHW."""
+    cfg = compose_train(tmp_path, f"channels_last={str(channels_last).lower()}")
     module = SDMModule(OmegaConf.to_container(cfg, resolve=True))
     attach(module)
-    calls = []
-    spy_network(module.unet, calls)
     forward = module.unet.forward
     formats = []
     module.unet.forward = lambda x, t, cond: formats.append(
         (x.is_contiguous(memory_format=torch.channels_last), cond.is_contiguous(memory_format=torch.channels_last))
     ) or forward(x, t, cond)
     module.training_step(batch(), 0)
-    assert formats == [(True, True)]
+    assert formats == [(channels_last, channels_last)]
     conv = next(m for m in module.unet.modules() if isinstance(m, torch.nn.Conv2d))
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    assert not compose_train(tmp_path, "channels_last=false").channels_last
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) is channels_last
 
 
 def test_samples_come_from_the_ema_weights(module):
@@ -241,6 +252,11 @@ def test_samples_come_from_the_ema_weights(module):
     tile = SIZE + 2
     assert picture.shape == (2 * tile + 2, (2 + per_mask) * tile + 2, 3)
     assert np.array_equal(picture[2 : 2 + SIZE, 2 : 2 + SIZE], colorize(label[0].numpy()))
+    for i in range(2):  # row i: mask, photo, then mask i's own samples in order
+        for k in range(per_mask):
+            top, left = 2 + i * tile, 2 + (2 + k) * tile
+            assert np.array_equal(picture[top : top + SIZE, left : left + SIZE],
+                                  to_uint8_image(samples[i * per_mask + k])), (i, k)
 
 
 def test_bf16_sampling_follows_the_trainer_precision(module):
@@ -252,9 +268,12 @@ def test_bf16_sampling_follows_the_trainer_precision(module):
 
 
 def test_validation_grid_goes_to_the_logger_once_per_validation(module):
+    module.cfg["validation"]["samples_per_mask"] = 2  # 2 masks x 2: a count no other shape can give
     images = []
     experiment = SimpleNamespace(add_image=lambda tag, picture, step, dataformats: images.append((tag, step, dataformats)))
-    logged = attach(module, step=12, loggers=[SimpleNamespace(experiment=experiment)])
+    # a logger without an experiment (CSV-style) and one whose experiment cannot draw are skipped
+    loggers = [SimpleNamespace(), SimpleNamespace(experiment=object()), SimpleNamespace(experiment=experiment)]
+    logged = attach(module, step=12, loggers=loggers)
     seen = []
 
     def scorer(samples, labels, per_mask):
@@ -275,9 +294,51 @@ def test_validation_grid_goes_to_the_logger_once_per_validation(module):
     module.on_validation_epoch_end()
     assert images == [("samples/mask_real_samples", 12, "HWC")]
     per_mask, masks = module.cfg["validation"]["samples_per_mask"], module._val_batch["label"]
-    assert len(seen) == 1 and seen[0][2] == per_mask and torch.equal(seen[0][1], masks)
+    assert len(seen) == 1 and seen[0][2] == per_mask == 2 and type(seen[0][2]) is int
+    assert torch.equal(seen[0][1], masks)
     assert seen[0][0] == (len(masks) * per_mask, 3, SIZE, SIZE)  # the grid's samples, mask by mask
-    assert ("val/some_score", 0.25) in {(name, value) for name, value, _ in logged}
+    # only rank 0 samples the grid, so its scores are logged from rank 0 alone (no collective)
+    assert [(value, kwargs) for name, value, kwargs in logged if name == "val/some_score"] == [
+        (0.25, {"rank_zero_only": True})]
+
+
+def test_the_run_config_travels_in_the_checkpoint_and_sets_ema_and_edges(tmp_path):
+    """sample.py and init_from read a .ckpt's config from hyper_parameters['cfg']."""
+    cfg = OmegaConf.to_container(compose_train(tmp_path, "model.edge_channel=true", "ema.decay=0.99"), resolve=True)
+    module = SDMModule(cfg)
+    assert dict(module.hparams) == {"cfg": cfg}
+    assert (module.ema.decay, module.ema.warmup) == (0.99, True)
+    label = batch()["label"]
+    cond = module.condition(label)
+    assert cond.shape[1] == 36  # 35 one-hot channels and the edge map
+    assert torch.equal(cond[:, 35], label_to_condition(label.long(), 35, True)[:, 35]) and cond[:, 35].any()
+    no_warmup = SDMModule({**cfg, "ema": {**cfg["ema"], "warmup": False}})
+    assert no_warmup.ema.warmup is False
+    older = {k: v for k, v in cfg.items() if k != "channels_last"}  # configs saved before the key existed
+    assert SDMModule(older).channels_last is False
+
+
+def test_the_loss_weighs_the_vlb_term_as_configured(tmp_path):
+    cfg = OmegaConf.to_container(compose_train(tmp_path, "loss.vlb_weight=0.5"), resolve=True)
+    module = SDMModule(cfg)
+    logged = attach(module)
+    module.training_step(batch(), 0)
+    values = {name: float(value) for name, value, _ in logged}
+    assert values["train/vlb"] > 0
+    # L_vlb = T * E_t[L_t] (the logged vlb is the one-timestep term L_t): loss = mse + lambda * T * vlb
+    assert values["train/loss"] == pytest.approx(values["train/mse"] + 0.5 * 1000 * values["train/vlb"], rel=1e-5)
+
+
+def test_a_validation_without_a_scorer_still_draws_its_grid(module):
+    images = []
+    experiment = SimpleNamespace(add_image=lambda tag, picture, step, dataformats: images.append(tag))
+    logged = attach(module, loggers=[SimpleNamespace(experiment=experiment)])
+    assert module.sample_scorer is None  # training.py attaches one only when a segmenter is cached
+    with torch.no_grad():
+        module.validation_step(batch(), 0)
+    module.on_validation_epoch_end()
+    assert images == ["samples/mask_real_samples"]
+    assert not [name for name, _, _ in logged if not name.startswith("val/")]
 
 
 def test_build_unet_and_noise_config_follow_the_config(module):
@@ -331,3 +392,54 @@ def test_other_mask_baseline_never_pairs_a_sample_with_its_own_mask():
         agreement_own_and_other(three_each, labels, per_mask=2)
     with pytest.raises(ValueError, match="at least two masks"):
         agreement_own_and_other(real[:1], labels[:1])
+
+
+def test_validation_noise_is_reproducible_from_its_documented_seed(module, monkeypatch):
+    """Validation batch i draws (drop, t, noise) from torch.Generator seeded 10_007 + i, so a
+    logged validation point can be recomputed outside the trainer and curves compare across runs."""
+    attach(module)
+    drawn = []
+    real = module_code.add_noise
+    monkeypatch.setattr(module_code, "add_noise", lambda s, x0, noise, t: drawn.append((noise, t)) or real(s, x0, noise, t))
+    with torch.no_grad():
+        for index in (0, 1, 3):
+            module.validation_step(batch(), index)
+    for (noise, t), index in zip(drawn, (0, 1, 3), strict=True):
+        gen = torch.Generator().manual_seed(10_007 + index)
+        torch.rand(B, generator=gen)  # the drop draw (validation never drops)
+        assert torch.equal(t, torch.randint(0, module.num_timesteps, (B,), generator=gen)), index
+        assert torch.equal(noise, torch.randn(B, 3, SIZE, SIZE, generator=gen)), index
+
+
+def test_the_validation_grid_keeps_the_first_masks_all_run_long(module):
+    """Grids of later validations show the masks of the first one, so pictures compare across steps."""
+    attach(module)
+    first, other = batch(0), batch(1)
+    with torch.no_grad():
+        module.validation_step(first, 0)
+        module.validation_step(other, 1)
+        module.validation_step(other, 0)  # the next validation, whatever its first batch holds
+    assert torch.equal(module._val_batch["label"], first["label"][:2])
+    assert torch.equal(module._val_batch["image"], first["image"][:2])
+
+
+def test_the_validation_grid_samples_with_its_own_steps_and_seed_zero(module, monkeypatch):
+    attach(module)
+    module.cfg["validation"]["num_steps"] = 3
+    module.cfg["sampler"]["num_steps"] = 7
+    calls = []
+    real = module_code.sample
+    monkeypatch.setattr(module_code, "sample", lambda *a, **k: calls.append(k) or real(*a, **k))
+    label = batch()["label"][:2]
+    _, samples = module.sample_grid({"label": label, "image": batch()["image"][:2]})
+    assert [call["num_steps"] for call in calls] == [3]
+    per_mask = int(module.cfg["validation"]["samples_per_mask"])
+    assert torch.equal(samples, module.sample_images(label, per_mask, steps=3, seed=0))
+
+
+def test_adamw_eps_defaults_to_1e_8_for_configs_without_it(tmp_path):
+    """Configs saved before optim.eps existed (older checkpoints, init_from) keep AdamW's 1e-8."""
+    cfg = OmegaConf.to_container(compose_train(tmp_path), resolve=True)
+    del cfg["optim"]["eps"]
+    optimizer = SDMModule(cfg).configure_optimizers()["optimizer"]
+    assert optimizer.param_groups[0]["eps"] == 1e-8

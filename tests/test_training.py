@@ -14,8 +14,8 @@ from conftest import FAST_TRAIN, REPO, compose_train
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from sdm.callbacks import AtomicCheckpointIO
 from sdm.checkpoints import (
-    AtomicCheckpointIO,
     find_latest_checkpoint,
     load_checkpoint,
     load_ema_weights,
@@ -222,7 +222,7 @@ def test_atomic_checkpoint_survives_sigkill_mid_write(tmp_path):
     AtomicCheckpointIO().save_checkpoint(good, path)
     script = f"""
 import time, torch
-from sdm.checkpoints import AtomicCheckpointIO
+from sdm.callbacks import AtomicCheckpointIO
 def slow_save(obj, f):
     with open(f, "wb") as handle:
         handle.write(b"PK" + b"0" * 4096)

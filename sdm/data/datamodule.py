@@ -11,23 +11,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sdm.data.prepare import PreparedData, decode_row, prepare_data
+from sdm.data.prepare import PreparedData, decode_row, prepare_data, split_indices
 from sdm.data.transforms import A, to_item, train_transform
 from sdm.errors import DataError
 from sdm.seeding import stable_seed
-
-
-def split_indices(num_rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) row indices from a seeded permutation: the same on every run and rank."""
-    if not 0 <= val_fraction < 1:
-        raise DataError(f"data.val_fraction must lie in [0, 1), got {val_fraction}")
-    order = np.random.default_rng(seed).permutation(num_rows)
-    num_val = int(round(num_rows * val_fraction))
-    if val_fraction > 0:
-        num_val = max(1, num_val)
-    if num_rows - num_val < 1:
-        raise DataError(f"{num_rows} rows leave nothing to train on with data.val_fraction={val_fraction}")
-    return np.sort(order[num_val:]), np.sort(order[:num_val])
 
 
 class ResumableShuffleSampler(Sampler[tuple[int, int]]):

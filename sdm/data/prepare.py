@@ -230,3 +230,16 @@ def _main() -> None:
 
 if __name__ == "__main__":
     _main()
+
+
+def split_indices(num_rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) row indices from a seeded permutation: the same on every run and rank."""
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"data.val_fraction must lie in [0, 1), got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(num_rows)
+    num_val = int(round(num_rows * val_fraction))
+    if val_fraction > 0:
+        num_val = max(1, num_val)
+    if num_rows - num_val < 1:
+        raise DataError(f"{num_rows} rows leave nothing to train on with data.val_fraction={val_fraction}")
+    return np.sort(order[num_val:]), np.sort(order[:num_val])

@@ -67,3 +67,8 @@ def build_noise_scheduler(
         **schedule_kwargs(schedule, num_train_timesteps, beta_start, beta_end, prediction_type),
         variance_type="learned_range" if learn_sigma else "fixed_small",
     )
+
+
+def noise_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The scheduler settings of a resolved run config: its diffusion group and model.learn_sigma."""
+    return {**cfg["diffusion"], "learn_sigma": bool(cfg["model"]["learn_sigma"])}

@@ -1,95 +1,31 @@
-"""Procedural first-person street scenes in the 35-class scheme of ``segments/sidewalk-semantic``.
-
-Why: the whole pipeline (prepare, train, sample, metrics) must run offline on a laptop, so it
-needs data that looks like the real thing in layout and class appearance: a perspective street
-with sidewalks, curbs, crosswalks, buildings, vegetation, sky, poles, signs, cars, people and
-bicycles. Each class keeps a recognisable base appearance (:data:`CLASS_REFERENCE_COLOURS`) so a
-model can learn class -> appearance, while textures, lighting and per-instance colours vary.
-
-Layout (horizon, vanishing point, street cross-section, objects) comes from one random stream,
-textures from another, both seeded by the scene seed: same seed and size -> identical scene, and
-the geometry is relative, so a scene looks the same at 64x64 and at 1080x1920 (only the pixel
-grain differs). Run ``python -m sdm.data.scenes --num 16 --size 256 --out DIR`` to look at some.
-"""
+"""The random layout of one street scene (cross-section, facades, objects) and its texture;
+:func:`generate_scene` is the one entry point."""
 
 from __future__ import annotations
 
-import argparse
-import io
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from sdm.data import scene_drawing as d
-from sdm.data.classes import CLASS_ID, NUM_CLASSES, colorize
-from sdm.data.scene_drawing import C, Camera, Canvas, rgb
-
-if TYPE_CHECKING:
-    import datasets
-
-__all__ = [
-    "CLASS_REFERENCE_COLOURS", "GENERATED_CLASSES", "generate_scene", "measure_reference_colours",
-    "scene_grid", "scenes_dataset",
-]
-
-# Base colours, before per-instance jitter, texture and lighting. They are spread out in RGB so
-# that every class has its own recognisable look (a model can learn class -> appearance and the
-# nearest-reference-colour metric can tell classes apart); instances vary around them.
-_BASE = {
-    "flat-road": (82, 82, 88), "flat-sidewalk": (182, 174, 160), "flat-crosswalk": (244, 244, 240),
-    "flat-cyclinglane": (182, 58, 48), "flat-parkingdriveway": (132, 114, 100),
-    "flat-curb": (228, 228, 226), "construction-door": (74, 42, 26),
-    "construction-wall": (128, 136, 164), "construction-fenceguardrail": (200, 152, 82),
-    "object-pole": (60, 124, 118), "nature-vegetation": (60, 104, 40),
-    "nature-terrain": (146, 156, 74), "void-static": (30, 84, 110),
-}
-_GLASS = (62, 72, 88)
-_FACADES = ((152, 82, 60), (160, 90, 66), (146, 80, 62), (156, 88, 70))  # bricks
-_CARS = ((36, 56, 142), (30, 44, 120), (44, 66, 156), (52, 48, 132), (40, 60, 128))  # blues
-_BIKES = ((230, 120, 30), (214, 100, 24), (240, 140, 44))  # oranges
-_SHIRTS = ((172, 48, 132), (132, 40, 152), (204, 84, 164), (112, 48, 112), (150, 70, 170))
-_PANTS = ((92, 50, 96), (72, 42, 84), (110, 66, 112))
-_RIDER = ((184, 232, 40), (200, 240, 64), (168, 220, 36))  # high-visibility lime
-_SKIN = ((230, 190, 160), (200, 150, 110), (150, 100, 70), (95, 65, 45))
-_SIGNS = ((206, 32, 40), (190, 24, 36), (220, 44, 52))  # reds
-_BUS, _TRUCK = (240, 204, 40), (30, 140, 140)
-
-# Texture per class: per-pixel grain, large blotches, leaf-size noise, receives ground shadows.
-_TEX = np.zeros((NUM_CLASSES, 4), np.float32)
-_TEX[:] = (0.03, 0.03, 0.0, 0.0)
-for _name, _row in {
-    "flat-road": (0.06, 0.05, 0, 1), "flat-sidewalk": (0.05, 0.05, 0, 1),
-    "flat-crosswalk": (0.04, 0.04, 0, 1),
-    "flat-cyclinglane": (0.06, 0.05, 0, 1), "flat-parkingdriveway": (0.07, 0.05, 0, 1),
-    "flat-curb": (0.05, 0.03, 0, 1), "construction-building": (0.05, 0.06, 0, 0),
-    "construction-wall": (0.07, 0.06, 0, 0), "nature-vegetation": (0.08, 0.08, 0.2, 0),
-    "nature-terrain": (0.08, 0.08, 0.08, 1), "sky": (0.008, 0, 0, 0),
-}.items():
-    _TEX[CLASS_ID[_name]] = _row
-
-# Mean colour of each class over 600 generated 96x96 scenes (`measure_reference_colours()`,
-# re-run it after changing colours; a test checks they agree). Classes never drawn stay black.
-_REFERENCE = {
-    "flat-road": (81, 80, 86), "flat-sidewalk": (166, 159, 146), "flat-crosswalk": (225, 225, 222),
-    "flat-cyclinglane": (170, 54, 44), "flat-parkingdriveway": (120, 103, 91),
-    "flat-curb": (209, 209, 207), "human-person": (124, 57, 117), "human-rider": (176, 208, 49),
-    "vehicle-car": (37, 43, 103), "vehicle-truck": (22, 106, 105), "vehicle-bus": (179, 153, 29),
-    "vehicle-bicycle": (173, 91, 24), "construction-building": (137, 79, 63),
-    "construction-door": (70, 39, 24), "construction-wall": (109, 116, 140),
-    "construction-fenceguardrail": (180, 136, 73), "object-pole": (59, 124, 117),
-    "object-trafficsign": (212, 78, 84), "object-trafficlight": (188, 155, 33),
-    "nature-vegetation": (62, 101, 40), "nature-terrain": (137, 146, 69), "sky": (123, 161, 215),
-    "void-static": (26, 76, 100),
-}
-CLASS_REFERENCE_COLOURS: np.ndarray = np.zeros((NUM_CLASSES, 3), np.uint8)
-for _name, _colour in _REFERENCE.items():
-    CLASS_REFERENCE_COLOURS[CLASS_ID[_name]] = _colour
-GENERATED_CLASSES: tuple[int, ...] = tuple(sorted(CLASS_ID[n] for n in _REFERENCE))
-"""Ids of the classes the generator draws (the others never appear in its label maps)."""
+from sdm.data.scenes import drawing as d
+from sdm.data.scenes.drawing import C, Camera, Canvas, rgb
+from sdm.data.scenes.palette import (
+    _BASE,
+    _BIKES,
+    _BUS,
+    _CARS,
+    _FACADES,
+    _GLASS,
+    _PANTS,
+    _RIDER,
+    _SHIRTS,
+    _SIGNS,
+    _SKIN,
+    _TEX,
+    _TRUCK,
+)
 
 
 def _pick(rng: np.random.Generator, table: tuple) -> tuple:
@@ -364,79 +300,3 @@ def generate_scene(seed: int, height: int = 256, width: int = 256) -> tuple[np.n
     cam = _compose(np.random.default_rng([seed, 0]), cv)
     image = _texture(np.random.default_rng([seed, 1]), cv, cam)
     return image, np.array(cv.label, dtype=np.uint8)
-
-
-def measure_reference_colours(num_scenes: int = 600, size: int = 96, seed: int = 12345
-                              ) -> np.ndarray:
-    """Mean RGB of every class over ``num_scenes`` scenes (zeros for classes never drawn).
-
-    This is how :data:`CLASS_REFERENCE_COLOURS` was made; a test checks the two still agree.
-    """
-    sums = np.zeros((NUM_CLASSES, 3), np.float64)
-    counts = np.zeros(NUM_CLASSES, np.float64)
-    for i in range(num_scenes):
-        image, label = generate_scene(seed * 1_000_003 + i, size, size)
-        flat = label.ravel()
-        counts += np.bincount(flat, minlength=NUM_CLASSES)
-        for ch in range(3):
-            sums[:, ch] += np.bincount(flat, weights=image[..., ch].ravel(), minlength=NUM_CLASSES)
-    return np.round(sums / np.maximum(counts, 1)[:, None]).astype(np.uint8)
-
-
-def scenes_dataset(num_scenes: int, height: int, width: int, seed: int = 0,
-                   show_progress: bool = False) -> datasets.Dataset:
-    """A ``datasets.Dataset`` with the Hub schema of ``segments/sidewalk-semantic``.
-
-    Scene ``i`` uses seed ``seed * 1_000_003 + i``, so datasets are reproducible. Images are
-    stored PNG-encoded (fast level-1 compression), exactly what ``datasets.Image`` stores.
-    """
-    import datasets
-    from tqdm.auto import tqdm
-
-    def png(array: np.ndarray) -> dict:
-        buf = io.BytesIO()
-        Image.fromarray(array).save(buf, format="PNG", compress_level=1)
-        return {"bytes": buf.getvalue(), "path": None}
-
-    images, labels = [], []
-    for i in tqdm(range(num_scenes), desc="street scenes", disable=not show_progress):
-        image, label = generate_scene(seed * 1_000_003 + i, height, width)
-        images.append(png(image))
-        labels.append(png(label))
-    features = datasets.Features({"pixel_values": datasets.Image(), "label": datasets.Image()})
-    return datasets.Dataset.from_dict({"pixel_values": images, "label": labels}, features=features)
-
-
-def scene_grid(num: int, height: int, width: int, seed: int = 0, cols: int = 8) -> np.ndarray:
-    """Images on top of their coloured masks, ``cols`` scenes per row, for people to look at."""
-    rows = []
-    for start in range(0, num, cols):
-        seeds = range(seed * 1_000_003 + start, seed * 1_000_003 + min(num, start + cols))
-        pairs = [generate_scene(i, height, width) for i in seeds]
-        pad = [np.zeros((height, width, 3), np.uint8)] * (cols - len(pairs))
-        rows.append(np.concatenate([im for im, _ in pairs] + pad, axis=1))
-        rows.append(np.concatenate([colorize(lb) for _, lb in pairs] + pad, axis=1))
-    return np.concatenate(rows, axis=0)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: write a grid PNG of generated scenes (images above their coloured masks)."""
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--num", type=int, default=16)
-    ap.add_argument("--size", type=int, default=256, help="square size, or use --height/--width")
-    ap.add_argument("--height", type=int)
-    ap.add_argument("--width", type=int)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cols", type=int, default=8)
-    ap.add_argument("--out", type=Path, default=Path("."), help="directory for scenes_grid.png")
-    args = ap.parse_args(argv)
-    height, width = args.height or args.size, args.width or args.size
-    grid = scene_grid(args.num, height, width, args.seed, args.cols)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "scenes_grid.png"
-    Image.fromarray(grid).save(path)
-    print(f"wrote {path} ({args.num} scenes)")
-
-
-if __name__ == "__main__":
-    main()

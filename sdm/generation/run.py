@@ -1,0 +1,144 @@
+"""A whole generation: batches of (mask, sample) jobs through the sampler, resumable file by file.
+
+Sample k of mask i draws all its noise from its own generator, seeded from (seed + i, k),
+and every network pass has the same batch size (the last one is padded). So an image does
+not depend on which other samples share its batch: a resumed generation redraws a missing
+image pixel for pixel, and asking for more samples per mask later keeps the first ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from sdm.config import require
+from sdm.diffusion import noise_config, sample
+from sdm.generation.grids import write_grids
+from sdm.generation.layout import (
+    FOLDERS,
+    MANIFEST,
+    check_resumable,
+    default_out_dir,
+    image_name,
+    manifest_items,
+    run_dir_of,
+    run_settings,
+    sample_seed,
+    write_json,
+    write_mask_files,
+)
+from sdm.generation.masks import Mask, load_masks
+from sdm.generation.settings import check_settings
+from sdm.generation.weights import Model, load_model
+from sdm.hardware import cpu_has_bf16, resolve_device
+from sdm.models import label_to_condition
+from sdm.viz import save_png, to_uint8_image
+
+
+def sample_batch(model: Model, jobs: Sequence[tuple[Mask, int]], batch: int, cfg: DictConfig,
+                 device: torch.device, on_step: Callable[[int, int, torch.Tensor], None] | None = None
+                 ) -> torch.Tensor:
+    """Images (len(jobs) x 3 x H x W in [-1, 1]) for (mask, k) jobs, padded to `batch` samples."""
+    padded = [*jobs, *[jobs[-1]] * (batch - len(jobs))]
+    label = torch.from_numpy(np.stack([mask.label for mask, _ in padded])).to(device).long()
+    cond = label_to_condition(label, model.unet.num_classes, model.unet.edge_channel)
+    seed = int(cfg.seed)
+    generators = [torch.Generator().manual_seed(sample_seed(seed + mask.index, k)) for mask, k in padded]
+    s = cfg.sampler
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        images = sample(
+            model.unet, cond, noise_config=noise_config(model.cfg), sampler=str(s.name),
+            num_steps=int(s.num_steps), guidance_scale=float(s.guidance_scale), eta=float(s.eta),
+            timestep_spacing=str(s.timestep_spacing), generator=generators, callback=on_step,
+        )
+    return images[: len(jobs)].float().cpu()
+
+
+def run_jobs(model: Model, masks: Sequence[Mask], out_dir: Path, cfg: DictConfig,
+             device: torch.device) -> Counter[str]:
+    """Generate every missing image, batch by batch; returns how many were made per mask."""
+    per_mask = int(cfg.num_per_mask)
+    jobs = [(m, k) for m in masks for k in range(per_mask)
+            if not (out_dir / "images" / image_name(m.name, k)).is_file()]
+    left = Counter(mask.name for mask, _ in jobs)
+    # A fixed pass size (not the size of what is left) keeps resumed images identical.
+    batch = min(int(cfg.batch_size), len(masks) * per_mask)
+    bar = tqdm(total=len(masks), initial=len(masks) - len(left), desc="sample", unit="mask")
+    steps = int(cfg.sampler.num_steps)
+    every = max(1, steps // 10)
+
+    def on_step(i: int, total: int, _x: torch.Tensor) -> None:
+        if (i + 1) % every == 0 or i + 1 == total:
+            bar.set_postfix_str(f"step {i + 1}/{total}")
+
+    made: Counter[str] = Counter()
+    for start in range(0, len(jobs), batch):
+        chunk = jobs[start : start + batch]
+        for (mask, k), image in zip(chunk, sample_batch(model, chunk, batch, cfg, device, on_step), strict=True):
+            save_png(to_uint8_image(image), out_dir / "images" / image_name(mask.name, k))
+            made[mask.name] += 1
+            left[mask.name] -= 1
+            if left[mask.name] == 0:
+                bar.update(1)
+    bar.close()
+    return made
+
+
+# ----------------------------------------------------------------------------- grids, manifest
+
+
+def generate(cfg: DictConfig) -> dict[str, Any]:
+    """Run a whole generation as configured; returns the manifest (also written to out_dir)."""
+    started = time.perf_counter()
+    check_settings(cfg)
+    device = resolve_device(str(cfg.device))
+    if cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        print("precision=bf16: this CPU has no native bf16 (no AVX-512 BF16 / AMX), where it runs many times "
+              "slower than float32; sampling in fp32 instead")
+        cfg = OmegaConf.merge(cfg, {"precision": "fp32"})
+    model = load_model(str(cfg.weights))
+    total_steps = int(model.cfg["diffusion"]["num_train_timesteps"])
+    require(int(cfg.sampler.num_steps) <= total_steps, "sampler.num_steps", cfg.sampler.num_steps,
+             f"at most the {total_steps} training timesteps")
+    limit = None if cfg.limit is None else int(cfg.limit)
+    masks = load_masks(str(cfg.masks), model, limit)
+    out_dir = Path(str(cfg.out_dir)).expanduser() if cfg.out_dir else default_out_dir(cfg, model.path)
+    settings = run_settings(cfg, model)
+    check_resumable(out_dir, settings)
+    for folder in FOLDERS:
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    per_mask, seed = int(cfg.num_per_mask), int(cfg.seed)
+    manifest: dict[str, Any] = {
+        "settings": settings,
+        "weights": {"given": str(cfg.weights), "file": str(model.path), "run": model.cfg.get("run_name"),
+                    "run_dir": str(run_dir_of(model.path)) if run_dir_of(model.path) else None},
+        "train_data": model.cfg["data"],  # the evaluation finds the segmenter of this data
+        "num_per_mask": per_mask,
+        "batch_size": int(cfg.batch_size),
+        "device": str(device),
+        "seeding": "sample k of mask i: torch.Generator seeded with sdm.generation.sample_seed(seed + i, k)",
+        "complete": False,
+    }
+    write_json(out_dir / MANIFEST, manifest)
+    s = cfg.sampler
+    print(f"{len(masks)} masks x {per_mask} samples, {s.name} {s.num_steps} steps, guidance {s.guidance_scale}, "
+          f"{cfg.precision} on {device}, weights {model.path}\n -> {out_dir} (re-run with out_dir={out_dir} to resume)")
+    model.unet.to(device)
+    write_mask_files(out_dir, masks)
+    made = run_jobs(model, masks, out_dir, cfg, device)
+    grids = write_grids(out_dir, masks, per_mask, set(made))
+    seconds = time.perf_counter() - started
+    manifest.update(complete=True, images_made=sum(made.values()), seconds=round(seconds, 2),
+                    items=manifest_items(masks, per_mask, seed), grids=grids)
+    write_json(out_dir / MANIFEST, manifest)
+    print(f"made {sum(made.values())} images ({len(masks) * per_mask - sum(made.values())} were there) in "
+          f"{seconds:.1f} s; grids: {out_dir / 'grids'}")
+    return {**manifest, "out_dir": str(out_dir)}
