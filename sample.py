@@ -16,7 +16,9 @@ from sdm.generation import generate  # noqa: E402
 @exit_on_sdm_error
 def main(cfg: DictConfig) -> None:
     manifest = generate(cfg)
-    if cfg.evaluate:
+    if cfg.evaluate and not manifest.get("complete"):
+        print("evaluate=true: the other shards are still running; the last one to finish evaluates")
+    elif cfg.evaluate:
         from sdm.metrics.evaluation import evaluate_set
         from sdm.metrics.image_sets import from_sample_folder
 

@@ -21,6 +21,7 @@ from sdm.seeding import stable_seed
 from sdm.viz import save_png
 
 MANIFEST = "manifest.json"
+SHARDS_DIR = "shards"  # one record per shard of a sharded generation
 FOLDERS = ("images", "labels", "colored_masks", "real", "grids")
 
 
@@ -74,18 +75,27 @@ def run_settings(cfg: DictConfig, model: Model) -> dict[str, Any]:
     }
 
 
+def recorded_settings(out_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(file, settings) of the generation already in out_dir: its manifest, else any shard's record."""
+    candidates = [out_dir / MANIFEST, *sorted((out_dir / SHARDS_DIR).glob("shard-*.json"))]
+    for path in candidates:
+        if path.is_file():
+            try:
+                return path, json.loads(path.read_text()).get("settings", {})
+            except (json.JSONDecodeError, OSError) as err:
+                raise ConfigError(f"{path} cannot be read ({err}); choose another out_dir") from None
+    return None
+
+
 def check_resumable(out_dir: Path, settings: dict[str, Any]) -> None:
     """Refuse to mix samples of other settings (or foreign files) into one output folder."""
-    manifest = out_dir / MANIFEST
-    if not manifest.is_file():
+    recorded = recorded_settings(out_dir)
+    if recorded is None:
         if (out_dir / "images").is_dir() and any((out_dir / "images").iterdir()):
             raise ConfigError(f"out_dir={out_dir} holds images/ but no {MANIFEST}: not a sample.py output; "
                               "choose another out_dir")
         return
-    try:
-        old = json.loads(manifest.read_text()).get("settings", {})
-    except (json.JSONDecodeError, OSError) as err:
-        raise ConfigError(f"{manifest} cannot be read ({err}); choose another out_dir") from None
+    _, old = recorded
     diffs = [f"{key}: {old.get(key)!r} there, {value!r} now" for key, value in settings.items() if old.get(key) != value]
     if diffs:
         raise ConfigError(f"out_dir={out_dir} holds samples made with other settings ({'; '.join(diffs)}); "

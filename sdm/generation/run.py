@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from sdm.config import require
 from sdm.diffusion import noise_config, sample
+from sdm.errors import ConfigError
 from sdm.generation.grids import write_grids
 from sdm.generation.layout import (
     FOLDERS,
@@ -37,6 +38,7 @@ from sdm.generation.layout import (
 )
 from sdm.generation.masks import Mask, load_masks
 from sdm.generation.settings import check_settings
+from sdm.generation.shards import merge_shards, parse_shard, shard_masks, shard_record_path
 from sdm.generation.weights import Model, load_model
 from sdm.hardware import cpu_has_bf16, resolve_device
 from sdm.models import label_to_condition
@@ -62,16 +64,20 @@ def sample_batch(model: Model, jobs: Sequence[tuple[Mask, int]], batch: int, cfg
     return images[: len(jobs)].float().cpu()
 
 
+def pass_size(cfg: DictConfig, num_masks: int) -> int:
+    """Images per network pass: fixed by the whole run (never by what is left, nor by a shard's
+    share), so resumed and sharded runs draw every image exactly as one uninterrupted run."""
+    return min(int(cfg.batch_size), num_masks * int(cfg.num_per_mask))
+
+
 def run_jobs(model: Model, masks: Sequence[Mask], out_dir: Path, cfg: DictConfig,
-             device: torch.device) -> Counter[str]:
-    """Generate every missing image, batch by batch; returns how many were made per mask."""
+             device: torch.device, batch: int, desc: str = "sample") -> Counter[str]:
+    """Generate every missing image, `batch` per pass; returns how many were made per mask."""
     per_mask = int(cfg.num_per_mask)
     jobs = [(m, k) for m in masks for k in range(per_mask)
             if not (out_dir / "images" / image_name(m.name, k)).is_file()]
     left = Counter(mask.name for mask, _ in jobs)
-    # A fixed pass size (not the size of what is left) keeps resumed images identical.
-    batch = min(int(cfg.batch_size), len(masks) * per_mask)
-    bar = tqdm(total=len(masks), initial=len(masks) - len(left), desc="sample", unit="mask")
+    bar = tqdm(total=len(masks), initial=len(masks) - len(left), desc=desc, unit="mask")
     steps = int(cfg.sampler.num_steps)
     every = max(1, steps // 10)
 
@@ -92,13 +98,16 @@ def run_jobs(model: Model, masks: Sequence[Mask], out_dir: Path, cfg: DictConfig
     return made
 
 
-# ----------------------------------------------------------------------------- grids, manifest
-
-
 def generate(cfg: DictConfig) -> dict[str, Any]:
-    """Run a whole generation as configured; returns the manifest (also written to out_dir)."""
-    started = time.perf_counter()
+    """Run a whole generation as configured (one shard of it with shard=i/n, or all of it in
+    `devices` local processes); returns the manifest, or a shard's record while others run."""
     check_settings(cfg)
+    if int(cfg.devices) > 1:
+        from sdm.generation.processes import run_in_processes
+
+        return run_in_processes(cfg)
+    started = time.perf_counter()
+    index, count = parse_shard(cfg.shard)
     device = resolve_device(str(cfg.device))
     if cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         print("precision=bf16: this CPU has no native bf16 (no AVX-512 BF16 / AMX), where it runs many times "
@@ -108,37 +117,53 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
     total_steps = int(model.cfg["diffusion"]["num_train_timesteps"])
     require(int(cfg.sampler.num_steps) <= total_steps, "sampler.num_steps", cfg.sampler.num_steps,
              f"at most the {total_steps} training timesteps")
+    if count > 1 and not cfg.out_dir and run_dir_of(model.path) is None:
+        raise ConfigError(f"shard={cfg.shard} needs out_dir=...: the weights sit outside a run dir, and every "
+                          "shard must write into the same folder")
     limit = None if cfg.limit is None else int(cfg.limit)
     masks = load_masks(str(cfg.masks), model, limit)
+    mine = shard_masks(masks, index, count)
     out_dir = Path(str(cfg.out_dir)).expanduser() if cfg.out_dir else default_out_dir(cfg, model.path)
     settings = run_settings(cfg, model)
     check_resumable(out_dir, settings)
     for folder in FOLDERS:
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
-    per_mask, seed = int(cfg.num_per_mask), int(cfg.seed)
-    manifest: dict[str, Any] = {
+    per_mask = int(cfg.num_per_mask)
+    base: dict[str, Any] = {
         "settings": settings,
         "weights": {"given": str(cfg.weights), "file": str(model.path), "run": model.cfg.get("run_name"),
                     "run_dir": str(run_dir_of(model.path)) if run_dir_of(model.path) else None},
         "train_data": model.cfg["data"],  # the evaluation finds the segmenter of this data
         "num_per_mask": per_mask,
         "batch_size": int(cfg.batch_size),
-        "device": str(device),
         "seeding": "sample k of mask i: torch.Generator seeded with sdm.generation.sample_seed(seed + i, k)",
-        "complete": False,
     }
-    write_json(out_dir / MANIFEST, manifest)
+    record_path = out_dir / MANIFEST if count == 1 else shard_record_path(out_dir, index, count)
+    record = {**base, "device": str(device), "complete": False}
+    if count > 1:
+        record["shard"] = [index, count]
+    write_json(record_path, record)
     s = cfg.sampler
-    print(f"{len(masks)} masks x {per_mask} samples, {s.name} {s.num_steps} steps, guidance {s.guidance_scale}, "
+    share = f"shard {index}/{count}: {len(mine)} of {len(masks)}" if count > 1 else f"{len(masks)}"
+    print(f"{share} masks x {per_mask} samples, {s.name} {s.num_steps} steps, guidance {s.guidance_scale}, "
           f"{cfg.precision} on {device}, weights {model.path}\n -> {out_dir} (re-run with out_dir={out_dir} to resume)")
     model.unet.to(device)
-    write_mask_files(out_dir, masks)
-    made = run_jobs(model, masks, out_dir, cfg, device)
-    grids = write_grids(out_dir, masks, per_mask, set(made))
+    write_mask_files(out_dir, mine)
+    desc = f"sample {index}/{count}" if count > 1 else "sample"
+    made = run_jobs(model, mine, out_dir, cfg, device, pass_size(cfg, len(masks)), desc)
     seconds = time.perf_counter() - started
-    manifest.update(complete=True, images_made=sum(made.values()), seconds=round(seconds, 2),
-                    items=manifest_items(masks, per_mask, seed), grids=grids)
-    write_json(out_dir / MANIFEST, manifest)
-    print(f"made {sum(made.values())} images ({len(masks) * per_mask - sum(made.values())} were there) in "
-          f"{seconds:.1f} s; grids: {out_dir / 'grids'}")
-    return {**manifest, "out_dir": str(out_dir)}
+    record.update(complete=True, images_made=sum(made.values()), seconds=round(seconds, 2))
+    print(f"made {sum(made.values())} images ({len(mine) * per_mask - sum(made.values())} were there) in "
+          f"{seconds:.1f} s")
+    if count == 1:
+        grids = write_grids(out_dir, masks, per_mask, set(made))
+        record.update(items=manifest_items(masks, per_mask, int(cfg.seed)), grids=grids)
+        write_json(record_path, record)
+        print(f"grids: {out_dir / 'grids'}")
+        return {**record, "out_dir": str(out_dir)}
+    record["items"] = manifest_items(mine, per_mask, int(cfg.seed))
+    write_json(record_path, record)
+    merged = merge_shards(out_dir, masks, count, base)
+    if merged is not None:
+        print(f"all {count} shards complete: {out_dir / MANIFEST}, grids: {out_dir / 'grids'}")
+    return {**(merged or record), "out_dir": str(out_dir)}

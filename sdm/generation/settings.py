@@ -10,6 +10,7 @@ from sdm.config import number, require
 from sdm.diffusion import SAMPLERS
 from sdm.diffusion.sampling import TIMESTEP_SPACINGS
 from sdm.errors import ConfigError
+from sdm.generation.shards import parse_shard
 
 PRECISIONS = ("bf16", "fp32")
 
@@ -32,5 +33,7 @@ def check_settings(cfg: DictConfig) -> None:
     require(cfg.limit is None or number(cfg, "limit") >= 1, "limit", cfg.limit, "null or an integer >= 1")
     require(number(cfg, "seed") >= 0, "seed", cfg.seed, "an integer >= 0")
     require(cfg.precision in PRECISIONS, "precision", cfg.precision, f"one of {list(PRECISIONS)}")
+    require(number(cfg, "devices") >= 1, "devices", cfg.devices, "an integer >= 1 (processes on this machine)")
+    parse_shard(cfg.shard)
 
 

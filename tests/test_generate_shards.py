@@ -1,0 +1,170 @@
+"""Sharded generation: shards (and local processes) make exactly the files of one run, the last
+shard writes one manifest, a killed shard resumes, and bad shard specs write nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_generate import bands, mask_folder, one_thread, run_dir, sample_cfg  # noqa: F401
+
+from sdm.errors import ConfigError
+from sdm.generation import generate
+from sdm.generation.shards import parse_shard, shard_masks, shard_record_path
+
+SIZE = 16
+TIMING = ("seconds", "images_made", "device", "shards")  # what may differ between a sharded run and one run
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """Every file of a generation but the records, by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix == ".png"}
+
+
+def masks_of(tmp_path: Path, num: int) -> Path:
+    return mask_folder(tmp_path / "masks", {f"m{i}": bands(SIZE, SIZE, (1 + i, 8 + i % 3)) for i in range(num)})
+
+
+def stable(manifest: dict) -> dict:
+    return {k: v for k, v in manifest.items() if k not in (*TIMING, "out_dir")}
+
+
+@pytest.fixture(scope="module")
+def single(run_dir, tmp_path_factory):  # noqa: F811
+    """One unsharded run over 5 masks: the reference every sharded run must reproduce."""
+    root = tmp_path_factory.mktemp("single")
+    masks = masks_of(root, 5)
+    manifest = generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={root / 'out'}"))
+    return masks, root / "out", manifest
+
+
+def test_parse_shard_accepts_i_of_n_and_null():
+    assert parse_shard(None) == (0, 1) and parse_shard("") == (0, 1)
+    assert parse_shard("0/1") == (0, 1) and parse_shard(" 3 / 4 ") == (3, 4) and parse_shard("12/100") == (12, 100)
+    assert [m for m in shard_masks(list("abcdefg"), 1, 3)] == ["b", "e"]
+
+
+@pytest.mark.parametrize("spec", ["3/2", "2/2", "1/0", "0/0", "-1/2", "a/b", "1", "1/2/3"])
+def test_a_bad_shard_spec_is_refused_before_anything_is_written(run_dir, tmp_path, spec):  # noqa: F811
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=r"shard='.*': expected i/n with 0 <= i < n"):
+        generate(sample_cfg(f"weights={run_dir}", f"out_dir={out}", f"shard='{spec}'"))
+    assert not out.exists()
+
+
+def test_devices_must_be_a_positive_count(run_dir, tmp_path):  # noqa: F811
+    with pytest.raises(ConfigError, match="devices"):
+        generate(sample_cfg(f"weights={run_dir}", f"out_dir={tmp_path / 'out'}", "devices=0"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_shards_make_the_files_of_one_run_and_the_last_writes_the_manifest(single, run_dir, tmp_path):  # noqa: F811
+    masks, reference, manifest = single
+    out = tmp_path / "out"
+    first = generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}", "shard=1/2"))
+    assert first["complete"] is True and first["shard"] == [1, 2]  # its own record: shard 0 not done yet
+    assert not (out / "manifest.json").exists() and not list((out / "grids").iterdir())
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["m1_0.png", "m1_1.png", "m3_0.png", "m3_1.png"]
+    merged = generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}", "shard=0/2"))
+    assert files(out) == files(reference)  # images, labels, coloured masks and grids, byte for byte
+    written = json.loads((out / "manifest.json").read_text())
+    assert stable(written) == stable(json.loads((reference / "manifest.json").read_text()))
+    assert stable(merged) == stable(manifest)
+    images = [image for item in written["items"] for image in item["images"]]
+    assert len(images) == len(set(images)) == 10  # each image listed once
+    assert written["shards"] == 2 and written["images_made"] == 10 and written["complete"] is True
+    for index in range(2):
+        record = json.loads(shard_record_path(out, index, 2).read_text())
+        assert record["complete"] and [item["mask"] for item in record["items"]] == [f"m{i}" for i in range(index, 5, 2)]
+
+
+def test_more_shards_than_masks_leaves_some_shards_empty(run_dir, tmp_path):  # noqa: F811
+    masks = masks_of(tmp_path, 2)
+    out = tmp_path / "out"
+    for index in (2, 0):
+        assert generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}",
+                                   f"shard={index}/3"))["complete"] is True
+    assert not (out / "manifest.json").exists()
+    manifest = generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}", "shard=1/3"))
+    assert manifest["shards"] == 3 and [item["mask"] for item in manifest["items"]] == ["m0", "m1"]
+    assert json.loads(shard_record_path(out, 2, 3).read_text())["items"] == []
+
+
+def test_a_killed_shard_resumes_and_the_merge_waits_for_it(single, run_dir, tmp_path, monkeypatch):  # noqa: F811
+    import sdm.generation.run as generation
+
+    masks, reference, _ = single
+    out = tmp_path / "out"
+    cfg = [f"weights={run_dir}", f"masks={masks}", f"out_dir={out}"]
+    real_sample, passes = generation.sample, []
+
+    def dies_on_the_second_pass(*args, **kwargs):
+        passes.append(1)
+        if len(passes) == 2:
+            raise KeyboardInterrupt  # a node lost mid-shard
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "sample", dies_on_the_second_pass)
+    with pytest.raises(KeyboardInterrupt):
+        generate(sample_cfg(*cfg, "shard=0/2"))
+    monkeypatch.setattr(generation, "sample", real_sample)
+    assert len(list((out / "images").iterdir())) == 4  # shard 0: 3 masks x 2 = 6 images, 4 per pass
+    assert json.loads(shard_record_path(out, 0, 2).read_text())["complete"] is False
+    generate(sample_cfg(*cfg, "shard=1/2"))
+    assert not (out / "manifest.json").exists()  # shard 0 is not complete
+    generate(sample_cfg(*cfg, "shard=0/2"))
+    assert files(out) == files(reference)
+
+
+def test_shards_of_other_settings_are_refused(single, run_dir, tmp_path):  # noqa: F811
+    masks, _, _ = single
+    out = tmp_path / "out"
+    generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}", "shard=0/2"))
+    with pytest.raises(ConfigError, match=r"other settings \(seed: 0 there, 1 now\)"):
+        generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}", "shard=1/2", "seed=1"))
+
+
+def test_shards_need_a_shared_folder_when_the_weights_sit_outside_a_run(run_dir, tmp_path):  # noqa: F811
+    import shutil
+
+    loose = tmp_path / "loose"
+    shutil.copytree(run_dir / "export", loose)
+    with pytest.raises(ConfigError, match="shard=0/2 needs out_dir"):
+        generate(sample_cfg(f"weights={loose}", f"output_root={tmp_path / 'runs'}", "shard=0/2"))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_two_local_processes_make_the_files_of_one_run(single, run_dir, tmp_path):  # noqa: F811
+    """devices=2 on the CPU: two spawned processes stand in for two GPUs."""
+    masks, reference, manifest = single
+    out = tmp_path / "out"
+    merged = generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}", "devices=2"))
+    assert files(out) == files(reference)
+    assert stable(merged) == stable(manifest) and merged["shards"] == 2
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard-0000-of-0002.json", "shard-0001-of-0002.json"]
+
+
+@pytest.mark.slow  # starts Python interpreters: runs in CI, not in the quick loop
+def test_cli_shards_as_a_slurm_array_would(run_dir, tmp_path):  # noqa: F811
+    """Each array task reads its shard from SLURM's variables; a bad spec exits 2 without a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "out"
+    command = [sys.executable, "sample.py", f"weights={run_dir}", "limit=3", "num_per_mask=1", "sampler.num_steps=2",
+               f"out_dir={out}", "shard=${oc.env:SLURM_ARRAY_TASK_ID}/${oc.env:SLURM_ARRAY_TASK_COUNT}"]
+    for task in ("1", "0"):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "SLURM_ARRAY_TASK_ID": task, "SLURM_ARRAY_TASK_COUNT": "2"}
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert "all 2 shards complete" in done.stdout
+    assert json.loads((out / "manifest.json").read_text())["shards"] == 2
+    assert len(list((out / "images").glob("*.png"))) == 3
+    failed = subprocess.run([*command[:-1], "shard=3/2"], cwd=REPO, capture_output=True, text=True, timeout=180,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert failed.returncode == 2 and "error: shard='3/2'" in failed.stderr and "Traceback" not in failed.stderr
