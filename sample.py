@@ -16,9 +16,15 @@ from sdm.generation import generate  # noqa: E402
 @exit_on_sdm_error
 def main(cfg: DictConfig) -> None:
     manifest = generate(cfg)
-    if cfg.evaluate and not manifest.get("complete"):
-        print("evaluate=true: the other shards are still running; the last one to finish evaluates")
-    elif cfg.evaluate:
+    if (cfg.evaluate or cfg.export) and not manifest.get("complete"):
+        print("evaluate/export: the other shards are still running; the last one to finish does it")
+        return
+    if cfg.export:
+        from sdm.generation.export import export_dataset
+
+        size = tuple(int(v) for v in cfg.export_size) if cfg.export_size else None
+        export_dataset(manifest["out_dir"], cfg.export_dir, size=size)
+    if cfg.evaluate:
         from sdm.metrics.evaluation import evaluate_set
         from sdm.metrics.image_sets import from_sample_folder
 

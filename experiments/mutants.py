@@ -56,7 +56,12 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
         ["tests/test_module.py", "tests/test_training.py"],
         "not cli and not multirun and not sigkill",
     ),
-    "generation": (["sdm/generation/*.py"], ["tests/test_generate.py", "tests/test_generate_edges.py"], "not cli"),
+    "generation": (
+        ["sdm/generation/*.py"],
+        ["tests/test_generate.py", "tests/test_generate_edges.py", "tests/test_generate_shards.py",
+         "tests/test_generate_export.py"],
+        "not cli",
+    ),
     "metrics": (
         ["sdm/metrics/consistency.py", "sdm/metrics/distances.py", "sdm/metrics/diversity.py",
          "sdm/metrics/image_sets.py", "sdm/metrics/scoring.py", "sdm/metrics/validation.py", "sdm/pipeline.py"],

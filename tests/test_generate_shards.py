@@ -64,7 +64,8 @@ def test_two_shards_make_the_files_of_one_run_and_the_last_writes_the_manifest(s
     masks, reference, manifest = single
     out = tmp_path / "out"
     first = generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}", "shard=1/2"))
-    assert first["complete"] is True and first["shard"] == [1, 2]  # its own record: shard 0 not done yet
+    assert first["complete"] is False and first["shard"] == [1, 2]  # done, but shard 0 is not
+    assert json.loads(shard_record_path(out, 1, 2).read_text())["complete"] is True
     assert not (out / "manifest.json").exists() and not list((out / "grids").iterdir())
     assert sorted(p.name for p in (out / "images").iterdir()) == ["m1_0.png", "m1_1.png", "m3_0.png", "m3_1.png"]
     merged = generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}", "shard=0/2"))
@@ -85,7 +86,7 @@ def test_more_shards_than_masks_leaves_some_shards_empty(run_dir, tmp_path):  # 
     out = tmp_path / "out"
     for index in (2, 0):
         assert generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}",
-                                   f"shard={index}/3"))["complete"] is True
+                                   f"shard={index}/3"))["complete"] is False
     assert not (out / "manifest.json").exists()
     manifest = generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}", "shard=1/3"))
     assert manifest["shards"] == 3 and [item["mask"] for item in manifest["items"]] == ["m0", "m1"]
@@ -157,12 +158,16 @@ def test_cli_shards_as_a_slurm_array_would(run_dir, tmp_path):  # noqa: F811
 
     out = tmp_path / "out"
     command = [sys.executable, "sample.py", f"weights={run_dir}", "limit=3", "num_per_mask=1", "sampler.num_steps=2",
-               f"out_dir={out}", "shard=${oc.env:SLURM_ARRAY_TASK_ID}/${oc.env:SLURM_ARRAY_TASK_COUNT}"]
+               f"out_dir={out}", "export=true",
+               "shard=${oc.env:SLURM_ARRAY_TASK_ID}/${oc.env:SLURM_ARRAY_TASK_COUNT}"]
     for task in ("1", "0"):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "SLURM_ARRAY_TASK_ID": task, "SLURM_ARRAY_TASK_COUNT": "2"}
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
         assert done.returncode == 0, done.stderr[-2000:]
-    assert "all 2 shards complete" in done.stdout
+        if task == "1":  # the first to finish leaves the manifest and the export to the last one
+            assert not (out / "hf").exists() and "the last one to finish does it" in done.stdout
+    assert "all 2 shards complete" in done.stdout and "exported 3 images" in done.stdout
+    assert (out / "hf" / "data" / "train-00000-of-00001.parquet").is_file()
     assert json.loads((out / "manifest.json").read_text())["shards"] == 2
     assert len(list((out / "images").glob("*.png"))) == 3
     failed = subprocess.run([*command[:-1], "shard=3/2"], cwd=REPO, capture_output=True, text=True, timeout=180,

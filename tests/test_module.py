@@ -136,6 +136,11 @@ def test_training_step_uses_the_micro_batch_stream(module, monkeypatch):
     attach(module, step=5, accumulate=2)
     module.training_step(batch(), 11)
     assert torch.equal(noises[3][0], noises[1][0]) and torch.equal(noises[3][1], noises[1][1])
+    # batch 11 with 2 micro-batches per step is micro-batch 1 of step 5: its draws, in order
+    gen = torch.Generator().manual_seed(training_seed(int(module.cfg["seed"]), 0, 5, 1))
+    torch.rand(B, generator=gen)
+    assert torch.equal(noises[1][1], torch.randint(0, module.num_timesteps, (B,), generator=gen))
+    assert torch.equal(noises[1][0], torch.randn(B, 3, SIZE, SIZE, generator=gen))
 
 
 def test_non_finite_loss_is_agreed_across_ranks_then_stops(module, monkeypatch):

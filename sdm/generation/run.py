@@ -100,7 +100,8 @@ def run_jobs(model: Model, masks: Sequence[Mask], out_dir: Path, cfg: DictConfig
 
 def generate(cfg: DictConfig) -> dict[str, Any]:
     """Run a whole generation as configured (one shard of it with shard=i/n, or all of it in
-    `devices` local processes); returns the manifest, or a shard's record while others run."""
+    `devices` local processes); returns the manifest, or {"complete": False, ...} for a shard
+    that finished while others still run."""
     check_settings(cfg)
     if int(cfg.devices) > 1:
         from sdm.generation.processes import run_in_processes
@@ -164,6 +165,7 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
     record["items"] = manifest_items(mine, per_mask, int(cfg.seed))
     write_json(record_path, record)
     merged = merge_shards(out_dir, masks, count, base)
-    if merged is not None:
-        print(f"all {count} shards complete: {out_dir / MANIFEST}, grids: {out_dir / 'grids'}")
-    return {**(merged or record), "out_dir": str(out_dir)}
+    if merged is None:  # the generation as a whole is not complete: other shards are still running
+        return {"complete": False, "shard": [index, count], "shard_record": str(record_path), "out_dir": str(out_dir)}
+    print(f"all {count} shards complete: {out_dir / MANIFEST}, grids: {out_dir / 'grids'}")
+    return {**merged, "out_dir": str(out_dir)}

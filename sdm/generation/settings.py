@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,5 +36,12 @@ def check_settings(cfg: DictConfig) -> None:
     require(cfg.precision in PRECISIONS, "precision", cfg.precision, f"one of {list(PRECISIONS)}")
     require(number(cfg, "devices") >= 1, "devices", cfg.devices, "an integer >= 1 (processes on this machine)")
     parse_shard(cfg.shard)
+    size = cfg.get("export_size")
+    require(size is None or (OmegaConf.is_list(size) and len(size) == 2 and all(isinstance(v, int) and v >= 1 for v in size)),
+            "export_size", size, "null or [height, width] of integers >= 1")
+    target = cfg.get("export_dir")
+    if cfg.get("export") and target and Path(str(target)).expanduser().exists() \
+            and not (Path(str(target)).expanduser() / "sdm_export.json").is_file():
+        raise ConfigError(f"export_dir={target} exists and is not an sdm export; choose another folder")
 
 

@@ -1,0 +1,119 @@
+"""Export of a generation as a Hub-schema dataset: it loads with `datasets`, carries where each
+image came from, trains through this project's own data path, and refuses bad folders."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import datasets
+import numpy as np
+import pytest
+from conftest import compose_train
+from PIL import Image
+from test_generate import bands, mask_folder, one_thread, pixels, run_dir, sample_cfg  # noqa: F401
+
+from sdm.errors import ConfigError, DataError
+from sdm.generation import generate
+from sdm.generation.export import EXTRA_COLUMNS, export_dataset, main
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def samples(run_dir, tmp_path_factory):  # noqa: F811
+    """A finished generation: 3 masks x 2 samples."""
+    root = tmp_path_factory.mktemp("export")
+    masks = mask_folder(root / "masks", {f"m{i}": bands(SIZE, SIZE, (1 + i, 9, 20 + i)) for i in range(3)})
+    generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={root / 'samples'}"))
+    return root / "samples"
+
+
+def decoded(value: dict) -> np.ndarray:
+    with Image.open(io.BytesIO(value["bytes"])) as image:
+        return np.asarray(image)
+
+
+def test_the_export_loads_with_datasets_in_the_hub_schema_with_its_origin(samples, tmp_path):
+    out = export_dataset(samples, tmp_path / "hf", rows_per_shard=4)
+    shards = sorted(p.name for p in (out / "data").iterdir())
+    assert shards == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    ds = datasets.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"), split="train",
+                               cache_dir=str(tmp_path / "cache"))
+    assert isinstance(ds.features["pixel_values"], datasets.Image) and isinstance(ds.features["label"], datasets.Image)
+    assert set(ds.column_names) == {"pixel_values", "label", *EXTRA_COLUMNS} and len(ds) == 6
+    manifest = json.loads((samples / "manifest.json").read_text())
+    raw = ds.cast_column("pixel_values", datasets.Image(decode=False)).cast_column("label", datasets.Image(decode=False))
+    for row in raw:
+        item = next(i for i in manifest["items"] if i["mask"] == row["source_mask"])
+        k = row["sample_index"]
+        assert np.array_equal(decoded(row["pixel_values"]), pixels(samples / item["images"][k]))
+        assert np.array_equal(decoded(row["label"]), pixels(samples / item["label"]))
+        assert row["seed"] == item["sample_seeds"][k]
+        assert (row["sampler"], row["num_steps"], row["guidance_scale"]) == ("ddim", 2, 1.5)
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlicense: cc-by-nc-4.0\n") and "CC BY-NC 4.0" in card and "6 images" in card
+
+
+def test_the_export_trains_through_this_projects_data_path(samples, tmp_path):
+    from sdm.data.datamodule import SidewalkDataModule
+    from sdm.data.prepare import prepare_data
+
+    out = export_dataset(samples, tmp_path / "hf")
+    cfg = compose_train(tmp_path / "run", "data=sidewalk", f"data.path={out}", f"data.size=[{SIZE},{SIZE}]",
+                        "data.batch_size=2", "data.val_fraction=0.2")
+    prepared = prepare_data(cfg.data, show_progress=False)
+    assert len(prepared) == 6
+    module = SidewalkDataModule(cfg.data)
+    module.setup("fit")
+    batch = next(iter(module.train_dataloader()))
+    assert batch["image"].shape == (2, 3, SIZE, SIZE) and batch["label"].shape == (2, SIZE, SIZE)
+    assert set(batch["label"].unique().tolist()) <= {1, 2, 3, 9, 20, 21, 22}  # the masks' own classes
+
+
+def test_the_export_can_be_resized_with_labels_kept_exact(samples, tmp_path):
+    out = export_dataset(samples, tmp_path / "hf", size=(24, 20))
+    ds = datasets.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"), split="train",
+                               cache_dir=str(tmp_path / "cache"))
+    row = ds[0]
+    assert row["pixel_values"].size == (20, 24) and row["label"].size == (20, 24)
+    assert set(np.unique(np.asarray(row["label"])).tolist()) <= {1, 2, 3, 9, 20, 21, 22}  # nearest: no new ids
+
+
+def test_a_new_export_replaces_an_old_one_and_foreign_folders_are_refused(samples, tmp_path):
+    out = export_dataset(samples, tmp_path / "hf", rows_per_shard=1)
+    assert len(list((out / "data").iterdir())) == 6
+    export_dataset(samples, out)
+    assert len(list((out / "data").iterdir())) == 1
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="exists and is not an sdm export"):
+        export_dataset(samples, foreign)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_an_unfinished_or_foreign_sample_folder_is_refused_and_nothing_written(samples, tmp_path, capsys):
+    with pytest.raises(DataError, match="no manifest.json there"):
+        export_dataset(tmp_path, tmp_path / "hf")
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "manifest.json").write_text(json.dumps({"complete": False}))
+    with pytest.raises(DataError, match="not finished"):
+        export_dataset(unfinished, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    with pytest.raises(SystemExit) as code:
+        main([str(unfinished), "--out", str(tmp_path / "hf")])
+    assert code.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_sample_py_settings_for_export_are_checked_before_generating(run_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="export_size"):
+        generate(sample_cfg(f"weights={run_dir}", f"out_dir={out}", "export=true", "export_size=[0,4]"))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    with pytest.raises(ConfigError, match="is not an sdm export"):
+        generate(sample_cfg(f"weights={run_dir}", f"out_dir={out}", "export=true", f"export_dir={foreign}"))
+    assert not out.exists()
