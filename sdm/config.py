@@ -69,6 +69,10 @@ def check_train_config(cfg: DictConfig) -> None:
     require(cfg.sampler.name in SAMPLERS, "sampler.name", cfg.sampler.name, f"one of {sorted(SAMPLERS)}")
     require(float(cfg.sampler.guidance_scale) >= 0, "sampler.guidance_scale", cfg.sampler.guidance_scale, ">= 0")
     require(int(cfg.data.batch_size) >= 1, "data.batch_size", cfg.data.batch_size, "an integer >= 1")
+    if cfg.data.get("extra"):
+        from sdm.data.mixing import extra_ratio
+
+        extra_ratio(cfg.data)
     size = cfg.data.size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     factor = 2 ** (len(cfg.model.channel_mult) - 1)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from sdm.data.mixing import MixedPairs, epoch_items, epoch_size, extra_ratio, extra_source_cfg
 from sdm.data.prepare import PreparedData, decode_row, prepare_data, split_indices
 from sdm.data.transforms import A, to_item, train_transform
 from sdm.errors import DataError
@@ -24,10 +25,13 @@ class ResumableShuffleSampler(Sampler[tuple[int, int]]):
     already trained on, so a resumed run continues the data order instead of restarting it.
     """
 
-    def __init__(self, num_items: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        if num_items < world_size:
-            raise DataError(f"{num_items} training rows cannot be shared by {world_size} ranks")
-        self.num_items, self.seed, self.rank, self.world_size = num_items, seed, rank, world_size
+    def __init__(self, num_items: int, seed: int, rank: int = 0, world_size: int = 1,
+                 mix: tuple[int, int, float] | None = None) -> None:
+        # mix = (real rows, synthetic rows, synthetic share): each epoch draws its items by sdm.data.mixing
+        self.epoch_size = num_items if mix is None else epoch_size(*mix)
+        if self.epoch_size < world_size:
+            raise DataError(f"{self.epoch_size} training rows cannot be shared by {world_size} ranks")
+        self.num_items, self.seed, self.rank, self.world_size, self.mix = num_items, seed, rank, world_size, mix
         self.epoch = 0
         self._skip: tuple[int, int] | None = None
 
@@ -38,11 +42,13 @@ class ResumableShuffleSampler(Sampler[tuple[int, int]]):
         self._skip = (epoch, consumed)
 
     def __len__(self) -> int:
-        return self.num_items // self.world_size
+        return self.epoch_size // self.world_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(self.seed + 7919 * self.epoch)
-        order = torch.randperm(self.num_items, generator=generator)[: len(self) * self.world_size]
+        items = torch.randperm(self.num_items, generator=generator) if self.mix is None \
+            else epoch_items(*self.mix, generator)
+        order = items[: len(self) * self.world_size]
         positions = range(self.rank, len(order), self.world_size)
         start = 0
         if self._skip is not None and self._skip[0] == self.epoch:
@@ -101,6 +107,7 @@ class SidewalkDataModule(L.LightningDataModule):
         self.val_set: PairDataset | None = None
         self.sampler: ResumableShuffleSampler | None = None
         self._resume_state: dict[str, int] | None = None
+        self.mix: tuple[int, int, float] | None = None  # (real, synthetic, share) with data.extra
 
     @property
     def streaming(self) -> bool:
@@ -109,6 +116,8 @@ class SidewalkDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         if not self.streaming:
             prepare_data(self.cfg)
+            if self.cfg.get("extra"):
+                prepare_data(extra_source_cfg(self.cfg))
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -131,6 +140,12 @@ class SidewalkDataModule(L.LightningDataModule):
         transform = train_transform(self.prepared.size, augment.get("scale", (1.0, 1.0)), augment.get("hflip", 0.0))
         self.train_set = PairDataset(self.prepared, train_idx, transform)
         self.val_set = PairDataset(self.prepared, val_idx, None)
+        if self.cfg.get("extra"):  # real + synthetic: validation stays real
+            ratio = extra_ratio(self.cfg)
+            synthetic = prepare_data(extra_source_cfg(self.cfg), show_progress=False)
+            extra = PairDataset(synthetic, np.arange(len(synthetic)), transform)
+            self.mix = (len(self.train_set), len(extra), ratio)
+            self.train_set = MixedPairs(self.train_set, extra)
 
     def _loader(self, dataset: Dataset, sampler: Sampler | None, drop_last: bool) -> DataLoader:
         # a stream of one shard cannot feed several workers: datasets would idle all but one
@@ -152,12 +167,13 @@ class SidewalkDataModule(L.LightningDataModule):
         if self.streaming:
             return self._loader(self.train_set, None, drop_last=True)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        if len(self.train_set) // world < int(self.cfg.batch_size):
+        per_epoch = len(self.train_set) if self.mix is None else epoch_size(*self.mix)
+        if per_epoch // world < int(self.cfg.batch_size):
             raise DataError(
-                f"{len(self.train_set)} training rows over {world} rank(s) do not fill one batch of "
+                f"{per_epoch} training rows over {world} rank(s) do not fill one batch of "
                 f"{self.cfg.batch_size}; lower data.batch_size or add data"
             )
-        self.sampler = ResumableShuffleSampler(len(self.train_set), int(self.cfg.split_seed), rank, world)
+        self.sampler = ResumableShuffleSampler(len(self.train_set), int(self.cfg.split_seed), rank, world, self.mix)
         if self._resume_state is not None:
             self.sampler.resume(self._resume_state["epoch"], self._resume_state["consumed"])
             self._resume_state = None

@@ -173,6 +173,18 @@ def load_segmenter(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return network.eval().requires_grad_(False), info
 
 
+def data_key(data: DictConfig, real_key: str) -> str:
+    """The cache key of what a segmenter trains on: the real rows' key, and with data.extra the
+    synthetic rows' key and share, so a mixed segmenter never stands in for the real data's one."""
+    if not data.get("extra"):
+        return real_key
+    from sdm.data.mixing import extra_ratio, extra_source_cfg
+    from sdm.data.prepare import prepare_data
+
+    synthetic = prepare_data(extra_source_cfg(data), show_progress=False)
+    return f"{real_key}+{synthetic.root.name}-r{extra_ratio(data):g}"
+
+
 def train_segmenter(cfg: DictConfig) -> Path:
     """Train (or reuse) the segmenter of `cfg.data`; returns its cache folder."""
     from sdm.data.datamodule import SidewalkDataModule
@@ -182,7 +194,8 @@ def train_segmenter(cfg: DictConfig) -> Path:
     if int(settings["max_steps"]) < 1:
         raise ConfigError(f"segmenter.max_steps={settings['max_steps']} is invalid: expected an integer >= 1")
     prepared = prepare_data(cfg.data, show_progress=False)
-    folder = cache_folder(prepared.root.name, settings)
+    key = data_key(cfg.data, prepared.root.name)
+    folder = cache_folder(key, settings)
     if (folder / INFO_FILE).is_file() and not settings.get("retrain"):
         print(f"using the cached segmenter {folder} (segmenter.retrain=true trains a new one)")
         return folder
@@ -203,7 +216,7 @@ def train_segmenter(cfg: DictConfig) -> Path:
     scores = task.last_scores
     info = {
         "arch": settings["arch"], "width": int(settings["width"]), "num_classes": int(cfg.data.num_classes),
-        "data_key": prepared.root.name, "size": list(prepared.size), "steps": int(trainer.global_step),
+        "data_key": key, "size": list(prepared.size), "steps": int(trainer.global_step),
         "real_val_miou": scores["miou"], "real_val_pixel_accuracy": scores["pixel_accuracy"],
         "real_val_per_class_iou": {str(k): v for k, v in scores["per_class_iou"].items()},
         "seconds": round(time.perf_counter() - started, 1), "tensorboard": str(Path(str(cfg.output_dir)) / "tb"),
