@@ -57,9 +57,15 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
         "not cli and not multirun and not sigkill",
     ),
     "generation": (
-        ["sdm/generation/*.py"],
-        ["tests/test_generate.py", "tests/test_generate_edges.py", "tests/test_generate_shards.py",
-         "tests/test_generate_export.py"],
+        ["sdm/generation/settings.py", "sdm/generation/weights.py", "sdm/generation/masks.py",
+         "sdm/generation/layout.py", "sdm/generation/grids.py", "sdm/generation/run.py"],
+        ["tests/test_generate.py", "tests/test_generate_edges.py", "tests/test_generate_shards.py"],
+        "not cli",
+    ),
+    # sharding over processes and nodes, export as a Hub-schema dataset, real + synthetic mixing
+    "augmentation": (
+        ["sdm/generation/shards.py", "sdm/generation/processes.py", "sdm/generation/export.py", "sdm/data/mixing.py"],
+        ["tests/test_generate_shards.py", "tests/test_generate_export.py", "tests/test_data_mixing.py"],
         "not cli",
     ),
     "metrics": (

@@ -117,3 +117,36 @@ def test_sample_py_settings_for_export_are_checked_before_generating(run_dir, tm
     with pytest.raises(ConfigError, match="is not an sdm export"):
         generate(sample_cfg(f"weights={run_dir}", f"out_dir={out}", "export=true", f"export_dir={foreign}"))
     assert not out.exists()
+
+
+def test_the_command_line_exports_with_its_options(samples, tmp_path, capsys):
+    main([str(samples), "--out", str(tmp_path / "cli"), "--size", "24", "20", "--rows-per-shard", "4"])
+    out = tmp_path / "cli"
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["train-00000-of-00002.parquet",
+                                                               "train-00001-of-00002.parquet"]
+    ds = datasets.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"), split="train",
+                               cache_dir=str(tmp_path / "cache"))
+    assert ds[0]["pixel_values"].size == (20, 24)  # --size HEIGHT WIDTH
+    assert f"exported 6 images in 2 parquet shard(s) to {out}" in capsys.readouterr().out
+    main([str(samples)])  # the default: <samples>/hf, 500 rows per shard
+    assert [p.name for p in (samples / "hf" / "data").iterdir()] == ["train-00000-of-00001.parquet"]
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for phrase in ("python -m sdm.generation.export <sample.py folder>", "a finished sample.py output folder",
+                   "export folder (default: <samples>/hf)", "--size HEIGHT WIDTH", "resize (labels nearest)",
+                   "--rows-per-shard ROWS_PER_SHARD"):
+        assert phrase in text, phrase
+
+
+def test_resized_photos_are_lanczos_and_labels_nearest(samples, tmp_path):
+    from sdm.generation.export import png_bytes
+
+    photo, label = samples / "images" / "m0_0.png", samples / "labels" / "m0.png"
+    with Image.open(photo) as image:
+        lanczos = np.asarray(image.resize((20, 24), Image.Resampling.LANCZOS))
+    with Image.open(label) as image:
+        nearest = np.asarray(image.resize((20, 24), Image.Resampling.NEAREST))
+    assert np.array_equal(decoded({"bytes": png_bytes(photo, (24, 20), label=False)}), lanczos)
+    assert np.array_equal(decoded({"bytes": png_bytes(label, (24, 20), label=True)}), nearest)
+    assert png_bytes(photo, None, label=False) == photo.read_bytes()  # no size: the file as it is
