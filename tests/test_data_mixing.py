@@ -60,6 +60,22 @@ def test_a_share_outside_0_1_is_refused_before_any_data_work(tmp_path, ratio):
         train(cfg)
     assert not (tmp_path / "data-cache").exists() and not (tmp_path / "run").exists()
     assert extra_ratio({"extra_ratio": 0}) == 0.0 and extra_ratio({"extra_ratio": 1}) == 1.0
+    assert extra_ratio({}) == 0.5  # configs written before the key existed
+
+
+def test_the_synthetic_source_is_the_runs_data_config_reading_the_export(tmp_path):
+    from omegaconf import OmegaConf
+
+    from sdm.data.mixing import extra_source_cfg
+
+    data = compose_train(tmp_path / "run", f"data.size=[{SIZE},{SIZE}]", "data.resize=crop", "data.on_bad_row=skip",
+                         f"data.extra={tmp_path / 'export'}").data
+    extra = OmegaConf.to_container(extra_source_cfg(data))
+    expected = {k: v for k, v in OmegaConf.to_container(data, resolve=True).items() if k != "scenes"}
+    expected.update(name="sidewalk", path=str(tmp_path / "export"), revision=None, split="train", streaming=False,
+                    extra=None)
+    assert extra == expected
+    assert (extra["size"], extra["resize"], extra["on_bad_row"]) == ([SIZE, SIZE], "crop", "skip")
 
 
 def test_the_datamodule_trains_on_real_and_synthetic_and_validates_on_real(tmp_path):
@@ -75,6 +91,8 @@ def test_the_datamodule_trains_on_real_and_synthetic_and_validates_on_real(tmp_p
     module.setup("fit")
     real, synthetic, ratio = module.mix
     assert (real, synthetic, ratio) == (18, 12, 0.25) and len(module.val_set) == 6
+    assert len(module.train_set) == 30
+    assert module.train_set[20]["image"].shape == (3, SIZE, SIZE)  # a plain index (no seed) works too
     loader = module.train_dataloader()
     items = [index for index, _ in module.sampler]
     assert sum(i >= real for i in items) == 6 and len(items) == 24

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import shutil
 
 import datasets
 import numpy as np
@@ -52,7 +55,13 @@ def test_the_export_loads_with_datasets_in_the_hub_schema_with_its_origin(sample
         assert row["seed"] == item["sample_seeds"][k]
         assert (row["sampler"], row["num_steps"], row["guidance_scale"]) == ("ddim", 2, 1.5)
     card = (out / "README.md").read_text()
-    assert card.startswith("---\nlicense: cc-by-nc-4.0\n") and "CC BY-NC 4.0" in card and "6 images" in card
+    assert card.startswith("---\nlicense: cc-by-nc-4.0\n") and "CC BY-NC 4.0" in card
+    for fact in ("6 images generated", "from 3 label maps, 2 per map", "Images are 16x16 (the model's training size)",
+                 "sampler ddim with 2 steps", "s = 1.5, precision fp32", f"weights `{manifest['weights']['file']}`",
+                 f"masks from `{manifest['settings']['masks']}`"):
+        assert fact in " ".join(card.split()), fact
+    assert json.loads((out / "sdm_export.json").read_text()) == {"samples": str(samples), "rows": 6, "shards": 2,
+                                                                "size": None}
 
 
 def test_the_export_trains_through_this_projects_data_path(samples, tmp_path):
@@ -78,6 +87,18 @@ def test_the_export_can_be_resized_with_labels_kept_exact(samples, tmp_path):
     row = ds[0]
     assert row["pixel_values"].size == (20, 24) and row["label"].size == (20, 24)
     assert set(np.unique(np.asarray(row["label"])).tolist()) <= {1, 2, 3, 9, 20, 21, 22}  # nearest: no new ids
+    with Image.open(samples / "images" / f"{row['source_mask']}_{row['sample_index']}.png") as image:
+        lanczos = np.asarray(image.resize((20, 24), Image.Resampling.LANCZOS))
+    assert np.array_equal(np.asarray(row["pixel_values"]), lanczos)
+    assert "Images are 20x24." in " ".join((out / "README.md").read_text().split())
+    assert json.loads((out / "sdm_export.json").read_text())["size"] == [24, 20]
+    for bad in [(0, 4), (4,), (4, -1)]:
+        with pytest.raises(DataError, match=r"export size must be \(height, width\) >= 1"):
+            export_dataset(samples, tmp_path / "bad", size=bad)
+    assert not (tmp_path / "bad").exists()
+    one = export_dataset(samples, tmp_path / "thin", size=(1, 3))  # 1 pixel high is still a size
+    assert datasets.load_dataset("parquet", data_files=str(one / "data" / "*.parquet"), split="train",
+                                 cache_dir=str(tmp_path / "cache"))[0]["label"].size == (3, 1)
 
 
 def test_a_new_export_replaces_an_old_one_and_foreign_folders_are_refused(samples, tmp_path):
@@ -133,10 +154,11 @@ def test_the_command_line_exports_with_its_options(samples, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for phrase in ("python -m sdm.generation.export <sample.py folder>", "a finished sample.py output folder",
-                   "export folder (default: <samples>/hf)", "--size HEIGHT WIDTH", "resize (labels nearest)",
-                   "--rows-per-shard ROWS_PER_SHARD"):
-        assert phrase in text, phrase
+    for phrase in ("a finished sample.py output folder", "export folder (default: <samples>/hf)",
+                   "resize (labels nearest)"):  # each help text whole, on its own line
+        assert re.search(rf"(?m)\s{re.escape(phrase)}$", text), phrase
+    assert "python -m sdm.generation.export <sample.py folder>" in text and "--size HEIGHT WIDTH" in text
+    assert "--rows-per-shard ROWS_PER_SHARD" in text
 
 
 def test_resized_photos_are_lanczos_and_labels_nearest(samples, tmp_path):
@@ -150,3 +172,22 @@ def test_resized_photos_are_lanczos_and_labels_nearest(samples, tmp_path):
     assert np.array_equal(decoded({"bytes": png_bytes(photo, (24, 20), label=False)}), lanczos)
     assert np.array_equal(decoded({"bytes": png_bytes(label, (24, 20), label=True)}), nearest)
     assert png_bytes(photo, None, label=False) == photo.read_bytes()  # no size: the file as it is
+
+
+def test_a_damaged_generation_fails_clearly_and_leaves_no_temporary_folder(samples, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(samples, damaged, ignore=shutil.ignore_patterns("hf"))
+    manifest = json.loads((damaged / "manifest.json").read_text())
+    (damaged / manifest["items"][1]["images"][0]).unlink()
+    (damaged / "manifest.json").write_text(json.dumps(manifest))
+    stale = tmp_path / f".out.tmp-{os.getpid()}"  # left by an export killed in this process id
+    stale.mkdir()
+    (stale / "junk.txt").write_text("old")
+    with pytest.raises(DataError, match=r"m1_0.png is listed in manifest.json but missing"):
+        export_dataset(damaged, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not stale.exists()
+    manifest["items"][1]["sample_seeds"] = manifest["items"][1]["sample_seeds"][:1]
+    (damaged / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="mask 'm1' lists 2 images but 1 seeds"):
+        export_dataset(damaged, tmp_path / "out")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

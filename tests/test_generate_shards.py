@@ -173,3 +173,29 @@ def test_cli_shards_as_a_slurm_array_would(run_dir, tmp_path):  # noqa: F811
     failed = subprocess.run([*command[:-1], "shard=3/2"], cwd=REPO, capture_output=True, text=True, timeout=180,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert failed.returncode == 2 and "error: shard='3/2'" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_a_process_is_one_shard_and_reports_a_clear_error(single, run_dir, tmp_path, capsys):  # noqa: F811
+    """The body of each devices=N process, run here in-process (spawned children hide it)."""
+    from omegaconf import OmegaConf
+
+    from sdm.generation.processes import _worker, process_plan
+
+    masks, reference, _ = single
+    cfg = sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={tmp_path / 'out'}", "devices=2", "shard=1/3")
+    plan = process_plan(cfg)
+    assert plan == [{"shard": "2/6", "devices": 1, "device": "cpu"}, {"shard": "3/6", "devices": 1, "device": "cpu"}]
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        _worker(1, OmegaConf.to_yaml(cfg), [{"shard": "0/2", "devices": 1, "device": "cpu"},
+                                            {"shard": "1/2", "devices": 1, "device": "cpu"}], 1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads(shard_record_path(tmp_path / "out", 1, 2).read_text())["complete"] is True
+    with pytest.raises(SystemExit) as code:
+        _worker(0, OmegaConf.to_yaml(cfg), [{"shard": "5/2", "devices": 1, "device": "cpu"}], 1)
+    assert code.value.code == 2
+    assert "error: process 0 (5/2): shard='5/2': expected i/n" in capsys.readouterr().err

@@ -33,9 +33,8 @@ def extra_ratio(cfg: Any) -> float:
 
 def extra_source_cfg(cfg: Any) -> Any:
     """The data config of the synthetic rows: the run's sizes and cache, the export as a local source."""
-    extra = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "scenes"}
-    extra.update(name="sidewalk", path=str(cfg.extra), size=OmegaConf.to_container(cfg, resolve=True)["size"],
-                 revision=None, split="train", streaming=False, extra=None)
+    extra = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "scenes"}
+    extra.update(name="sidewalk", path=str(cfg.extra), revision=None, split="train", streaming=False, extra=None)
     return OmegaConf.create(extra)
 
 
@@ -53,11 +52,9 @@ def epoch_size(num_real: int, num_synthetic: int, ratio: float) -> int:
 def epoch_items(num_real: int, num_synthetic: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
     """Dataset indices of one epoch, shuffled: real rows are 0..R-1, synthetic rows R..R+S-1."""
     count = synthetic_count(num_real, num_synthetic, ratio)
-    repeats = -(-count // num_synthetic) if count else 0
-    pool = torch.cat([torch.randperm(num_synthetic, generator=generator) for _ in range(repeats)]) \
-        if repeats else torch.empty(0, dtype=torch.long)
-    real = torch.arange(num_real) if ratio < 1.0 else torch.empty(0, dtype=torch.long)
-    items = torch.cat([real, num_real + pool[:count]])
+    draws = [torch.randperm(num_synthetic, generator=generator) for _ in range(-(-count // num_synthetic))]
+    pool = torch.cat([torch.arange(0), *draws])[:count]  # as few repeats as the pool allows
+    items = torch.cat([torch.arange(num_real if ratio < 1.0 else 0), num_real + pool])
     return items[torch.randperm(len(items), generator=generator)]
 
 
@@ -66,7 +63,6 @@ class MixedPairs(Dataset):
 
     def __init__(self, real: Dataset, synthetic: Dataset) -> None:
         self.real, self.synthetic = real, synthetic
-        self.transform = getattr(real, "transform", None)  # seeded per worker like a plain set
 
     def __len__(self) -> int:
         return len(self.real) + len(self.synthetic)

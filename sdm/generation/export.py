@@ -26,6 +26,7 @@ from sdm.errors import DataError, SDMError
 from sdm.generation.layout import MANIFEST
 
 MARKER = "sdm_export.json"  # what tells a folder is an export of ours (safe to replace)
+ROWS_PER_SHARD = 500
 EXTRA_COLUMNS = ("source_mask", "sample_index", "seed", "sampler", "num_steps", "guidance_scale")
 
 
@@ -72,11 +73,14 @@ def rows(samples: Path, manifest: dict[str, Any], size: tuple[int, int] | None) 
         if not label_path.is_file():
             raise DataError(f"{label_path} is listed in {MANIFEST} but missing")
         label = png_bytes(label_path, size, label=True)
+        if len(item["images"]) != len(item["sample_seeds"]):
+            raise DataError(f"{samples / MANIFEST}: mask {item['mask']!r} lists {len(item['images'])} images but "
+                            f"{len(item['sample_seeds'])} seeds; the manifest was edited or damaged")
         for k, (image, seed) in enumerate(zip(item["images"], item["sample_seeds"], strict=True)):
             if not (samples / image).is_file():
                 raise DataError(f"{samples / image} is listed in {MANIFEST} but missing")
-            yield {"pixel_values": {"bytes": png_bytes(samples / image, size, label=False), "path": None},
-                   "label": {"bytes": label, "path": None}, "source_mask": str(item["mask"]), "sample_index": k,
+            yield {"pixel_values": {"bytes": png_bytes(samples / image, size, label=False)},
+                   "label": {"bytes": label}, "source_mask": str(item["mask"]), "sample_index": k,
                    "seed": int(seed), "sampler": str(sampler["name"]), "num_steps": int(sampler["num_steps"]),
                    "guidance_scale": float(sampler["guidance_scale"])}
 
@@ -117,7 +121,7 @@ non-commercial use only).
 
 
 def export_dataset(samples: str | Path, out_dir: str | Path | None = None, *, size: tuple[int, int] | None = None,
-                   rows_per_shard: int = 500) -> Path:
+                   rows_per_shard: int = ROWS_PER_SHARD) -> Path:
     """Write `samples` (a finished sample.py folder) as parquet shards + a dataset card; returns the folder."""
     import datasets
 
@@ -157,10 +161,10 @@ def export_dataset(samples: str | Path, out_dir: str | Path | None = None, *, si
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("samples", type=Path, help="a finished sample.py output folder")
-    parser.add_argument("--out", type=Path, help="export folder (default: <samples>/hf)")
+    parser.add_argument("samples", help="a finished sample.py output folder")
+    parser.add_argument("--out", help="export folder (default: <samples>/hf)")
     parser.add_argument("--size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="resize (labels nearest)")
-    parser.add_argument("--rows-per-shard", type=int, default=500)
+    parser.add_argument("--rows-per-shard", type=int, default=ROWS_PER_SHARD)
     args = parser.parse_args(argv)
     try:
         export_dataset(args.samples, args.out, size=tuple(args.size) if args.size else None,
