@@ -137,16 +137,6 @@ def test_shards_need_a_shared_folder_when_the_weights_sit_outside_a_run(run_dir,
     assert not (tmp_path / "runs").exists()
 
 
-def test_two_local_processes_make_the_files_of_one_run(single, run_dir, tmp_path):  # noqa: F811
-    """devices=2 on the CPU: two spawned processes stand in for two GPUs."""
-    masks, reference, manifest = single
-    out = tmp_path / "out"
-    merged = generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}", "devices=2"))
-    assert files(out) == files(reference)
-    assert stable(merged) == stable(manifest) and merged["shards"] == 2
-    assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard-0000-of-0002.json", "shard-0001-of-0002.json"]
-
-
 @pytest.mark.slow  # starts Python interpreters: runs in CI, not in the quick loop
 def test_cli_shards_as_a_slurm_array_would(run_dir, tmp_path):  # noqa: F811
     """Each array task reads its shard from SLURM's variables; a bad spec exits 2 without a traceback."""
