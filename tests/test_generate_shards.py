@@ -178,14 +178,18 @@ def test_a_process_is_one_shard_and_reports_a_clear_error(single, run_dir, tmp_p
     import torch
 
     threads = torch.get_num_threads()
+    # the worker's own config asks for one process: whatever a broken worker does, it cannot spawn more
+    single_process = OmegaConf.to_yaml(sample_cfg(f"weights={run_dir}", f"masks={masks}",
+                                                  f"out_dir={tmp_path / 'out'}"))
     try:
-        _worker(1, OmegaConf.to_yaml(cfg), [{"shard": "0/2", "devices": 1, "device": "cpu"},
-                                            {"shard": "1/2", "devices": 1, "device": "cpu"}], 1)
+        _worker(1, single_process, [{"shard": "0/2", "devices": 1, "device": "cpu"},
+                                    {"shard": "1/2", "devices": 1, "device": "cpu"}], 1)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
     assert json.loads(shard_record_path(tmp_path / "out", 1, 2).read_text())["complete"] is True
+    assert not (tmp_path / "out" / "manifest.json").exists()  # shard 1 of 2 only: the plan was applied
     with pytest.raises(SystemExit) as code:
-        _worker(0, OmegaConf.to_yaml(cfg), [{"shard": "5/2", "devices": 1, "device": "cpu"}], 1)
+        _worker(0, single_process, [{"shard": "5/2", "devices": 1, "device": "cpu"}], 1)
     assert code.value.code == 2
     assert "error: process 0 (5/2): shard='5/2': expected i/n" in capsys.readouterr().err
