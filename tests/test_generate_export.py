@@ -58,7 +58,7 @@ def test_the_export_loads_with_datasets_in_the_hub_schema_with_its_origin(sample
     assert card.startswith("---\nlicense: cc-by-nc-4.0\n") and "CC BY-NC 4.0" in card
     for fact in ("6 images generated", "from 3 label maps, 2 per map", "Images are 16x16 (the model's training size)",
                  "sampler ddim with 2 steps", "s = 1.5, precision fp32", f"weights `{manifest['weights']['file']}`",
-                 f"masks from `{manifest['settings']['masks']}`"):
+                 f"masks from `{manifest['settings']['masks']}`", f"(run `{manifest['weights']['run']}`)"):
         assert fact in " ".join(card.split()), fact
     assert json.loads((out / "sdm_export.json").read_text()) == {"samples": str(samples), "rows": 6, "shards": 2,
                                                                 "size": None}
@@ -191,3 +191,7 @@ def test_a_damaged_generation_fails_clearly_and_leaves_no_temporary_folder(sampl
     with pytest.raises(DataError, match="mask 'm1' lists 2 images but 1 seeds"):
         export_dataset(damaged, tmp_path / "out")
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    stale.mkdir()
+    (stale / "junk.txt").write_text("old")
+    done = export_dataset(samples, tmp_path / "out")  # a stale temporary of this process id is cleared first
+    assert not (done / "junk.txt").exists() and not stale.exists()

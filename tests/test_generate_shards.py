@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_generate import bands, mask_folder, one_thread, run_dir, sample_cfg  # noqa: F401
 
-from sdm.errors import ConfigError
+from sdm.errors import ConfigError, SDMError
 from sdm.generation import generate
 from sdm.generation.shards import parse_shard, shard_masks, shard_record_path
 
@@ -76,6 +76,9 @@ def test_two_shards_make_the_files_of_one_run_and_the_last_writes_the_manifest(s
     images = [image for item in written["items"] for image in item["images"]]
     assert len(images) == len(set(images)) == 10  # each image listed once
     assert written["shards"] == 2 and written["images_made"] == 10 and written["complete"] is True
+    assert written["device"] == ["cpu"]
+    again = generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}", "shard=0/2"))
+    assert again["complete"] is True and again["images_made"] == 4 and files(out) == files(reference)  # 4 + 0 made
     for index in range(2):
         record = json.loads(shard_record_path(out, index, 2).read_text())
         assert record["complete"] and [item["mask"] for item in record["items"]] == [f"m{i}" for i in range(index, 5, 2)]
@@ -193,3 +196,47 @@ def test_a_process_is_one_shard_and_reports_a_clear_error(single, run_dir, tmp_p
         _worker(0, single_process, [{"shard": "5/2", "devices": 1, "device": "cpu"}], 1)
     assert code.value.code == 2
     assert "error: process 0 (5/2): shard='5/2': expected i/n" in capsys.readouterr().err
+
+
+def test_devices_start_one_spawned_process_per_shard(single, run_dir, tmp_path, monkeypatch):  # noqa: F811
+    """run_in_processes with the processes run one after the other in this process (the real
+    spawn is tests/test_generate_processes.py): same files, the merged manifest, clear failures."""
+    import torch.multiprocessing as mp
+
+    import sdm.generation.processes as processes
+
+    masks, reference, manifest = single
+    calls = []
+
+    def in_process(fn, args, nprocs, join, start_method):
+        calls.append((nprocs, join, start_method, args[2]))
+        for j in range(nprocs):
+            fn(j, *args)
+
+    monkeypatch.setattr(processes.mp, "start_processes", in_process)
+    out = tmp_path / "out"
+    merged = generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}", "devices=2"))
+    assert calls == [(2, True, "spawn", max(1, (__import__("os").cpu_count() or 1) // 2))]
+    assert files(out) == files(reference) and stable(merged) == stable(manifest)
+    assert merged["out_dir"] == str(out) and merged["shards"] == 2
+    # without out_dir every process gets the run's default folder, decided once by the parent
+    default = generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", "devices=2"))
+    assert default["complete"] is True and Path(default["out_dir"]).parent == run_dir / "samples"
+    # this node's shards done, other nodes' not: no manifest yet, and no error
+    partial = generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={tmp_path / 'p'}", "devices=2",
+                                  "shard=0/2"))
+    assert partial == {"complete": False, "out_dir": str(tmp_path / "p")}
+
+    def dies(fn, args, nprocs, join, start_method):
+        raise mp.ProcessExitedException("exit 2", error_index=1, error_pid=7, exit_code=2)
+
+    monkeypatch.setattr(processes.mp, "start_processes", dies)
+    with pytest.raises(SDMError, match=r"generation process 1 \(1/2\) failed with exit code 2 .*re-run the same command"):
+        generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={tmp_path / 'd'}", "devices=2"))
+
+    def raises(fn, args, nprocs, join, start_method):
+        raise mp.ProcessRaisedException("Traceback ...\nValueError: broken", error_index=0, error_pid=7)
+
+    monkeypatch.setattr(processes.mp, "start_processes", raises)
+    with pytest.raises(SDMError, match=r"a generation process failed: ValueError: broken; re-run"):
+        generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={tmp_path / 'd'}", "devices=2"))
