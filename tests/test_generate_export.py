@@ -195,3 +195,19 @@ def test_a_damaged_generation_fails_clearly_and_leaves_no_temporary_folder(sampl
     (stale / "junk.txt").write_text("old")
     done = export_dataset(samples, tmp_path / "out")  # a stale temporary of this process id is cleared first
     assert not (done / "junk.txt").exists() and not stale.exists()
+
+
+def test_a_failure_while_writing_leaves_the_old_export_and_no_temporary(samples, tmp_path, monkeypatch):
+    import sdm.generation.export as export
+
+    out = export_dataset(samples, tmp_path / "hf", rows_per_shard=2)
+    before = sorted(p.name for p in (out / "data").iterdir())
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "dataset_card", disk_full)  # after the parquet shards are written
+    with pytest.raises(OSError, match="No space left"):
+        export_dataset(samples, out)
+    assert sorted(p.name for p in (out / "data").iterdir()) == before  # the previous export, whole
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
