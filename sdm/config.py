@@ -73,6 +73,8 @@ def check_train_config(cfg: DictConfig) -> None:
         from sdm.data.mixing import extra_ratio
 
         extra_ratio(cfg.data)
+        require(not cfg.data.get("streaming", False), "data.extra", cfg.data.extra,
+                "unset with data.streaming=true: synthetic rows mix into a prepared source only")
     size = cfg.data.size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     factor = 2 ** (len(cfg.model.channel_mult) - 1)

@@ -63,6 +63,15 @@ def test_a_share_outside_0_1_is_refused_before_any_data_work(tmp_path, ratio):
     assert extra_ratio({}) == 0.5  # configs written before the key existed
 
 
+def test_mixing_into_a_streamed_source_is_refused_rather_than_ignored(tmp_path):
+    from sdm.training import train
+
+    cfg = compose_train(tmp_path / "run", "data=sidewalk", f"data.extra={tmp_path / 'export'}", "data.streaming=true")
+    with pytest.raises(ConfigError, match=r"data\.extra.*synthetic rows mix into a prepared source only"):
+        train(cfg)
+    assert not (tmp_path / "data-cache").exists()
+
+
 def test_the_synthetic_source_is_the_runs_data_config_reading_the_export(tmp_path):
     from omegaconf import OmegaConf
 
@@ -84,7 +93,8 @@ def test_the_datamodule_trains_on_real_and_synthetic_and_validates_on_real(tmp_p
     export = tmp_path / "synthetic"
     (export / "data").mkdir(parents=True)
     scenes_dataset(12, SIZE, SIZE, seed=77).to_parquet(str(export / "data" / "train-00000-of-00001.parquet"))
-    cfg = compose_train(tmp_path / "run", f"data.size=[{SIZE},{SIZE}]", "data.scenes.num=24",
+    # one DataLoader worker, as users run it: the mixed set and its sampler cross into a worker process
+    cfg = compose_train(tmp_path / "run", f"data.size=[{SIZE},{SIZE}]", "data.scenes.num=24", "data.num_workers=1",
                         f"data.extra={export}", "data.extra_ratio=0.25", "data.val_fraction=0.25")
     module = SidewalkDataModule(cfg.data)
     module.prepare_data()
@@ -96,8 +106,8 @@ def test_the_datamodule_trains_on_real_and_synthetic_and_validates_on_real(tmp_p
     loader = module.train_dataloader()
     items = [index for index, _ in module.sampler]
     assert sum(i >= real for i in items) == 6 and len(items) == 24
-    batch = next(iter(loader))
-    assert batch["image"].shape == (4, 3, SIZE, SIZE)
+    batches = list(loader)  # a whole epoch through the worker
+    assert len(batches) == 24 // 4 and batches[0]["image"].shape == (4, 3, SIZE, SIZE)
     first_synthetic = next(i for i in items if i >= real)
     item = module.train_set[(first_synthetic, 0)]
     from sdm.data.scenes import generate_scene

@@ -112,8 +112,6 @@ def write_mask_files(out_dir: Path, masks: Sequence[Mask]) -> None:
                 save_png(array, path)
 
 
-# ----------------------------------------------------------------------------- sampling
-
 
 def sample_seed(mask_seed: int, k: int) -> int:
     """Seed of sample k of a mask: a pure function of (seed + mask index, k), never of batching."""
@@ -134,6 +132,3 @@ def manifest_items(masks: Sequence[Mask], per_mask: int, seed: int) -> list[dict
         }
         for m in masks
     ]
-
-
-# ----------------------------------------------------------------------------- entry point
