@@ -275,7 +275,7 @@ def bad_mask(root: Path, kind: str) -> Path:
         (lambda tmp, run: [f"weights={run}", "device=cuda"], ConfigError, r"^device=cuda but no CUDA GPU is visible"),
         (lambda tmp, run: ["weights=???"], ConfigError, "weights=... is required"),
         (lambda tmp, run: [f"weights={run}", f"masks={bad_mask(tmp, 'empty')}"], DataError, "no .png"),
-        (lambda tmp, run: [f"weights={run}", f"masks={tmp / 'none'}"], DataError, "neither 'val' nor"),
+        (lambda tmp, run: [f"weights={run}", f"masks={tmp / 'none'}"], DataError, "neither one of val|train|all nor"),
         (lambda tmp, run: [f"weights={run}", f"masks={bad_mask(tmp, 'corrupt')}"], DataError, "broken.png"),
         (lambda tmp, run: [f"weights={run}", f"masks={bad_mask(tmp, 'colour')}"], DataError, r"broken.png.*palette"),
         (lambda tmp, run: [f"weights={run}", f"masks={bad_mask(tmp, 'ids')}"], DataError, r"broken.png.*\[200\]"),

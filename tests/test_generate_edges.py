@@ -159,11 +159,13 @@ def test_resume_compares_every_setting_that_decides_pixels(run_dir, tmp_path):  
     assert settings == {
         "weights_fingerprint": load_model(run_dir).fingerprint,
         "sampler": {"name": "ddim", "num_steps": 2, "guidance_scale": 1.5, "eta": 0.0, "timestep_spacing": "trailing"},
-        "seed": 0, "precision": "fp32", "masks": "val", "size": [SIZE, SIZE],
+        "seed": 0, "precision": "fp32", "masks": "val", "size": [SIZE, SIZE], "mask_source": None,
+        "mask_variation": [],
     }
     for override, named in [("sampler.eta=0.5", "eta"), ("sampler.timestep_spacing=leading", "leading"),
                             ("sampler.num_steps=3", "'num_steps': 3"), ("sampler.guidance_scale=2", "2.0"),
-                            ("sampler=dpmpp", "dpmpp")]:
+                            ("sampler=dpmpp", "dpmpp"), ("masks=train", "train"), ("mask_variation=[hflip]", "hflip"),
+                            ("mask_source={scenes:{seed:5}}", "'seed': 5")]:
         with pytest.raises(ConfigError, match=f"other settings .*{named}"):
             generate(sample_cfg(*base, override))
     folder = mask_folder(tmp_path / "m", {"x": bands(SIZE, SIZE, (1,))})

@@ -15,7 +15,7 @@ from sdm.atomic import write_atomically
 from sdm.checkpoints import CHECKPOINT_DIR, EXPORT_DIR
 from sdm.data.classes import colorize
 from sdm.errors import ConfigError
-from sdm.generation.masks import Mask
+from sdm.generation.masks import SPLITS, Mask, mask_source
 from sdm.generation.weights import Model
 from sdm.seeding import stable_seed
 from sdm.viz import save_png
@@ -70,7 +70,9 @@ def run_settings(cfg: DictConfig, model: Model) -> dict[str, Any]:
         },
         "seed": int(cfg.seed),
         "precision": str(cfg.precision),
-        "masks": masks if masks == "val" else str(Path(masks).expanduser().resolve()),
+        "masks": masks if masks in SPLITS else str(Path(masks).expanduser().resolve()),
+        "mask_source": mask_source(cfg),
+        "mask_variation": list(cfg.get("mask_variation") or []),
         "size": list(model.size),
     }
 

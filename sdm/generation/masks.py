@@ -1,18 +1,20 @@
-"""The masks to generate from: the run's validation split, or a folder of label PNGs."""
+"""The masks to generate from: a split of the run's data (or of another data source), or a folder of
+label PNGs; optionally varied (flipped, cropped) for layouts the data does not hold."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from sdm.data.prepare import decode_row, prepare_data, split_indices
 from sdm.data.rows import label_to_ids, read_rgb_file
-from sdm.errors import DataError
+from sdm.errors import ConfigError, DataError
 from sdm.generation.weights import Model
 
 
@@ -27,21 +29,80 @@ class Mask:
 
 
 
-def val_masks(train_cfg: dict[str, Any], limit: int | None) -> list[Mask]:
-    """The validation split of the run's own data (same cache, same split seed), with the photos."""
-    data = OmegaConf.create(train_cfg["data"])
+SPLITS = ("val", "train", "all")
+VARIATIONS = ("hflip", "crop")
+CROP_SIDE = (0.6, 0.9)  # a crop keeps this fraction of each side (36-81 % of the area)
+
+
+def mask_source(cfg: DictConfig) -> dict[str, Any] | None:
+    """sample.py's mask_source as a plain dict (None when the masks come from the run's own data)."""
+    source = cfg.get("mask_source")
+    return OmegaConf.to_container(source, resolve=True) if source else None
+
+
+def source_data(train_cfg: dict[str, Any], source: dict[str, Any] | None) -> DictConfig:
+    """The run's data settings with `mask_source` laid over them (another path, scenes seed ...):
+    the size stays the model's, and a mixed run's synthetic rows are never used as masks."""
+    source = dict(source or {})
+    if "size" in source:
+        raise ConfigError(f"mask_source.size={source['size']}: masks are made at the model's size "
+                          f"{train_cfg['data']['size']}; leave size out")
+    data = OmegaConf.merge(OmegaConf.create(train_cfg["data"]), source)
+    data.extra = None
+    return data
+
+
+def split_masks(train_cfg: dict[str, Any], split: str, limit: int | None,
+                source: dict[str, Any] | None = None) -> list[Mask]:
+    """Rows of one split of the run's data (same cache, same split seed), with their photos."""
+    data = source_data(train_cfg, source)
     prepared = prepare_data(data)
-    _, val = split_indices(len(prepared), float(data.val_fraction), int(data.split_seed))
-    if len(val) == 0:
+    if split == "all":
+        rows_of_split = np.arange(len(prepared))
+    else:
+        train, val = split_indices(len(prepared), float(data.val_fraction), int(data.split_seed))
+        rows_of_split = val if split == "val" else train
+    if len(rows_of_split) == 0:
         raise DataError(f"the training run has no validation split (data.val_fraction={data.val_fraction}); "
-                        "pass masks=<folder of label PNGs>")
+                        "pass masks=train, masks=all or masks=<folder of label PNGs>")
     rows = prepared.open()
     masks = []
-    for position, row_index in enumerate(val[:limit]):
+    for position, row_index in enumerate(rows_of_split[:limit]):
         row = rows[int(row_index)]
         image, label = decode_row(row, prepared.size)
         masks.append(Mask(f"{int(row['index']):06d}", position, label.copy(), image.copy()))
     return masks
+
+
+def val_masks(train_cfg: dict[str, Any], limit: int | None) -> list[Mask]:
+    """The validation split of the run's own data, with the photos."""
+    return split_masks(train_cfg, "val", limit)
+
+
+def crop_box(shape: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a random crop of the same aspect ratio."""
+    side = rng.uniform(*CROP_SIDE)
+    height, width = max(1, round(shape[0] * side)), max(1, round(shape[1] * side))
+    top, left = int(rng.integers(0, shape[0] - height + 1)), int(rng.integers(0, shape[1] - width + 1))
+    return top, left, height, width
+
+
+def vary_mask(mask: Mask, variations: Sequence[str], seed: int) -> Mask:
+    """A new layout from a mask: mirrored and/or a random crop scaled back (labels nearest,
+    the photo bilinear, so both still match); the crop is drawn from (seed, mask index)."""
+    label, real, name = mask.label, mask.real, mask.name
+    if "hflip" in variations:
+        label, real, name = label[:, ::-1], None if real is None else real[:, ::-1], f"{name}-flip"
+    if "crop" in variations:
+        top, left, height, width = crop_box(label.shape, np.random.default_rng([seed, mask.index]))
+        size = (label.shape[1], label.shape[0])
+        box = (left, top, left + width, top + height)
+        label = np.asarray(Image.fromarray(np.ascontiguousarray(label)).crop(box).resize(size, Image.Resampling.NEAREST))
+        if real is not None:
+            real = np.asarray(Image.fromarray(np.ascontiguousarray(real)).crop(box).resize(size, Image.Resampling.BILINEAR))
+        name = f"{name}-crop"
+    return Mask(name, mask.index, np.ascontiguousarray(label),
+                None if real is None else np.ascontiguousarray(real))
 
 
 def read_mask(path: Path, size: tuple[int, int], num_classes: int) -> tuple[np.ndarray, tuple[int, int] | None]:
@@ -68,7 +129,7 @@ def read_real(path: Path, size: tuple[int, int]) -> np.ndarray | None:
 def folder_masks(folder: Path, size: tuple[int, int], num_classes: int, limit: int | None) -> list[Mask]:
     """Label PNGs of a folder in name order; photos come from a sibling images/ folder if present."""
     if not folder.is_dir():
-        raise DataError(f"masks={folder}: neither 'val' nor an existing folder of label PNGs")
+        raise DataError(f"masks={folder}: neither one of {'|'.join(SPLITS)} nor an existing folder of label PNGs")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
     if not files:
         raise DataError(f"masks={folder}: the folder holds no .png label files")
@@ -86,11 +147,17 @@ def folder_masks(folder: Path, size: tuple[int, int], num_classes: int, limit: i
     return masks
 
 
-def load_masks(spec: str, model: Model, limit: int | None) -> list[Mask]:
-    if spec == "val":
-        return val_masks(model.cfg, limit)
-    num_classes = int(model.cfg["data"]["num_classes"])
-    return folder_masks(Path(spec).expanduser(), model.size, num_classes, limit)
-
-
-# ----------------------------------------------------------------------------- output layout
+def load_masks(spec: str, model: Model, limit: int | None, source: dict[str, Any] | None = None,
+               variations: Sequence[str] = (), seed: int = 0) -> list[Mask]:
+    """The masks of sample.py's `masks` (val | train | all | a folder), varied as asked."""
+    unknown = sorted(set(variations) - set(VARIATIONS))
+    if unknown:
+        raise ConfigError(f"mask_variation={list(variations)}: unknown {unknown}; expected a list of {list(VARIATIONS)}")
+    if spec in SPLITS:
+        masks = split_masks(model.cfg, spec, limit, source)
+    elif source:
+        raise ConfigError(f"mask_source is for masks={'|'.join(SPLITS)}, not for a folder of label PNGs ({spec})")
+    else:
+        num_classes = int(model.cfg["data"]["num_classes"])
+        masks = folder_masks(Path(spec).expanduser(), model.size, num_classes, limit)
+    return [vary_mask(m, variations, seed) for m in masks] if variations else masks

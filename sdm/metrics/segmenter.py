@@ -150,9 +150,10 @@ class SegmenterTask(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def cache_folder(data_key: str, settings: dict[str, Any]) -> Path:
-    """One folder per prepared dataset (source, size, resize) and architecture."""
+def cache_folder(data_key: str, settings: dict[str, Any], seed: int = 0) -> Path:
+    """One folder per prepared dataset (source, size, resize), architecture and seed."""
     name = f"{data_key}-{settings['arch']}" + (f"-w{settings['width']}" if settings["arch"] == "small" else "")
+    name += f"-seed{seed}" if seed else ""
     return Path(str(settings["cache_dir"])).expanduser() / name
 
 
@@ -185,6 +186,14 @@ def data_key(data: DictConfig, real_key: str) -> str:
     return f"{real_key}+{synthetic.root.name}-r{extra_ratio(data):g}"
 
 
+def mix_info(data: DictConfig, datamodule: Any) -> dict[str, Any] | None:
+    """What synthetic rows the segmenter trained on beside the real ones (None: real only)."""
+    if not data.get("extra") or datamodule.mix is None:
+        return None
+    real, synthetic, ratio = datamodule.mix
+    return {"path": str(data.extra), "ratio": ratio, "rows": synthetic, "real_rows": real}
+
+
 def train_segmenter(cfg: DictConfig) -> Path:
     """Train (or reuse) the segmenter of `cfg.data`; returns its cache folder."""
     from sdm.data.datamodule import SidewalkDataModule
@@ -195,7 +204,7 @@ def train_segmenter(cfg: DictConfig) -> Path:
         raise ConfigError(f"segmenter.max_steps={settings['max_steps']} is invalid: expected an integer >= 1")
     prepared = prepare_data(cfg.data, show_progress=False)
     key = data_key(cfg.data, prepared.root.name)
-    folder = cache_folder(key, settings)
+    folder = cache_folder(key, settings, int(cfg.seed))
     if (folder / INFO_FILE).is_file() and not settings.get("retrain"):
         print(f"using the cached segmenter {folder} (segmenter.retrain=true trains a new one)")
         return folder
@@ -216,7 +225,8 @@ def train_segmenter(cfg: DictConfig) -> Path:
     scores = task.last_scores
     info = {
         "arch": settings["arch"], "width": int(settings["width"]), "num_classes": int(cfg.data.num_classes),
-        "data_key": key, "size": list(prepared.size), "steps": int(trainer.global_step),
+        "data_key": key, "size": list(prepared.size), "steps": int(trainer.global_step), "seed": int(cfg.seed),
+        "extra": mix_info(cfg.data, datamodule),
         "real_val_miou": scores["miou"], "real_val_pixel_accuracy": scores["pixel_accuracy"],
         "real_val_per_class_iou": {str(k): v for k, v in scores["per_class_iou"].items()},
         "seconds": round(time.perf_counter() - started, 1), "tensorboard": str(Path(str(cfg.output_dir)) / "tb"),
@@ -237,7 +247,11 @@ def _main() -> None:
     @hydra.main(version_base="1.3", config_path="../../conf", config_name="segmenter")
     @exit_on_sdm_error
     def run(cfg: DictConfig) -> None:
-        train_segmenter(cfg)
+        folder = train_segmenter(cfg)
+        if cfg.segmenter.get("test"):
+            from sdm.metrics.held_out import score_held_out
+
+            score_held_out(folder, cfg.data, OmegaConf.to_container(cfg.segmenter.test, resolve=True), INFO_FILE)
 
     run()
 
