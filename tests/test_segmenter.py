@@ -72,3 +72,58 @@ def test_torchvision_option_builds_without_downloads():
     with torch.no_grad():
         images = torch.rand(1, 3, 64, 64) * 2 - 1
         assert network(images).shape == (1, 35, 64, 64) and network.features(images).ndim == 2
+
+
+def reference_miou(predictions: list, labels: list) -> float:
+    """mIoU by counting pixels class by class (labels 0 ignored), the textbook way."""
+    import numpy as np
+
+    pred, target = np.concatenate([p.ravel() for p in predictions]), np.concatenate([t.ravel() for t in labels])
+    pred, target = pred[target != 0], target[target != 0]
+    ious = []
+    for c in range(1, 35):
+        tp, fp, fn = ((pred == c) & (target == c)).sum(), ((pred == c) & (target != c)).sum(), ((pred != c) & (target == c)).sum()
+        if tp + fp + fn:
+            ious.append(tp / (tp + fp + fn))
+    return float(np.mean(ious))
+
+
+def test_held_out_test_set_is_scored_on_every_row_and_recorded(tmp_path):
+    from omegaconf import OmegaConf
+
+    from sdm.data.prepare import decode_row, prepare_data
+    from sdm.data.transforms import to_item
+    from sdm.metrics.held_out import held_out_scores, score_held_out, test_data_cfg
+
+    cfg = segmenter_cfg(tmp_path, "seed=3")
+    folder = train_segmenter(cfg)
+    assert folder.name.endswith("-small-w16-seed3")  # another seed is another segmenter
+    info = json.loads((folder / INFO_FILE).read_text())
+    assert info["seed"] == 3 and info["extra"] is None
+    test = test_data_cfg(cfg.data, {"scenes": {"seed": 99, "num": 11}, "extra": "/ignored"})
+    assert test.extra is None and list(test.size) == [32, 32]
+    network, _ = load_segmenter(folder)
+    scores = held_out_scores(network, test, batch_size=4)  # 4 + 4 + 3 rows
+    prepared = prepare_data(test, show_progress=False)
+    rows = [to_item(*decode_row(prepared.open()[i], prepared.size)) for i in range(11)]
+    with torch.no_grad():
+        predictions = [network(r["image"][None]).argmax(1)[0].numpy() for r in rows]
+    assert scores["rows"] == 11 and scores["data_key"] == prepared.root.name != info["data_key"]
+    assert scores["miou"] == pytest.approx(reference_miou(predictions, [r["label"].numpy() for r in rows]))
+    recorded = score_held_out(folder, cfg.data, OmegaConf.to_container(OmegaConf.create({"scenes": {"seed": 99, "num": 11}})),
+                              INFO_FILE)
+    assert recorded == scores and json.loads((folder / INFO_FILE).read_text())["test"] == scores
+
+
+def test_a_mixed_segmenter_records_its_synthetic_share():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from sdm.metrics.segmenter import mix_info
+
+    mixed = SimpleNamespace(mix=(18, 12, 0.25))
+    assert mix_info(OmegaConf.create({"extra": "/x"}), mixed) == {"path": "/x", "ratio": 0.25, "rows": 12,
+                                                                   "real_rows": 18}
+    assert mix_info(OmegaConf.create({"extra": None}), mixed) is None
+    assert mix_info(OmegaConf.create({"extra": "/x"}), SimpleNamespace(mix=None)) is None
