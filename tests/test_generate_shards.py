@@ -240,3 +240,35 @@ def test_devices_start_one_spawned_process_per_shard(single, run_dir, tmp_path, 
     monkeypatch.setattr(processes.mp, "start_processes", raises)
     with pytest.raises(SDMError, match=r"a generation process failed: ValueError: broken; re-run"):
         generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={tmp_path / 'd'}", "devices=2"))
+
+
+def test_the_slurm_launcher_submits_one_single_task_job_per_shard():
+    """sample.py under hydra/launcher=slurm: a job per shard, one task on `devices` GPUs."""
+    from conftest import REPO
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("sample", overrides=["hydra/launcher=slurm", "weights=x", "devices=4"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (1, 1, 4)
+
+
+@pytest.mark.slow  # starts Python interpreters: runs in CI, not in the quick loop
+def test_a_hydra_multirun_over_shards_makes_the_whole_generation(run_dir, tmp_path):  # noqa: F811
+    """`sample.py -m shard=0/2,1/2`: the form a submitit launcher runs as one job per shard."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "out"
+    command = [sys.executable, "sample.py", "-m", f"weights={run_dir}", "limit=3", "num_per_mask=2",
+               "sampler.num_steps=2", f"out_dir={out}", "shard=0/2,1/2", f"output_root={tmp_path}"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["shards"] == 2
+    images = [name for item in manifest["items"] for name in item["images"]]
+    assert len(images) == len(set(images)) == 6 == len(list((out / "images").glob("*.png")))
