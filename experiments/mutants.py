@@ -57,9 +57,16 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
         "not cli and not multirun and not sigkill",
     ),
     "generation": (
-        ["sdm/generation/settings.py", "sdm/generation/weights.py", "sdm/generation/masks.py",
+        ["sdm/generation/settings.py", "sdm/generation/weights.py",
          "sdm/generation/layout.py", "sdm/generation/grids.py", "sdm/generation/run.py"],
-        ["tests/test_generate.py", "tests/test_generate_edges.py", "tests/test_generate_shards.py"],
+        ["tests/test_generate.py", "tests/test_generate_edges.py", "tests/test_generate_shards.py",
+         "tests/test_generate_masks.py"],
+        "not cli",
+    ),
+    # which masks a generation uses: splits, another source, variations
+    "masks": (
+        ["sdm/generation/masks.py"],
+        ["tests/test_generate_masks.py", "tests/test_generate_edges.py", "tests/test_generate.py"],
         "not cli",
     ),
     # sharding over processes and nodes, export as a Hub-schema dataset, real + synthetic mixing
