@@ -1,6 +1,6 @@
 """Augmentation study: do generated images help a segmenter trained on few real ones?
 
-    python experiments/study_augmentation.py [--sizes 100 1000] [--seeds 0 1 2] [--root runs/study_augmentation]
+    python experiments/study_augmentation.py [--sizes 20 100 1000] [--seeds 0 1 2] [--root runs/study_augmentation]
 
 For each real training-set size N (embedded street scenes, seed 0, the run's 95 % training
 split) it runs the project's own commands, each skipped when its output is complete:
@@ -65,6 +65,12 @@ def study_size(root: Path, num: int, seeds: list[int], per_mask: int, generator_
     train = folder / "train"
     times = folder / "minutes.json"  # what the generator and the generation took when they ran
     minutes: dict[str, float] = json.loads(times.read_text()) if times.is_file() else {}
+    settings, record = {"per_mask": per_mask, "generator_steps": generator_steps}, folder / "settings.json"
+    if record.is_file() and json.loads(record.read_text()) != settings:
+        sys.exit(f"error: {folder} was made with {json.loads(record.read_text())}, not {settings}; "
+                 "pass another --root")
+    folder.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(settings))
     if not (train / "export" / "ema.safetensors").is_file():
         minutes["generator"] = run([python, "train.py", "experiment=quickstart", *data_overrides(num),
                                     "data.batch_size=16", f"trainer.max_steps={generator_steps}", "logger=none",
@@ -193,7 +199,7 @@ def plot(summary: list[dict], rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], help="real training scenes")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20, 100, 1000], help="real training scenes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="segmenter seeds")
     parser.add_argument("--per-mask", type=int, default=5, help="generated images per training mask")
     parser.add_argument("--generator-steps", type=int, default=600)

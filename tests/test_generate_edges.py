@@ -48,7 +48,7 @@ def test_validation_masks_are_the_runs_own_validation_rows(run_dir):  # noqa: F8
     assert masks[1].label.flags.writeable  # a copy, not a view of the memory-mapped cache
     assert [m.name for m in val_masks(model.cfg, 2)] == [m.name for m in masks[:2]]
     no_val = {**model.cfg, "data": {**model.cfg["data"], "val_fraction": 0.0}}
-    with pytest.raises(DataError, match=r"no validation split \(data.val_fraction=0.0\); pass masks="):
+    with pytest.raises(DataError, match=r"masks=val: the val split of the run.s data is empty \(data.val_fraction=0.0\)"):
         val_masks(no_val, None)
 
 

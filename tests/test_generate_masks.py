@@ -3,6 +3,8 @@ source laid over it, or variations of them (mirrored, cropped) for layouts the d
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
@@ -41,17 +43,17 @@ def test_mask_source_takes_masks_from_another_source_at_the_models_size(run_dir)
     other = split_masks(model.cfg, "all", None, {"scenes": {"seed": 7, "num": 5}})
     assert len(other) == 5 and other[0].label.shape == (SIZE, SIZE)
     assert not np.array_equal(other[0].label, own[0].label)  # other scenes, not the run's
-    with pytest.raises(ConfigError, match=r"mask_source.size=\[8, 8\]: masks are made at the model's size"):
+    with pytest.raises(ConfigError, match=r"mask_source.size=\[8, 8\]: this source is read at the model's size \[16, 16\]"):
         split_masks(model.cfg, "all", None, {"size": [8, 8]})
-    with pytest.raises(ConfigError, match="mask_source is for masks=val|train|all"):
+    with pytest.raises(ConfigError, match=re.escape("mask_source is for masks=val|train|all, not for a folder")):
         load_masks("/some/folder", model, None, {"scenes": {"seed": 7}})
     mixed = {**model.cfg, "data": {**model.cfg["data"], "extra": "/not/there"}}
     assert [m.name for m in split_masks(mixed, "all", None)] == [m.name for m in own]  # real rows only
 
 
-def mask_with_photo() -> Mask:
+def mask_with_photo(height: int = SIZE, width: int = SIZE) -> Mask:
     rng = np.random.default_rng(0)
-    label = rng.integers(0, 35, (SIZE, SIZE), dtype=np.uint8)
+    label = rng.integers(0, 35, (height, width), dtype=np.uint8)
     return Mask("000003", 3, label, np.repeat(label[..., None] * 7, 3, axis=2).astype(np.uint8))
 
 
@@ -95,9 +97,72 @@ def test_generate_from_training_masks_with_variations(run_dir, tmp_path):  # noq
     ("mask_variation=[rotate]", r"mask_variation=\['rotate'\] is invalid"),
     ("mask_variation=hflip", "mask_variation=.hflip. is invalid: expected a list"),
     ("mask_source=7", "mask_source=7 is invalid"),
+    ("mask_variation=[[hflip]]", r"mask_variation=\[\['hflip'\]\] is invalid"),
 ])
 def test_bad_mask_options_are_refused_before_anything_is_written(run_dir, tmp_path, override, message):  # noqa: F811
     out = tmp_path / "out"
     with pytest.raises(ConfigError, match=message):
         generate(sample_cfg(f"weights={run_dir}", override, f"out_dir={out}"))
     assert not out.exists()
+
+
+def test_crop_of_a_wide_mask_keeps_its_aspect_and_size():
+    mask = mask_with_photo(16, 24)
+    cropped = vary_mask(mask, ["crop"], seed=1)
+    assert cropped.label.shape == (16, 24) and cropped.real.shape == (16, 24, 3)
+    top, left, height, width = crop_box((16, 24), np.random.default_rng([1, 3]))
+    assert width / height == pytest.approx(24 / 16, rel=0.1) and top + height <= 16 and left + width <= 24
+    expected = Image.fromarray(mask.label).crop((left, top, left + width, top + height)).resize((24, 16), Image.Resampling.NEAREST)
+    assert np.array_equal(cropped.label, np.asarray(expected))
+
+
+def test_mask_source_path_reads_a_hub_schema_folder_on_a_scenes_run(run_dir, tmp_path):  # noqa: F811
+    from sdm.data.scenes import scenes_dataset
+
+    folder = tmp_path / "other"
+    (folder / "data").mkdir(parents=True)
+    scenes_dataset(6, SIZE, SIZE, seed=11).to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+    model = load_model(run_dir)
+    masks = split_masks(model.cfg, "all", None, {"path": str(folder)})
+    expected = scenes_dataset(6, SIZE, SIZE, seed=11)[0]["label"]
+    assert len(masks) == 6 and np.array_equal(masks[0].label, np.asarray(expected))
+
+
+def test_streamed_runs_and_empty_splits_get_clear_errors(run_dir):  # noqa: F811
+    from sdm.errors import DataError
+
+    model = load_model(run_dir)
+    streamed = {**model.cfg, "data": {**model.cfg["data"], "streaming": True}}
+    with pytest.raises(ConfigError, match=r"masks=train: the run's data is streamed .*'mask_source=\{streaming:false\}'"):
+        split_masks(streamed, "train", None)
+    assert len(split_masks(streamed, "all", None, {"streaming": False})) == 12
+    with pytest.raises(DataError, match=r"masks=val: the val split of mask_source is empty \(data.val_fraction=0.0\)"):
+        split_masks(model.cfg, "val", None, {"val_fraction": 0.0})
+
+
+def test_other_sources_need_what_they_read():
+    from sdm.data.sources import overlay_source
+
+    sidewalk = {"name": "sidewalk", "path": "segments/sidewalk-semantic", "size": [64, 64], "extra": "/x"}
+    scenes = overlay_source(sidewalk, {"scenes": {"num": 5, "seed": 2}}, "mask_source")
+    assert scenes.name == "scenes" and scenes.extra is None and scenes.scenes.num == 5
+    with pytest.raises(ConfigError, match=r"mask_source names the embedded scenes without a count"):
+        overlay_source(sidewalk, {"scenes": {"seed": 2}}, "mask_source")
+    with pytest.raises(ConfigError, match=r"segmenter.test='/data/test': expected data settings"):
+        overlay_source(sidewalk, "/data/test", "segmenter.test")
+
+
+def test_variations_are_recorded_in_order_and_name_the_default_folder(run_dir, tmp_path):  # noqa: F811
+    manifest = generate(sample_cfg(f"weights={run_dir}", "masks=train", "limit=1", "num_per_mask=1",
+                                   "mask_variation=[crop,hflip,crop]"))
+    assert manifest["settings"]["mask_variation"] == ["hflip", "crop"]
+    assert manifest["out_dir"].endswith("-train-hflip-crop")
+    name = manifest["items"][0]["mask"]
+    source = split_masks(load_model(run_dir).cfg, "train", 1)[0]
+    assert name == f"{source.name}-flip-crop"
+    written = np.asarray(Image.open(f"{manifest['out_dir']}/labels/{name}.png"))
+    assert np.array_equal(written, vary_mask(source, ["hflip", "crop"], 0).label)
+    plain = generate(sample_cfg(f"weights={run_dir}", "masks=train", "limit=1", "num_per_mask=1",
+                                "mask_variation=[hflip]"))
+    flipped = np.asarray(Image.open(f"{plain['out_dir']}/labels/{source.name}-flip.png"))
+    assert np.array_equal(flipped, source.label[:, ::-1])  # the written label is the mirrored one

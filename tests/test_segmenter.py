@@ -127,3 +127,32 @@ def test_a_mixed_segmenter_records_its_synthetic_share():
                                                                    "real_rows": 18}
     assert mix_info(OmegaConf.create({"extra": None}), mixed) is None
     assert mix_info(OmegaConf.create({"extra": "/x"}), SimpleNamespace(mix=None)) is None
+
+
+def test_a_test_set_must_be_held_out_and_a_cache_of_other_steps_is_retrained(tmp_path, capsys):
+    from sdm.metrics.held_out import score_held_out
+
+    cfg = segmenter_cfg(tmp_path)
+    folder = train_segmenter(cfg)
+    with pytest.raises(ConfigError, match=r"reads the rows the segmenter trained on .*a test set must be held out"):
+        score_held_out(folder, cfg.data, {"scenes": {"num": 24}}, INFO_FILE)
+    assert "test" not in json.loads((folder / INFO_FILE).read_text())  # nothing recorded
+    with pytest.raises(ConfigError, match=r"segmenter.test.size=\[8, 8\]: this source is read at the model's size"):
+        score_held_out(folder, cfg.data, {"size": [8, 8]}, INFO_FILE)
+    stamp = (folder / WEIGHTS_FILE).stat().st_mtime_ns
+    assert train_segmenter(segmenter_cfg(tmp_path, "segmenter.max_steps=4")) == folder
+    assert "trained 6 steps, not segmenter.max_steps=4: training it again" in capsys.readouterr().out
+    assert json.loads((folder / INFO_FILE).read_text())["steps"] == 4
+    assert (folder / WEIGHTS_FILE).stat().st_mtime_ns != stamp
+
+
+@pytest.mark.slow  # starts a Python interpreter
+def test_cli_refuses_a_bad_test_setting_before_training(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "sdm.metrics.segmenter", "data.scenes.num=24",
+                           f"segmenter.cache_dir={tmp_path}", "segmenter.test=/data/test", f"hydra.run.dir={tmp_path / 'r'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "segmenter.test='/data/test': expected data settings" in done.stderr
+    assert "Traceback" not in done.stderr and not list(tmp_path.glob("*/segmenter.json"))

@@ -14,7 +14,7 @@ import datasets
 from datasets import Image as ImageFeature
 
 from sdm.data.rows import parse_size
-from sdm.errors import DataError
+from sdm.errors import ConfigError, DataError
 
 HUB_ID = "segments/sidewalk-semantic"
 COLUMNS = ("pixel_values", "label")
@@ -129,3 +129,32 @@ def source_key(cfg: Any, ds: datasets.Dataset | datasets.IterableDataset | None)
     name = Path(str(cfg.path).rstrip("/*")).name or "sidewalk"
     fingerprint = getattr(ds, "_fingerprint", None) or f"{cfg.path}@{cfg.get('revision')}"
     return f"{name}-{cfg.get('split', 'train')}-{datasets.fingerprint.Hasher.hash(fingerprint)[:10]}"
+
+
+def overlay_source(data: Any, overrides: dict[str, Any], what: str) -> Any:
+    """Data settings laid over a run's, to read another source at the run's size (masks to generate
+    from, a held-out test set). Naming a `path` makes it a Hub-schema source, naming `scenes`
+    the embedded scenes, unless `name` says otherwise; synthetic rows (`extra`) never come along."""
+    from omegaconf import OmegaConf
+
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{what}={overrides!r}: expected data settings laid over the run's, e.g. "
+                          f"'{what}={{path:/data/test_parquet}}' or '{what}={{scenes:{{seed:1}}}}'")
+    overrides = dict(overrides)
+    if "size" in overrides:
+        raise ConfigError(f"{what}.size={overrides['size']}: this source is read at the model's size "
+                          f"{list(parse_size(data['size']))}; leave size out")
+    if "name" not in overrides and "path" in overrides:
+        overrides["name"] = "sidewalk"
+    elif "name" not in overrides and "scenes" in overrides:
+        overrides["name"] = "scenes"
+    plain = OmegaConf.to_container(data, resolve=True) if OmegaConf.is_config(data) else dict(data)
+    if overrides.get("name") == "sidewalk" and "path" in overrides and str(overrides["path"]) != HUB_ID:
+        path = Path(str(overrides["path"])).expanduser()
+        overrides["path"] = str(path.resolve()) if path.exists() else str(overrides["path"])
+    merged = OmegaConf.merge(OmegaConf.create(plain), overrides)
+    merged.extra = None
+    if merged.name == "scenes" and not OmegaConf.select(merged, "scenes.num"):
+        raise ConfigError(f"{what} names the embedded scenes without a count: add scenes.num, e.g. "
+                          f"'{what}={{scenes:{{num:500,seed:1}}}}'")
+    return merged

@@ -15,7 +15,7 @@ from sdm.atomic import write_atomically
 from sdm.checkpoints import CHECKPOINT_DIR, EXPORT_DIR
 from sdm.data.classes import colorize
 from sdm.errors import ConfigError
-from sdm.generation.masks import SPLITS, Mask, mask_source
+from sdm.generation.masks import SPLITS, Mask, mask_source, mask_variations
 from sdm.generation.weights import Model
 from sdm.seeding import stable_seed
 from sdm.viz import save_png
@@ -40,6 +40,9 @@ def default_out_dir(cfg: DictConfig, weights_file: Path) -> Path:
         name += f"-seed{int(cfg.seed)}"
     if str(cfg.masks) != "val":
         name += f"-{Path(str(cfg.masks)).expanduser().resolve().name}"
+    if mask_source(cfg):
+        name += f"-source{stable_seed(json.dumps(mask_source(cfg), sort_keys=True)) % 10**6:06d}"
+    name += "".join(f"-{v}" for v in mask_variations(cfg))
     run_dir = run_dir_of(weights_file)
     if run_dir is None:
         return Path(str(cfg.output_root)) / "samples" / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -72,7 +75,7 @@ def run_settings(cfg: DictConfig, model: Model) -> dict[str, Any]:
         "precision": str(cfg.precision),
         "masks": masks if masks in SPLITS else str(Path(masks).expanduser().resolve()),
         "mask_source": mask_source(cfg),
-        "mask_variation": list(cfg.get("mask_variation") or []),
+        "mask_variation": mask_variations(cfg),
         "size": list(model.size),
     }
 

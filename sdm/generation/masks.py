@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from sdm.data.prepare import decode_row, prepare_data, split_indices
 from sdm.data.rows import label_to_ids, read_rgb_file
+from sdm.data.sources import overlay_source
 from sdm.errors import ConfigError, DataError
 from sdm.generation.weights import Model
 
@@ -34,21 +35,29 @@ VARIATIONS = ("hflip", "crop")
 CROP_SIDE = (0.6, 0.9)  # a crop keeps this fraction of each side (36-81 % of the area)
 
 
+def mask_variations(cfg: DictConfig) -> list[str]:
+    """sample.py's mask_variation in the order they are applied (flip, then crop), once each."""
+    chosen = set(cfg.get("mask_variation") or [])
+    return [v for v in VARIATIONS if v in chosen]
+
+
 def mask_source(cfg: DictConfig) -> dict[str, Any] | None:
     """sample.py's mask_source as a plain dict (None when the masks come from the run's own data)."""
     source = cfg.get("mask_source")
-    return OmegaConf.to_container(source, resolve=True) if source else None
+    if not source:
+        return None
+    plain = OmegaConf.to_container(source, resolve=True)
+    if "path" in plain and Path(str(plain["path"])).expanduser().exists():  # another spelling resumes
+        plain["path"] = str(Path(str(plain["path"])).expanduser().resolve())
+    return plain
 
 
 def source_data(train_cfg: dict[str, Any], source: dict[str, Any] | None) -> DictConfig:
-    """The run's data settings with `mask_source` laid over them (another path, scenes seed ...):
-    the size stays the model's, and a mixed run's synthetic rows are never used as masks."""
-    source = dict(source or {})
-    if "size" in source:
-        raise ConfigError(f"mask_source.size={source['size']}: masks are made at the model's size "
-                          f"{train_cfg['data']['size']}; leave size out")
-    data = OmegaConf.merge(OmegaConf.create(train_cfg["data"]), source)
-    data.extra = None
+    """The run's data settings, or `mask_source` laid over them (sdm.data.sources.overlay_source)."""
+    if source:
+        return overlay_source(train_cfg["data"], source, "mask_source")
+    data = OmegaConf.create(train_cfg["data"])
+    data.extra = None  # a mixed run's synthetic rows are never used as masks
     return data
 
 
@@ -56,6 +65,12 @@ def split_masks(train_cfg: dict[str, Any], split: str, limit: int | None,
                 source: dict[str, Any] | None = None) -> list[Mask]:
     """Rows of one split of the run's data (same cache, same split seed), with their photos."""
     data = source_data(train_cfg, source)
+    where = "mask_source" if source else "the run's data"
+    if data.get("streaming"):
+        raise ConfigError(f"masks={split}: {where} is streamed (data.streaming=true), split by a hash of each "
+                          "label, with no prepared cache to read; take the masks from a prepared copy with "
+                          "'mask_source={streaming:false}' (its split is by position, not the run's), or pass "
+                          "masks=<folder of label PNGs>")
     prepared = prepare_data(data)
     if split == "all":
         rows_of_split = np.arange(len(prepared))
@@ -63,8 +78,8 @@ def split_masks(train_cfg: dict[str, Any], split: str, limit: int | None,
         train, val = split_indices(len(prepared), float(data.val_fraction), int(data.split_seed))
         rows_of_split = val if split == "val" else train
     if len(rows_of_split) == 0:
-        raise DataError(f"the training run has no validation split (data.val_fraction={data.val_fraction}); "
-                        "pass masks=train, masks=all or masks=<folder of label PNGs>")
+        raise DataError(f"masks={split}: the {split} split of {where} is empty (data.val_fraction="
+                        f"{data.val_fraction}); pass another split or masks=<folder of label PNGs>")
     rows = prepared.open()
     masks = []
     for position, row_index in enumerate(rows_of_split[:limit]):

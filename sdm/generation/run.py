@@ -36,7 +36,7 @@ from sdm.generation.layout import (
     write_json,
     write_mask_files,
 )
-from sdm.generation.masks import Mask, load_masks, mask_source
+from sdm.generation.masks import Mask, load_masks, mask_source, mask_variations
 from sdm.generation.settings import check_settings
 from sdm.generation.shards import merge_shards, parse_shard, shard_masks, shard_record_path
 from sdm.generation.weights import Model, load_model
@@ -122,8 +122,7 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"shard={cfg.shard} needs out_dir=...: the weights sit outside a run dir, and every "
                           "shard must write into the same folder")
     limit = None if cfg.limit is None else int(cfg.limit)
-    masks = load_masks(str(cfg.masks), model, limit, mask_source(cfg), list(cfg.get("mask_variation") or []),
-                       int(cfg.seed))
+    masks = load_masks(str(cfg.masks), model, limit, mask_source(cfg), mask_variations(cfg), int(cfg.seed))
     mine = shard_masks(masks, index, count)
     out_dir = Path(str(cfg.out_dir)).expanduser() if cfg.out_dir else default_out_dir(cfg, model.path)
     settings = run_settings(cfg, model)

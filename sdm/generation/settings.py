@@ -38,7 +38,7 @@ def check_settings(cfg: DictConfig) -> None:
     require(number(cfg, "devices") >= 1, "devices", cfg.devices, "an integer >= 1 (processes on this machine)")
     parse_shard(cfg.shard)
     variations = cfg.get("mask_variation")
-    require(variations is None or (OmegaConf.is_list(variations) and set(variations) <= set(VARIATIONS)),
+    require(variations is None or (OmegaConf.is_list(variations) and all(v in VARIATIONS for v in variations)),
             "mask_variation", variations, f"a list of {list(VARIATIONS)} (e.g. mask_variation=[hflip,crop]) or []")
     source = cfg.get("mask_source")
     require(source is None or OmegaConf.is_dict(source), "mask_source", source,

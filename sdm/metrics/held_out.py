@@ -17,16 +17,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sdm.atomic import write_atomically
+from sdm.errors import ConfigError
 from sdm.metrics.consistency import confusion_matrix, segmentation_scores
 
 IGNORE = 0
 
 
-def test_data_cfg(data: DictConfig, test: dict[str, Any]) -> DictConfig:
+def test_data_cfg(data: DictConfig, test: Any) -> DictConfig:
     """The run's data settings with the test source laid over them (size kept, no synthetic rows)."""
-    merged = OmegaConf.merge(data, test)
-    merged.extra = None
-    return merged
+    from sdm.data.sources import overlay_source
+
+    return overlay_source(data, test, "segmenter.test")
 
 
 @torch.no_grad()
@@ -51,12 +52,18 @@ def held_out_scores(network: nn.Module, data: DictConfig, batch_size: int = 64,
             "pixel_accuracy": scores["pixel_accuracy"]}
 
 
-def score_held_out(folder: Path, data: DictConfig, test: dict[str, Any], info_file: str) -> dict[str, Any]:
+def score_held_out(folder: Path, data: DictConfig, test: Any, info_file: str) -> dict[str, Any]:
     """Score the segmenter in `folder` on the test source and record it in its info file."""
     from sdm.metrics.segmenter import load_segmenter
 
+    if OmegaConf.is_config(test):
+        test = OmegaConf.to_container(test, resolve=True)
+    test_cfg = test_data_cfg(data, test)
     network, info = load_segmenter(folder)
-    scores = held_out_scores(network, test_data_cfg(data, test))
+    scores = held_out_scores(network, test_cfg)
+    if str(info["data_key"]).split("+")[0] == scores["data_key"]:
+        raise ConfigError(f"segmenter.test={test} reads the rows the segmenter trained on ({scores['data_key']}); "
+                          "a test set must be held out: another path, or other scenes ({scenes:{seed:1,num:500}})")
     info["test"] = scores
     write_atomically(folder / info_file, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
     print(f"segmenter on the held-out test set ({scores['rows']} rows, {scores['data_key']}): "

@@ -205,7 +205,11 @@ def train_segmenter(cfg: DictConfig) -> Path:
     prepared = prepare_data(cfg.data, show_progress=False)
     key = data_key(cfg.data, prepared.root.name)
     folder = cache_folder(key, settings, int(cfg.seed))
-    if (folder / INFO_FILE).is_file() and not settings.get("retrain"):
+    cached = json.loads((folder / INFO_FILE).read_text()) if (folder / INFO_FILE).is_file() else None
+    if cached is not None and cached.get("steps") != int(settings["max_steps"]):
+        print(f"the cached segmenter {folder} trained {cached.get('steps')} steps, not segmenter.max_steps="
+              f"{settings['max_steps']}: training it again")
+    elif cached is not None and not settings.get("retrain"):
         print(f"using the cached segmenter {folder} (segmenter.retrain=true trains a new one)")
         return folder
     started = time.perf_counter()
@@ -247,11 +251,15 @@ def _main() -> None:
     @hydra.main(version_base="1.3", config_path="../../conf", config_name="segmenter")
     @exit_on_sdm_error
     def run(cfg: DictConfig) -> None:
-        folder = train_segmenter(cfg)
-        if cfg.segmenter.get("test"):
-            from sdm.metrics.held_out import score_held_out
+        from sdm.metrics.held_out import score_held_out, test_data_cfg
 
-            score_held_out(folder, cfg.data, OmegaConf.to_container(cfg.segmenter.test, resolve=True), INFO_FILE)
+        test = cfg.segmenter.get("test")
+        if test:  # a bad test setting stops the run before any training
+            test = OmegaConf.to_container(test, resolve=True) if OmegaConf.is_config(test) else test
+            test_data_cfg(cfg.data, test)
+        folder = train_segmenter(cfg)
+        if test:
+            score_held_out(folder, cfg.data, test, INFO_FILE)
 
     run()
 
