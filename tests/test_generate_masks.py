@@ -166,3 +166,43 @@ def test_variations_are_recorded_in_order_and_name_the_default_folder(run_dir, t
                                 "mask_variation=[hflip]"))
     flipped = np.asarray(Image.open(f"{plain['out_dir']}/labels/{source.name}-flip.png"))
     assert np.array_equal(flipped, source.label[:, ::-1])  # the written label is the mirrored one
+
+
+def test_crop_boxes_reach_every_edge_and_stay_inside():
+    boxes = [crop_box((16, 24), np.random.default_rng([seed, 0])) for seed in range(300)]
+    assert all(top >= 0 and left >= 0 and top + h <= 16 and left + w <= 24 for top, left, h, w in boxes)
+    assert any(top == 0 for top, _, _, _ in boxes) and any(left == 0 for _, left, _, _ in boxes)
+    assert any(top + h == 16 for top, _, h, _ in boxes) and any(left + w == 24 for _, left, _, w in boxes)
+    assert crop_box((1, 1), np.random.default_rng(0)) == (0, 0, 1, 1)  # a 1-pixel mask still crops
+
+
+def test_load_masks_passes_source_split_and_seed_on(run_dir):  # noqa: F811
+    model = load_model(run_dir)
+    other = load_masks("all", model, None, {"scenes": {"seed": 7, "num": 5}})
+    assert [m.name for m in other] == [m.name for m in split_masks(model.cfg, "all", None, {"scenes": {"seed": 7, "num": 5}})]
+    assert np.array_equal(other[0].label, split_masks(model.cfg, "all", None, {"scenes": {"seed": 7, "num": 5}})[0].label)
+    assert [m.name for m in load_masks("train", model, None)] == [m.name for m in split_masks(model.cfg, "train", None)]
+    cropped = load_masks("train", model, 1, variations=["crop"])  # the seed defaults to 0
+    assert np.array_equal(cropped[0].label, vary_mask(split_masks(model.cfg, "train", 1)[0], ["crop"], 0).label)
+    with pytest.raises(ConfigError, match=r"mask_variation=\['rotate'\]: unknown \['rotate'\]"):
+        load_masks("train", model, None, variations=["rotate"])
+
+
+def test_mask_source_paths_are_recorded_resolved(tmp_path, monkeypatch):
+    from sdm.generation.masks import mask_source
+
+    (tmp_path / "labels").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = OmegaConf.create({"mask_source": {"path": "labels", "split": "train"}})
+    assert mask_source(cfg) == {"path": str((tmp_path / "labels").resolve()), "split": "train"}
+    missing = OmegaConf.create({"mask_source": {"path": "segments/sidewalk-semantic"}})
+    assert mask_source(missing) == {"path": "segments/sidewalk-semantic"}  # a Hub id stays as written
+    assert mask_source(OmegaConf.create({"mask_source": None})) is None
+    linked = OmegaConf.create({"root": "/data", "mask_source": {"path": "${root}/more"}})
+    assert mask_source(linked) == {"path": "/data/more"}  # interpolations resolved, as in the manifest
+
+
+def test_variations_of_a_mask_without_photo_keep_none():
+    mask = Mask("a", 0, np.arange(SIZE * SIZE, dtype=np.uint8).reshape(SIZE, SIZE) % 35)
+    for variations in (["hflip"], ["crop"], ["hflip", "crop"]):
+        assert vary_mask(mask, variations, 0).real is None
