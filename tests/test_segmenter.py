@@ -134,7 +134,7 @@ def test_a_test_set_must_be_held_out_and_a_cache_of_other_steps_is_retrained(tmp
 
     cfg = segmenter_cfg(tmp_path)
     folder = train_segmenter(cfg)
-    with pytest.raises(ConfigError, match=r"reads the rows the segmenter trained on .*a test set must be held out"):
+    with pytest.raises(ConfigError, match=r"reads the rows the segmenter trains on .*a test set must be held out"):
         score_held_out(folder, cfg.data, {"scenes": {"num": 24}}, INFO_FILE)
     assert "test" not in json.loads((folder / INFO_FILE).read_text())  # nothing recorded
     with pytest.raises(ConfigError, match=r"segmenter.test.size=\[8, 8\]: this source is read at the model's size"):
@@ -156,3 +156,9 @@ def test_cli_refuses_a_bad_test_setting_before_training(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "segmenter.test='/data/test': expected data settings" in done.stderr
     assert "Traceback" not in done.stderr and not list(tmp_path.glob("*/segmenter.json"))
+    same = subprocess.run([sys.executable, "-m", "sdm.metrics.segmenter", "data.scenes.num=24", "data.size=[32,32]",
+                           f"data.cache_dir={tmp_path / 'data'}", f"segmenter.cache_dir={tmp_path}",
+                           "segmenter.test={scenes:{num:24}}", f"hydra.run.dir={tmp_path / 'r'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert same.returncode == 2 and "a test set must be held out" in same.stderr
+    assert not list(tmp_path.glob("*/segmenter.json"))  # refused before training

@@ -11,7 +11,7 @@ from sdm.config import number, require
 from sdm.diffusion import SAMPLERS
 from sdm.diffusion.sampling import TIMESTEP_SPACINGS
 from sdm.errors import ConfigError
-from sdm.generation.masks import SPLITS, VARIATIONS
+from sdm.generation.masks import VARIATIONS
 from sdm.generation.shards import parse_shard
 
 PRECISIONS = ("bf16", "fp32")
@@ -43,8 +43,6 @@ def check_settings(cfg: DictConfig) -> None:
     source = cfg.get("mask_source")
     require(source is None or OmegaConf.is_dict(source), "mask_source", source,
             "null or data settings laid over the run's, e.g. 'mask_source={path:/data/other}'")
-    if source and str(cfg.masks) not in SPLITS:
-        raise ConfigError(f"mask_source is for masks={'|'.join(SPLITS)}, not for a folder of label PNGs ({cfg.masks})")
     size = cfg.get("export_size")
     require(size is None or (OmegaConf.is_list(size) and len(size) == 2 and all(isinstance(v, int) and v >= 1 for v in size)),
             "export_size", size, "null or [height, width] of integers >= 1")
@@ -52,6 +50,3 @@ def check_settings(cfg: DictConfig) -> None:
     if cfg.get("export") and target and Path(str(target)).expanduser().exists() \
             and not (Path(str(target)).expanduser() / "sdm_export.json").is_file():
         raise ConfigError(f"export_dir={target} exists and is not an sdm export; choose another folder")
-
-
-

@@ -30,6 +30,13 @@ def test_data_cfg(data: DictConfig, test: Any) -> DictConfig:
     return overlay_source(data, test, "segmenter.test")
 
 
+def refuse_training_rows(test: Any, test_key: str, train_key: str) -> None:
+    """A test set must be held out: refuse one whose prepared rows are the training rows."""
+    if train_key.split("+")[0] == test_key:  # a mixed segmenter's key starts with its real rows' key
+        raise ConfigError(f"segmenter.test={test} reads the rows the segmenter trains on ({test_key}); a test set "
+                          "must be held out: another path, or other scenes ({scenes:{seed:1,num:500}})")
+
+
 @torch.no_grad()
 def held_out_scores(network: nn.Module, data: DictConfig, batch_size: int = 64,
                     progress: bool = False) -> dict[str, Any]:
@@ -54,16 +61,15 @@ def held_out_scores(network: nn.Module, data: DictConfig, batch_size: int = 64,
 
 def score_held_out(folder: Path, data: DictConfig, test: Any, info_file: str) -> dict[str, Any]:
     """Score the segmenter in `folder` on the test source and record it in its info file."""
+    from sdm.data.prepare import prepare_data
     from sdm.metrics.segmenter import load_segmenter
 
     if OmegaConf.is_config(test):
         test = OmegaConf.to_container(test, resolve=True)
     test_cfg = test_data_cfg(data, test)
     network, info = load_segmenter(folder)
+    refuse_training_rows(test, prepare_data(test_cfg, show_progress=False).root.name, str(info["data_key"]))
     scores = held_out_scores(network, test_cfg)
-    if str(info["data_key"]).split("+")[0] == scores["data_key"]:
-        raise ConfigError(f"segmenter.test={test} reads the rows the segmenter trained on ({scores['data_key']}); "
-                          "a test set must be held out: another path, or other scenes ({scenes:{seed:1,num:500}})")
     info["test"] = scores
     write_atomically(folder / info_file, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
     print(f"segmenter on the held-out test set ({scores['rows']} rows, {scores['data_key']}): "

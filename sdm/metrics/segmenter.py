@@ -251,12 +251,14 @@ def _main() -> None:
     @hydra.main(version_base="1.3", config_path="../../conf", config_name="segmenter")
     @exit_on_sdm_error
     def run(cfg: DictConfig) -> None:
-        from sdm.metrics.held_out import score_held_out, test_data_cfg
+        from sdm.data.prepare import prepare_data
+        from sdm.metrics.held_out import refuse_training_rows, score_held_out, test_data_cfg
 
         test = cfg.segmenter.get("test")
-        if test:  # a bad test setting stops the run before any training
+        if test:  # a bad or not held-out test set stops the run before any training
             test = OmegaConf.to_container(test, resolve=True) if OmegaConf.is_config(test) else test
-            test_data_cfg(cfg.data, test)
+            test_key = prepare_data(test_data_cfg(cfg.data, test), show_progress=False).root.name
+            refuse_training_rows(test, test_key, prepare_data(cfg.data, show_progress=False).root.name)
         folder = train_segmenter(cfg)
         if test:
             score_held_out(folder, cfg.data, test, INFO_FILE)
