@@ -26,6 +26,21 @@ class PeriodicCheckpoint(ModelCheckpoint):
     `ckpt_path=last` and the export should see), so it is written too.
     """
 
+    _flush_pending = False
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self._flush_pending = True
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        # Lightning hands a step's losses to the loggers after its checkpoint is written: flush
+        # them at the next step, so that a crash later loses no logged step the checkpoint holds
+        # (only a kill in the instant between the two writes can).
+        if self._flush_pending:
+            self._flush_pending = False
+            for logger in trainer.loggers:
+                logger.save()
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         if self._last_global_step_saved != trainer.global_step and trainer.global_step > 0:

@@ -174,7 +174,11 @@ class SidewalkDataModule(L.LightningDataModule):
                 f"{self.cfg.batch_size}; lower data.batch_size or add data"
             )
         self.sampler = ResumableShuffleSampler(len(self.train_set), int(self.cfg.split_seed), rank, world, self.mix)
+        # Workers make the DataLoader draw from the sampler as soon as it is iterated, which on a
+        # resume comes before Lightning's set_epoch: the sampler must start in the right epoch.
+        self.sampler.set_epoch(self.trainer.current_epoch if self.trainer else 0)
         if self._resume_state is not None:
+            self.sampler.set_epoch(self._resume_state["epoch"])
             self.sampler.resume(self._resume_state["epoch"], self._resume_state["consumed"])
             self._resume_state = None
         return self._loader(self.train_set, self.sampler, drop_last=True)
