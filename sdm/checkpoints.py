@@ -2,7 +2,9 @@
 
 Full Lightning checkpoints hold raw and EMA weights, optimizer, schedulers and loop state.
 Exports hold the EMA weights alone as safetensors with the resolved config beside them,
-which is what `sample.py` reads. Everything is loaded with `weights_only=True`. Reading weights never imports Lightning.
+which is what `sample.py` reads. Everything is loaded with `weights_only=True`, and every file
+the project writes carries a digest of its contents that each loader checks (sdm.integrity).
+Reading weights never imports Lightning.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from sdm.atomic import write_atomically
 from sdm.errors import CheckpointError
+from sdm.integrity import DIGEST_KEY, content_digest, first_non_finite
 
 EMA_PREFIX = "ema.module."
 CHECKPOINT_DIR = "checkpoints"
@@ -29,17 +32,40 @@ EXPORT_CONFIG = "config.yaml"
 
 
 def save_checkpoint_file(checkpoint: dict[str, Any], path: str | Path) -> None:
-    """`torch.save` to a temporary name in the same folder, fsync, then rename."""
-    write_atomically(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+    """`torch.save` with a digest of the contents, to a temporary name, fsync, then rename."""
+    stamped = {**checkpoint, DIGEST_KEY: content_digest(checkpoint)}
+    write_atomically(Path(path), lambda tmp: torch.save(stamped, tmp))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint as plain tensors and containers; code-carrying pickles are refused."""
+# files whose digest was checked in this process, by (inode, size, mtime): a resume reads the
+# same checkpoint up to three times (finding it, checking its shapes, Lightning's restore)
+_verified: dict[Path, tuple[int, int, int]] = {}
+
+
+def _check_digest(checkpoint: dict[str, Any], path: Path) -> None:
+    expected = checkpoint.pop(DIGEST_KEY, None)
+    if expected is None:
+        return  # written before digests existed (sdm < issue 10), or by another tool
+    stat = path.stat()
+    identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if _verified.get(path.resolve()) == identity:
+        return
+    if content_digest(checkpoint) != expected:
+        raise CheckpointError(
+            f"'{path}' is corrupted: its contents no longer match the digest written with it (a damaged "
+            "disk, an interrupted copy or an edited file); refusing to use it. Use another checkpoint of the run"
+        )
+    _verified[path.resolve()] = identity
+
+
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint as plain tensors and containers, its digest checked; code-carrying pickles
+    and damaged files are refused with their path."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         code = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if code is None:
@@ -47,24 +73,41 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"'{path}' is not a plain-weights checkpoint (it asks to import {code.group(1)}); refusing to load it"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise CheckpointError(f"'{path}' is not a readable checkpoint (corrupted or truncated?): {err}") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"'{path}' holds a {type(checkpoint).__name__}, not a checkpoint (a dict of state)")
+    _check_digest(checkpoint, path)
+    return checkpoint
 
 
-def is_complete(path: Path) -> bool:
-    """True when the file opens as a checkpoint (cheap: memory-mapped, weights only)."""
+def is_resumable(path: Path) -> bool:
+    return unusable_reason(path) is None
+
+
+def unusable_reason(path: Path) -> str | None:
+    """Why a checkpoint file cannot be resumed from (damaged, truncated, foreign), or None."""
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return True
-    except Exception:
-        return False
+        load_checkpoint(path, mmap=True)
+        return None
+    except CheckpointError as err:
+        return str(err)
 
 
 def find_latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete `.ckpt` of a run (last.ckpt or any periodic one), or None."""
+    """The newest complete `.ckpt` of a run (last.ckpt or a periodic step=*.ckpt), or None;
+    newer files that are damaged are named and skipped. The best-*.ckpt files are not resume
+    points: written after validation, their loop state would shift the logged steps by one."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-    return next((p for p in candidates if not p.name.startswith(".") and is_complete(p)), None)
+    for candidate in candidates:
+        if candidate.name.startswith((".", "best-")):
+            continue
+        reason = unusable_reason(candidate)
+        if reason is None:
+            return candidate
+        print(f"skipping {candidate}: {reason}")
+    return None
 
 
 def ema_state_dict(checkpoint: dict[str, Any], origin: str) -> dict[str, torch.Tensor]:
@@ -76,6 +119,17 @@ def ema_state_dict(checkpoint: dict[str, Any], origin: str) -> dict[str, torch.T
     if not ema:
         raise CheckpointError(f"'{origin}' holds no EMA weights (keys '{EMA_PREFIX}*')")
     return ema
+
+
+def check_resumable(path: str | Path, model: torch.nn.Module) -> None:
+    """Refuse, before training starts, a checkpoint that is damaged, carries code, belongs to
+    another model or holds non-finite weights; Lightning would fail deep inside, or train on."""
+    checkpoint = load_checkpoint(path, mmap=True)
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict) or "loops" not in checkpoint:
+        raise CheckpointError(f"'{path}' is not a training checkpoint of sdm (it has no state_dict and loop "
+                              "state); to start from its weights, pass it as init_from=")
+    check_weights_fit(model.state_dict(), state, str(path))
 
 
 def resolve_weights_source(source: str | Path) -> Path:
@@ -98,16 +152,41 @@ def load_ema_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], Path]
     """EMA weights from a run dir, export, or checkpoint, plus the file they came from."""
     path = resolve_weights_source(source)
     if path.suffix == ".safetensors":
-        try:
-            return load_file(path), path
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"'{path}' is not a readable safetensors file: {err}") from None
+        return load_safetensors(path), path
     return ema_state_dict(load_checkpoint(path), str(path)), path
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Tensors as safetensors with a digest in the metadata, written atomically."""
+    plain = {k: v.detach().to("cpu").contiguous() for k, v in sorted(tensors.items())}
+    metadata = {DIGEST_KEY: content_digest(plain)}
+    write_atomically(Path(path), lambda tmp: save_file(plain, str(tmp), metadata=metadata))
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, refused with its path when unreadable or damaged."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            expected = (handle.metadata() or {}).get(DIGEST_KEY)
+            tensors = {k: handle.get_tensor(k) for k in sorted(handle.keys())}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"'{path}' is not a readable safetensors file (corrupted or truncated?): {err}") from None
+    if expected is not None and content_digest(tensors) != expected:
+        raise CheckpointError(
+            f"'{path}' is corrupted: its tensors no longer match the digest written with them; refusing to use it"
+        )
+    return tensors
 
 
 def load_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], origin: str) -> None:
     """Strictly load weights, explaining a size mismatch in terms of the model config."""
-    own = model.state_dict()
+    check_weights_fit(model.state_dict(), weights, origin)
+    model.load_state_dict(weights, strict=True)
+
+
+def check_weights_fit(own: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], origin: str) -> None:
+    """Refuse weights of another model (names, shapes) or holding NaN or inf, naming the file."""
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
     mismatched = [k for k in own if k in weights and own[k].shape != weights[k].shape]
@@ -123,14 +202,18 @@ def load_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], origin: 
             f"'{origin}' does not fit this model: {detail}. Use the same model=... preset (and "
             "data.num_classes, model.edge_channel) as the run that wrote it"
         )
-    model.load_state_dict(weights, strict=True)
+    bad = first_non_finite(weights)
+    if bad is not None:
+        raise CheckpointError(
+            f"'{origin}' holds non-finite weights (NaN or inf) in {bad[0]} and {bad[1] - 1} other tensor(s): "
+            "they would make black images. Use an earlier checkpoint of the run (checkpoints/step=*.ckpt)"
+        )
 
 
 def export_ema(weights: dict[str, torch.Tensor], config: dict[str, Any], out_dir: str | Path) -> Path:
     """Write EMA weights as safetensors and the resolved config as YAML, both atomically."""
     out_dir = Path(out_dir)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
-    write_atomically(out_dir / EXPORT_WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
+    save_safetensors(weights, out_dir / EXPORT_WEIGHTS)
     text = yaml.safe_dump(config, sort_keys=False)
     write_atomically(out_dir / EXPORT_CONFIG, lambda tmp: Path(tmp).write_text(text))
     return out_dir / EXPORT_WEIGHTS

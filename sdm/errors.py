@@ -13,6 +13,9 @@ T = TypeVar("T")
 class SDMError(Exception):
     """Base class of the errors the command-line tools report without a traceback."""
 
+    prefix = "error"
+    exit_code = 2
+
 
 class DataError(SDMError):
     """A data source is unreachable, malformed, or holds bad rows."""
@@ -27,14 +30,15 @@ class CheckpointError(SDMError):
 
 
 def exit_on_sdm_error(fn: Callable[..., T]) -> Callable[..., T]:
-    """Wrap a CLI entry point: print an `SDMError` as one clear message and exit with status 2."""
+    """Wrap a CLI entry point: print an `SDMError` as one clear message and exit with its status
+    (2 for errors, 128 + signal for a run stopped by a signal)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except SDMError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            print(f"{err.prefix}: {err}", file=sys.stderr)
+            sys.exit(err.exit_code)
 
     return wrapper

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import shutil
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,11 +13,15 @@ from typing import Any
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from sdm.atomic import ensure_writable, remove_leftovers
 from sdm.callbacks import AtomicCheckpointIO
 from sdm.checkpoints import (
+    CHECKPOINT_DIR,
     EXPORT_DIR,
+    check_resumable,
     export_ema,
     find_latest_checkpoint,
     load_ema_weights,
@@ -27,6 +33,7 @@ from sdm.errors import CheckpointError, ConfigError
 from sdm.hardware import cpu_has_bf16
 from sdm.metrics.validation import validation_scorer
 from sdm.module import SDMModule
+from sdm.stopping import TrainingStopped
 
 # The DataModule saves and restores its sampler position itself (SidewalkDataModule.state_dict).
 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
@@ -69,6 +76,12 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         return None
     if cfg.ckpt_path in ("last", "auto"):
         latest = find_latest_checkpoint(cfg.output_dir)
+        damaged = sorted(p.name for p in (Path(cfg.output_dir) / CHECKPOINT_DIR).glob("*.ckpt"))
+        if latest is None and damaged:  # never start over silently on top of a run's checkpoints
+            raise CheckpointError(
+                f"ckpt_path={cfg.ckpt_path}: {cfg.output_dir}/{CHECKPOINT_DIR} holds {', '.join(damaged)} but none "
+                "of them is usable (see above); restore a good copy, or pass ckpt_path=null to start over"
+            )
         if latest is None and cfg.ckpt_path == "auto":
             return None
         if latest is None:
@@ -134,8 +147,27 @@ def hparams_of(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def remove_if_empty(run_dir: str | Path) -> None:
+    """Delete a run dir that holds nothing but Hydra's config and log and empty folders, so a
+    start that failed leaves no run behind to be mistaken for one (or resumed by ckpt_path=last)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    files = [p.relative_to(run_dir) for p in run_dir.rglob("*") if not p.is_dir()]
+    if all(p.parts[0] == ".hydra" or (len(p.parts) == 1 and p.suffix == ".log") for p in files):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit SDM as configured; returns the final metrics (also logged as hparams metrics)."""
+    try:
+        return _train(cfg)
+    except Exception:
+        remove_if_empty(cfg.output_dir)
+        raise
+
+
+def _train(cfg: DictConfig) -> dict[str, float]:
     check_train_config(cfg)
     if int(cfg.trainer.num_nodes) > 1 and not cfg.run_dir and not _is_multirun():
         raise ConfigError(
@@ -143,6 +175,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "nodes write to one run dir (each would name its own by the clock), or submit with -m "
             "hydra/launcher=slurm"
         )
+    ensure_writable(Path(cfg.output_dir) / CHECKPOINT_DIR)  # a read-only or full run dir: named now
     ckpt_path = resolve_ckpt_path(cfg)
     if cfg.get("stage") == "finetune" and not (cfg.init_from or ckpt_path):
         raise ConfigError(
@@ -159,9 +192,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         load_into(module.unet, weights, str(source))
         module.ema.module.load_state_dict(module.unet.state_dict())
         print(f"initialised the U-Net and its EMA from {source}")
+    if ckpt_path:
+        check_resumable(ckpt_path, module)
+    for folder in (CHECKPOINT_DIR, EXPORT_DIR):
+        if (Path(cfg.output_dir) / folder).is_dir():
+            for leftover in remove_leftovers(Path(cfg.output_dir) / folder):
+                print(f"removed {leftover}: the unfinished write of a killed run")
     module.sample_scorer = validation_scorer(plain)
     trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=SidewalkDataModule(cfg.data), ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=SidewalkDataModule(cfg.data), ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:  # Lightning's own stop, for a SIGTERM that came before the first step
+        raise TrainingStopped("SIGTERM before the first training step: nothing to save", signal.SIGTERM) from None
     metrics = final_metrics(trainer)
     if trainer.is_global_zero:
         if cfg.export:

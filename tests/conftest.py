@@ -81,6 +81,18 @@ def data_cfg(tmp_path):
     return make
 
 
+def leftover_path(path: Path, kind: str) -> Path:
+    """The temporary name a writer on this host that has since been killed would have left."""
+    import subprocess
+
+    from sdm.atomic import temporary_name
+
+    child = subprocess.Popen(["true"])
+    child.wait()  # reaped: its pid names no live process
+    name = temporary_name(path, kind).name
+    return path.with_name(name.replace(f"-{os.getpid()}-", f"-{child.pid}-"))
+
+
 FAST_TRAIN = [
     "experiment=quickstart",
     "data.size=[32,32]",

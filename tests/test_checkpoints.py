@@ -16,7 +16,7 @@ from sdm.checkpoints import (
     ema_state_dict,
     export_ema,
     find_latest_checkpoint,
-    is_complete,
+    is_resumable,
     load_checkpoint,
     load_ema_weights,
     load_into,
@@ -41,12 +41,12 @@ def test_newest_complete_checkpoint_wins_over_a_truncated_newer_one(tmp_path):
     last = folder / "last.ckpt"
     last.write_bytes(newer.read_bytes()[: newer.stat().st_size // 2])  # a write cut short
     os.utime(last, ns=(3_000_000_000, 3_000_000_000))
-    assert not is_complete(last) and is_complete(newer)
+    assert not is_resumable(last) and is_resumable(newer)
     assert find_latest_checkpoint(tmp_path) == newer
     newer.write_bytes(b"")
     assert find_latest_checkpoint(tmp_path) == older
     hidden = save(folder / ".last.ckpt.partial-1-abc.ckpt", 9, 4_000_000_000)  # a temporary name
-    assert is_complete(hidden) and find_latest_checkpoint(tmp_path) == older
+    assert is_resumable(hidden) and find_latest_checkpoint(tmp_path) == older
     assert find_latest_checkpoint(tmp_path / "elsewhere") is None
 
 
@@ -187,7 +187,7 @@ def test_a_newest_checkpoint_that_carries_code_is_not_taken_as_complete(tmp_path
     code = folder / "last.ckpt"
     torch.save({"x": Payload()}, code)
     os.utime(code, ns=(2_000_000_000, 2_000_000_000))
-    assert not is_complete(code) and find_latest_checkpoint(tmp_path) == good
+    assert not is_resumable(code) and find_latest_checkpoint(tmp_path) == good
 
 
 def test_each_kind_of_misfit_alone_is_refused_and_examples_are_two():

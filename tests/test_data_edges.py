@@ -336,14 +336,14 @@ def test_ranks_shard_the_training_rows(data_cfg):
     assert list(loader.sampler) == list(ResumableShuffleSampler(8, int(cfg.split_seed)))  # rank 0 of 1
     assert loader.persistent_workers  # one worker is kept between epochs too
     second = SidewalkDataModule(cfg)
-    second.trainer = SimpleNamespace(global_rank=1, world_size=2)
+    second.trainer = SimpleNamespace(global_rank=1, world_size=2, current_epoch=0)
     second.setup("fit")
     sampler = second.train_dataloader().sampler
     assert (sampler.rank, sampler.world_size, len(sampler)) == (1, 2, 4)
     assert list(sampler) == list(ResumableShuffleSampler(8, int(cfg.split_seed), 1, 2))
     exact = SidewalkDataModule(data_cfg("scenes", size=[16, 16], batch_size=4, num_workers=0, val_fraction=0.0,
                                         **{"scenes.num": 8}))
-    exact.trainer = SimpleNamespace(global_rank=0, world_size=2)
+    exact.trainer = SimpleNamespace(global_rank=0, world_size=2, current_epoch=0)
     exact.setup("fit")
     assert len(exact.train_dataloader().sampler) == 4  # 8 rows over 2 ranks fill one batch of 4 exactly
     assert len(ResumableShuffleSampler(3, 0, 2, 3)) == 1  # as many rows as ranks is enough

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import shutil
 
 import datasets
 import numpy as np
 import pytest
-from conftest import compose_train
+from conftest import compose_train, leftover_path
 from PIL import Image
 from test_generate import bands, mask_folder, one_thread, pixels, run_dir, sample_cfg  # noqa: F401
 
@@ -180,7 +179,7 @@ def test_a_damaged_generation_fails_clearly_and_leaves_no_temporary_folder(sampl
     manifest = json.loads((damaged / "manifest.json").read_text())
     (damaged / manifest["items"][1]["images"][0]).unlink()
     (damaged / "manifest.json").write_text(json.dumps(manifest))
-    stale = tmp_path / f".out.tmp-{os.getpid()}"  # left by an export killed in this process id
+    stale = leftover_path(tmp_path / "out", "tmp")  # left by a killed export
     stale.mkdir()
     (stale / "junk.txt").write_text("old")
     with pytest.raises(DataError, match=r"m1_0.png is listed in manifest.json but missing"):
@@ -193,7 +192,7 @@ def test_a_damaged_generation_fails_clearly_and_leaves_no_temporary_folder(sampl
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     stale.mkdir()
     (stale / "junk.txt").write_text("old")
-    done = export_dataset(samples, tmp_path / "out")  # a stale temporary of this process id is cleared first
+    done = export_dataset(samples, tmp_path / "out")  # a killed export's temporary is cleared first
     assert not (done / "junk.txt").exists() and not stale.exists()
 
 

@@ -42,14 +42,37 @@ def assert_same_run(straight: Path, resumed: Path) -> None:
         assert curve_b[step] == pytest.approx(value, abs=1e-6), step
 
 
-@pytest.mark.slow  # three runs, two of them in fresh interpreters
-def test_resume_after_sigkill_with_workers_is_exact(tmp_path):
-    straight = tmp_path / "straight"
-    train(compose_train(straight, *RESUME, cache_dir=tmp_path / "cache"))
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """The uninterrupted run the interrupted ones must equal."""
+    out = tmp_path_factory.mktemp("straight")
+    train(compose_train(out / "run", *RESUME, cache_dir=out / "cache"))
+    return out / "run"
+
+
+@pytest.mark.slow  # two runs in fresh interpreters
+def test_resume_after_sigkill_with_workers_is_exact(straight, tmp_path):
     resumed = tmp_path / "resumed"
     killed = cli(resumed, tmp_path / "cache", die=("SIGKILL", 8))  # step 7 and 8 are lost
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert load_checkpoint(resumed / "checkpoints" / "last.ckpt")["global_step"] == 6
+    again = cli(resumed, tmp_path / "cache", "ckpt_path=last")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_same_run(straight, resumed)
+
+
+@pytest.mark.slow  # two runs in fresh interpreters
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR2"])  # SLURM's stop, and submitit's warning without submitit
+def test_a_stop_signal_writes_a_checkpoint_and_a_resume_hint(straight, tmp_path, name):
+    resumed = tmp_path / "resumed"
+    stopped = cli(resumed, tmp_path / "cache", die=(name, 7))
+    signum = getattr(signal, name)
+    assert stopped.returncode == 128 + signum, stopped.stderr[-3000:]
+    # the signal comes after step 7 was checked, so the run writes step 8 (not a periodic step)
+    assert f"stopped: {name} after step 8" in stopped.stderr
+    assert f"run_dir={resumed} ckpt_path=last" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert load_checkpoint(resumed / "checkpoints" / "last.ckpt")["global_step"] == 8
+    assert not (resumed / "export").exists()  # a stopped run is not a finished one
     again = cli(resumed, tmp_path / "cache", "ckpt_path=last")
     assert again.returncode == 0, again.stderr[-3000:]
     assert_same_run(straight, resumed)

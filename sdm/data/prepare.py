@@ -8,10 +8,8 @@ interrupted or refused preparation never leaves a half-written cache behind.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import numpy as np
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
+from sdm.atomic import remove_leftovers, temporary_name
 from sdm.data.classes import CLASS_NAMES, NUM_CLASSES, colorize
 from sdm.data.rows import RowError, clean_row, parse_size, resize_pair
 from sdm.data.sources import load_source, source_key
@@ -88,6 +87,8 @@ def prepare_data(cfg: Any, *, show_progress: bool = True) -> PreparedData:
     rows = None if cfg.name == "scenes" else load_source(cfg)
     key = f"{source_key(cfg, rows)}-{size[0]}x{size[1]}-{resize}"
     root = cache_root_for(cfg) / key
+    for leftover in remove_leftovers(root.parent, "tmp", root.name) if root.parent.is_dir() else []:
+        print(f"removed {leftover}: the unfinished cache of a killed preparation")
     if (root / INFO_FILE).exists():
         info = json.loads((root / INFO_FILE).read_text())
         if info["skipped"] and policy == "error":
@@ -97,7 +98,7 @@ def prepare_data(cfg: Any, *, show_progress: bool = True) -> PreparedData:
     if rows is None:
         rows = load_source(cfg)
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = temporary_name(root, "tmp")
     tmp.mkdir()
     try:
         info = _write_cache(rows, tmp, cfg, key, size, resize, policy, num_classes, show_progress)

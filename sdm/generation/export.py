@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from typing import Any
 
 from PIL import Image
 
+from sdm.atomic import remove_leftovers, temporary_name
 from sdm.errors import DataError, SDMError
 from sdm.generation.layout import MANIFEST
 
@@ -134,8 +134,8 @@ def export_dataset(samples: str | Path, out_dir: str | Path | None = None, *, si
     if out.exists() and not (out / MARKER).is_file():
         raise DataError(f"export folder {out} exists and is not an sdm export; choose another one")
     manifest = read_finished_manifest(samples)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_leftovers(out.parent, "tmp", out.name)  # of exports killed on this host
+    tmp = temporary_name(out, "tmp")
     try:
         all_rows = list(rows(samples, manifest, size))
         if not all_rows:

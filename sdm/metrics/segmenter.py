@@ -22,11 +22,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from sdm.atomic import write_atomically
+from sdm.checkpoints import load_safetensors, save_safetensors
 from sdm.errors import CheckpointError, ConfigError
 from sdm.metrics.consistency import segmentation_scores
 
@@ -165,7 +165,7 @@ def load_segmenter(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise CheckpointError(f"'{folder}' holds no trained segmenter ({INFO_FILE} and {WEIGHTS_FILE})")
     info = json.loads(info_path.read_text())
     network = build_segmenter(info["arch"], int(info["num_classes"]), int(info.get("width", 16)))
-    state = load_file(weights_path)
+    state = load_safetensors(weights_path)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -236,7 +236,7 @@ def train_segmenter(cfg: DictConfig) -> Path:
         "seconds": round(time.perf_counter() - started, 1), "tensorboard": str(Path(str(cfg.output_dir)) / "tb"),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in task.network.state_dict().items()}
-    write_atomically(folder / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
+    save_safetensors(state, folder / WEIGHTS_FILE)
     write_atomically(folder / INFO_FILE, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
     print(f"segmenter: mIoU {scores['miou']:.3f}, pixel accuracy {scores['pixel_accuracy']:.3f} on the real "
           f"held-out split after {info['steps']} steps ({info['seconds']:.0f} s) -> {folder}")

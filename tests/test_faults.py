@@ -1,0 +1,193 @@
+"""Faults a long run meets: damaged checkpoints refused by every loader, non-finite weights,
+a full disk or a read-only folder named by path, and nothing left behind by a killed writer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_train, leftover_path
+
+from sdm.atomic import WriteError
+from sdm.checkpoints import (
+    EMA_PREFIX,
+    export_ema,
+    find_latest_checkpoint,
+    load_checkpoint,
+    load_ema_weights,
+    save_checkpoint_file,
+)
+from sdm.errors import CheckpointError
+from sdm.generation.weights import load_model
+from sdm.training import train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A finished 4-step run with a checkpoint at step 2 and one at step 4 (last.ckpt)."""
+    out = tmp_path_factory.mktemp("faults") / "run"
+    train(compose_train(out, "trainer.max_steps=4", "checkpoint.every_n_steps=2", "checkpoint.keep_periodic=-1",
+                        "validation.every_n_steps=4"))
+    return out
+
+
+def flipped(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 4096]) + data[middle + 4096 :]
+
+
+def damaged_files(run: Path, folder: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (a damaged or foreign copy of the run's last.ckpt, what its refusal says)."""
+    folder.mkdir(exist_ok=True)
+    data = (run / "checkpoints" / "last.ckpt").read_bytes()
+    files = {
+        "flipped": (flipped(data), "is corrupted: its contents no longer match"),
+        "truncated": (data[: len(data) // 2], "not a readable checkpoint"),
+        "random": (os.urandom(len(data)), "not a readable checkpoint"),
+    }
+    out = {name: (folder / f"{name}.ckpt", match) for name, (_, match) in files.items()}
+    for name, (content, _) in files.items():
+        out[name][0].write_bytes(content)
+    torch.save({"state_dict": torch.nn.Linear(2, 2)}, folder / "code.ckpt")
+    out["code"] = (folder / "code.ckpt", r"asks to import torch\.nn")
+    checkpoint = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    wide = dict(checkpoint, state_dict={k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) if k.endswith("out.2.weight")
+                                         else v for k, v in checkpoint["state_dict"].items()})
+    save_checkpoint_file(wide, folder / "foreign.ckpt")  # intact, but of another model
+    out["foreign"] = (folder / "foreign.ckpt", r"does not fit this model.*out\.2\.weight")
+    key = next(k for k in checkpoint["state_dict"] if k.startswith(EMA_PREFIX) and k.endswith("weight"))
+    poisoned = {k: v.clone() for k, v in checkpoint["state_dict"].items()}
+    poisoned[key][0] = float("nan")
+    save_checkpoint_file(dict(checkpoint, state_dict=poisoned), folder / "nan.ckpt")
+    out["nan"] = (folder / "nan.ckpt", "non-finite weights.*would make black images")
+    return out
+
+
+def test_every_loader_refuses_damaged_foreign_and_non_finite_checkpoints(run, tmp_path):
+    for name, (path, match) in damaged_files(run, tmp_path / "bad").items():
+        for loader in ("ckpt_path", "init_from"):
+            out = tmp_path / f"{loader}-{name}"
+            with pytest.raises(CheckpointError, match=match) as refusal:
+                train(compose_train(out, f"{loader}={path}"))
+            assert str(path) in str(refusal.value), (loader, name)
+            assert not out.exists(), "nothing trained, no empty run dir left"
+        with pytest.raises(CheckpointError, match=match):
+            load_model(path)  # what sample.py reads
+
+
+def test_a_failed_start_leaves_no_run_dir_but_a_run_keeps_its_own(run, tmp_path):
+    out = tmp_path / "new"
+    (out / ".hydra").mkdir(parents=True)  # what Hydra writes before train() starts
+    (out / ".hydra" / "config.yaml").write_text("seed: 0")
+    (out / "train.log").write_text("")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train(compose_train(out, f"ckpt_path={tmp_path / 'missing.ckpt'}"))
+    assert not out.exists()
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        train(compose_train(run, f"ckpt_path={run / 'export' / 'ema.safetensors'}"))
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "export" / "ema.safetensors").is_file()
+
+
+def test_a_damaged_export_is_refused_and_its_fingerprint_is_never_taken(run, tmp_path):
+    export = tmp_path / "export"
+    weights, _ = load_ema_weights(run / "checkpoints" / "last.ckpt")
+    path = export_ema(weights, load_checkpoint(run / "checkpoints" / "last.ckpt")["hyper_parameters"]["cfg"], export)
+    intact = load_model(export)
+    path.write_bytes(flipped(path.read_bytes()))
+    with pytest.raises(CheckpointError, match="ema.safetensors' is corrupted"):
+        load_model(export)
+    assert intact.fingerprint  # the intact file loads; the damaged one gives no model at all
+
+
+def test_resume_skips_a_damaged_last_checkpoint_and_replaces_it(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(run), str(copy)], check=True)
+    last = copy / "checkpoints" / "last.ckpt"
+    last.write_bytes(flipped(last.read_bytes()))
+    dead = leftover_path(last, "partial")  # a checkpoint write killed mid-way
+    dead.write_bytes(b"PK half a checkpoint")
+    live = copy / "checkpoints" / f".step.ckpt.partial-x-{os.getpid()}-abc123"  # not ours to remove
+    live.write_bytes(b"")
+    assert find_latest_checkpoint(copy).name == "step=0000004.ckpt"
+    train(compose_train(copy, "trainer.max_steps=6", "checkpoint.every_n_steps=2", "checkpoint.keep_periodic=-1",
+                        "validation.every_n_steps=4", "ckpt_path=last"))
+    said = capsys.readouterr().out
+    assert f"skipping {last}: '{last}' is corrupted" in said and f"removed {dead}" in said
+    names = sorted(p.name for p in (copy / "checkpoints").iterdir())
+    assert "last-v1.ckpt" not in names and not dead.exists() and live.exists()
+    assert load_checkpoint(last)["global_step"] == 6  # resumed from step 4, replaced the damaged file
+
+
+def test_ckpt_path_auto_refuses_to_start_over_when_every_checkpoint_is_damaged(run, tmp_path):
+    copy = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(run), str(copy)], check=True)
+    for path in (copy / "checkpoints").glob("*.ckpt"):
+        path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="none of them is usable"):
+        train(compose_train(copy, "ckpt_path=auto"))
+
+
+def dev_full_temporary(monkeypatch) -> None:
+    """Every checkpoint write goes to /dev/full, which answers each write with ENOSPC, on a disk
+    that still has room: the patched write of the issue (the real full disk is a tmpfs below)."""
+    import sdm.atomic
+
+    original = sdm.atomic.temporary_name
+
+    def to_dev_full(path, kind="partial"):
+        tmp = original(path, kind)
+        if tmp.name.startswith(".last.ckpt") or tmp.name.startswith(".step="):
+            tmp.symlink_to("/dev/full")
+        return tmp
+
+    monkeypatch.setattr(sdm.atomic, "temporary_name", to_dev_full)
+
+
+def test_a_failed_write_names_the_folder_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    save_checkpoint_file({"global_step": 1, "state_dict": {"w": torch.ones(3)}}, path)
+    dev_full_temporary(monkeypatch)
+    with pytest.raises(WriteError, match=f"could not write last.ckpt in {tmp_path / 'checkpoints'}"):
+        save_checkpoint_file({"global_step": 2, "state_dict": {"w": torch.ones(3)}}, path)
+    assert load_checkpoint(path)["global_step"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_a_failed_checkpoint_write_during_training_is_named(tmp_path, monkeypatch):
+    dev_full_temporary(monkeypatch)
+    with pytest.raises(WriteError, match=f"could not write last.ckpt in {tmp_path / 'run' / 'checkpoints'}"):
+        train(compose_train(tmp_path / "run", "trainer.max_steps=2", "checkpoint.every_n_steps=2"))
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size, read_only) -> a folder on its own small tmpfs (needs root, as in CI)."""
+    mounted = []
+
+    def mount(name: str, size: str = "256k", read_only: bool = False) -> Path:
+        folder = tmp_path / name
+        folder.mkdir(parents=True)
+        options = f"size={size}" + (",ro" if read_only else "")
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_full_disk_and_a_read_only_folder_are_named_during_training(tmp_path, tmpfs):
+    full = tmpfs("full/checkpoints", size="64k")  # the run dir has room, its checkpoint folder not
+    with pytest.raises(WriteError, match=f"the disk holding {full} is full"):
+        train(compose_train(full.parent, "trainer.max_steps=2", "checkpoint.every_n_steps=2"))
+    assert list(full.iterdir()) == []  # no half-written checkpoint left
+    read_only = tmpfs("ro/checkpoints", read_only=True)
+    with pytest.raises(WriteError, match=f"{read_only} is not writable"):
+        train(compose_train(read_only.parent, "trainer.max_steps=2", "checkpoint.every_n_steps=2"))
+    assert not (read_only.parent / "tb").exists(), "refused before training started"
