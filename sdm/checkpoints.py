@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +72,7 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
         raise CheckpointError(
             f"'{path}' is not a plain-weights checkpoint (it asks to import {code.group(1)}); refusing to load it"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except Exception as err:  # random bytes can fail anywhere in the unpickler (IndexError, KeyError, ...)
         raise CheckpointError(f"'{path}' is not a readable checkpoint (corrupted or truncated?): {err}") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"'{path}' holds a {type(checkpoint).__name__}, not a checkpoint (a dict of state)")
@@ -94,12 +93,19 @@ def unusable_reason(path: Path) -> str | None:
         return str(err)
 
 
+def _recency(path: Path) -> tuple[bool, int, int]:
+    """last.ckpt first (every save rewrites it), then step=N.ckpt by N, then by time: a copied
+    run dir has new modification times in no particular order."""
+    step = re.search(r"step=(\d+)", path.name)
+    return path.name == "last.ckpt", int(step.group(1)) if step else -1, path.stat().st_mtime_ns
+
+
 def find_latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete `.ckpt` of a run (last.ckpt or a periodic step=*.ckpt), or None;
     newer files that are damaged are named and skipped. The best-*.ckpt files are not resume
     points: written after validation, their loop state would shift the logged steps by one."""
     folder = Path(run_dir) / CHECKPOINT_DIR
-    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    candidates = sorted(folder.glob("*.ckpt"), key=_recency, reverse=True)
     for candidate in candidates:
         if candidate.name.startswith((".", "best-")):
             continue

@@ -33,7 +33,7 @@ NUMERIC_KEYS = {
     "sampler.num_steps": int, "data.batch_size": int, "data.val_fraction": float,
     "diffusion.num_train_timesteps": int, "diffusion.beta_start": float, "diffusion.beta_end": float,
     "validation.every_n_steps": int, "validation.num_steps": int, "checkpoint.every_n_steps": int,
-    "loss.vlb_weight": float, "seed": int,
+    "loss.vlb_weight": float, "loss.diverged_above": float, "seed": int,
 }
 
 
@@ -60,7 +60,8 @@ def check_train_config(cfg: DictConfig) -> None:
     require(int(t.accumulate_grad_batches) >= 1, "trainer.accumulate_grad_batches",
              t.accumulate_grad_batches, "an integer >= 1")
     require(str(t.precision) in PRECISIONS, "trainer.precision", t.precision, f"one of {PRECISIONS}")
-    require(float(o.lr) > 0, "optim.lr", o.lr, "a positive learning rate")
+    require(0 < float(o.lr) <= 1, "optim.lr", o.lr, "a learning rate in (0, 1] (the paper's is 1e-4)")
+    require(float(cfg.loss.diverged_above) > 0, "loss.diverged_above", cfg.loss.diverged_above, "a positive loss")
     require(int(o.warmup_steps) >= 0, "optim.warmup_steps", o.warmup_steps, "an integer >= 0")
     require(o.schedule in ("cosine", "constant"), "optim.schedule", o.schedule, "'cosine' or 'constant'")
     require(0 < float(cfg.ema.decay) < 1, "ema.decay", cfg.ema.decay, "a value in (0, 1)")
@@ -75,13 +76,51 @@ def check_train_config(cfg: DictConfig) -> None:
         extra_ratio(cfg.data)
         require(not cfg.data.get("streaming", False), "data.extra", cfg.data.extra,
                 "unset with data.streaming=true: synthetic rows mix into a prepared source only")
-    size = cfg.data.size
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    factor = 2 ** (len(cfg.model.channel_mult) - 1)
-    require(height % factor == 0 and width % factor == 0, "data.size", OmegaConf.to_object(size) if not isinstance(size, int) else size,
-             f"sides divisible by {factor} (the downsampling of model={cfg.model.name})")
+    check_size_and_model(cfg)
+    workers = cfg.data.get("num_workers", 0)
+    require(isinstance(workers, int) and workers >= 0, "data.num_workers", workers, "an integer >= 0")
     val = cfg.validation
     require(int(val.every_n_steps) >= 1, "validation.every_n_steps", val.every_n_steps, "an integer >= 1")
     require(int(val.num_steps) >= 1, "validation.num_steps", val.num_steps, "an integer >= 1")
     ckpt = cfg.checkpoint
     require(int(ckpt.every_n_steps) >= 1, "checkpoint.every_n_steps", ckpt.every_n_steps, "an integer >= 1")
+
+
+def check_size_and_model(cfg: DictConfig) -> None:
+    """The image size parses, and the U-Net builds at it: a dry build on the meta device (no
+    memory, no time) turns any constraint of the network into an error naming the model."""
+    import torch
+
+    from sdm.data.rows import parse_size
+    from sdm.models import build_unet
+
+    size = cfg.data.size
+    shown = OmegaConf.to_object(size) if OmegaConf.is_config(size) else size
+    try:
+        height, width = parse_size(shown)
+    except ValueError:
+        raise ConfigError(f"data.size={shown!r} is invalid: expected an int or [height, width], "
+                          "each side in 8..4096") from None
+    factor = 2 ** (len(cfg.model.channel_mult) - 1)
+    require(height % factor == 0 and width % factor == 0, "data.size", shown,
+            f"sides divisible by {factor} (the downsampling of model={cfg.model.name})")
+    try:
+        with torch.device("meta"):
+            build_unet(OmegaConf.to_container(cfg, resolve=True))
+    except (ValueError, TypeError, AssertionError, RuntimeError) as err:
+        raise ConfigError(f"model={cfg.model.name} cannot be built with these settings: {err}") from None
+
+
+def check_accelerator(trainer: DictConfig) -> None:
+    """A GPU run on a machine without one fails here, not inside Lightning's device setup."""
+    import torch
+
+    accelerator = str(trainer.accelerator)
+    if accelerator not in ("gpu", "cuda"):
+        return
+    found = torch.cuda.device_count()
+    require(found > 0, "trainer.accelerator", accelerator,
+            "'cpu' or 'auto' on this machine: it has no visible GPU (check CUDA_VISIBLE_DEVICES and the driver)")
+    devices = trainer.devices
+    if isinstance(devices, int) and devices > found:
+        require(False, "trainer.devices", devices, f"at most {found}: this machine has {found} visible GPU(s)")

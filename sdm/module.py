@@ -20,8 +20,8 @@ from sdm.seeding import stable_seed
 from sdm.viz import grid, to_uint8_image
 
 
-class NonFiniteLossError(SDMError):
-    """The loss became NaN or infinite; training stops instead of skipping the step."""
+class DivergedError(SDMError):
+    """The loss became NaN, infinite or absurdly large; training stops instead of going on."""
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0, cosine: bool = True) -> float:
@@ -95,12 +95,15 @@ class SDMModule(L.LightningModule):
         losses, t = self.diffusion_losses(batch, self._generator(stream), self.drop_prob, self.unet)
         loss = losses["loss"].mean()
         # every rank must stop together, or DDP would wait forever in the gradient all-reduce
-        if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False):
-            raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()} on rank {self.global_rank}, or on another rank) at step "
-                f"{self.global_step}; training stopped. "
-                "The last checkpoint was written before this step. Lower optim.lr, use "
-                "trainer.precision=bf16-mixed or 32-true, or check the data"
+        limit = float(self.cfg["loss"]["diverged_above"])
+        value = loss.detach().float().item()  # one host sync per step, as logging the loss costs anyway
+        diverged = not math.isfinite(value) or value > limit
+        if self.trainer.strategy.reduce_boolean_decision(diverged, all=False):
+            raise DivergedError(
+                f"training diverged: loss {value:.4g} on rank {self.global_rank} (or a bad loss on another "
+                f"rank) at step {self.global_step}, where a healthy loss is about 0.01 to 2 "
+                f"(loss.diverged_above={limit:g}); training stopped. The last checkpoint was written before this "
+                "step. Lower optim.lr, use trainer.precision=bf16-mixed or 32-true, or check the data"
             )
         self.log_losses("train", losses, t)
         return loss

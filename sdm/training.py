@@ -27,7 +27,7 @@ from sdm.checkpoints import (
     load_ema_weights,
     load_into,
 )
-from sdm.config import check_train_config
+from sdm.config import check_accelerator, check_train_config
 from sdm.data.datamodule import SidewalkDataModule
 from sdm.errors import CheckpointError, ConfigError
 from sdm.hardware import cpu_has_bf16
@@ -169,6 +169,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def _train(cfg: DictConfig) -> dict[str, float]:
     check_train_config(cfg)
+    check_accelerator(cfg.trainer)
     if int(cfg.trainer.num_nodes) > 1 and not cfg.run_dir and not _is_multirun():
         raise ConfigError(
             f"trainer.num_nodes={cfg.trainer.num_nodes}: pass run_dir=<a path every node sees> so that all "

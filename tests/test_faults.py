@@ -20,7 +20,8 @@ from sdm.checkpoints import (
     load_ema_weights,
     save_checkpoint_file,
 )
-from sdm.errors import CheckpointError
+from sdm.errors import CheckpointError, ConfigError
+from sdm.module import DivergedError, SDMModule
 from sdm.generation.weights import load_model
 from sdm.training import train
 
@@ -191,3 +192,37 @@ def test_a_full_disk_and_a_read_only_folder_are_named_during_training(tmp_path, 
     with pytest.raises(WriteError, match=f"{read_only} is not writable"):
         train(compose_train(read_only.parent, "trainer.max_steps=2", "checkpoint.every_n_steps=2"))
     assert not (read_only.parent / "tb").exists(), "refused before training started"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("data.size=0", r"data\.size=0 is invalid: expected an int or \[height, width\], each side in 8\.\.4096"),
+     ("data.size=[64]", r"data\.size=\[64\] is invalid"),
+     ("model.model_channels=40", r"model=tiny cannot be built.*divisible by 32, got 40"),
+     ("data.num_workers=-1", r"data\.num_workers=-1 is invalid: expected an integer >= 0"),
+     ("trainer.accelerator=gpu", r"trainer\.accelerator='gpu' is invalid.*no visible GPU"),
+     ("optim.lr=1e38", r"optim\.lr=1e\+38 is invalid: expected a learning rate in \(0, 1\]"),
+     ("optim.lr=1e12", r"optim\.lr=1000000000000\.0 is invalid"),
+     ("loss.diverged_above=0", r"loss\.diverged_above=0 is invalid")],
+)
+def test_settings_that_used_to_fail_deep_are_named_before_any_work(tmp_path, override, message):
+    if override.startswith("trainer.accelerator") and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match=message):
+        train(compose_train(tmp_path / "run", override))
+    assert not (tmp_path / "data-cache").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_diverging_loss_stops_the_run_at_its_step(tmp_path, monkeypatch):
+    original = SDMModule.diffusion_losses
+
+    def exploding(self, batch, generator, drop_prob, network):
+        losses, t = original(self, batch, generator, drop_prob, network)
+        if self.training and self.global_step == 5:
+            losses = {k: v * 1e28 for k, v in losses.items()}  # what lr 1e12 did: finite, absurd
+        return losses, t
+
+    monkeypatch.setattr(SDMModule, "diffusion_losses", exploding)
+    with pytest.raises(DivergedError, match=r"training diverged: loss \d.*e\+2\d on rank 0.* at step 5"):
+        train(compose_train(tmp_path / "run"))
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 4

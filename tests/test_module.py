@@ -20,7 +20,7 @@ import sdm.module as module_code
 from sdm.data.classes import colorize
 from sdm.diffusion import noise_config
 from sdm.models import build_unet, label_to_condition
-from sdm.module import NonFiniteLossError, SDMModule, training_seed, warmup_cosine
+from sdm.module import DivergedError, SDMModule, training_seed, warmup_cosine
 from sdm.viz import to_uint8_image
 
 B, SIZE = 4, 32
@@ -150,7 +150,7 @@ def test_non_finite_loss_is_agreed_across_ranks_then_stops(module, monkeypatch):
     real = module_code.hybrid_loss
     monkeypatch.setattr(module_code, "hybrid_loss",
                         lambda *a, **k: {n: v * math.inf for n, v in real(*a, **k).items()})
-    with pytest.raises(NonFiniteLossError, match="at step 7"):
+    with pytest.raises(DivergedError, match="at step 7"):
         module.training_step(batch(), 0)
 
 

@@ -22,7 +22,7 @@ from sdm.checkpoints import (
 )
 from sdm.ema import EMA, ema_decay
 from sdm.errors import CheckpointError, ConfigError
-from sdm.module import NonFiniteLossError, SDMModule, warmup_cosine
+from sdm.module import DivergedError, SDMModule, warmup_cosine
 from sdm.training import train
 
 
@@ -198,7 +198,7 @@ def test_non_finite_loss_stops_with_the_step(tmp_path, monkeypatch):
         return losses, t
 
     monkeypatch.setattr(SDMModule, "diffusion_losses", poisoned)
-    with pytest.raises(NonFiniteLossError, match="at step 5"):
+    with pytest.raises(DivergedError, match="at step 5"):
         run_train(tmp_path, "nan")
     last = find_latest_checkpoint(tmp_path / "nan")
     assert load_checkpoint(last)["global_step"] == 4
