@@ -34,11 +34,25 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0, co
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def training_seed(seed: int, rank: int, step: int, micro_batch: int) -> int:
-    """Seed of one micro-batch's (drop, t, noise) draws: a hash of its coordinates, so resume is
-    exact and no two ranks, steps or micro-batches of a run share a stream (a sum such as
-    seed * P + rank * Q + step gives rank 1 at step 0 the stream of rank 0 at step Q)."""
-    return stable_seed("train", seed, rank, step, micro_batch)
+def training_seed(seed: int, step: int, micro_batch: int, sample: int) -> int:
+    """Seed of one training sample's (drop, t, noise): a hash of its coordinates, `sample` being
+    its index in the global batch. Resume is exact, no two samples of a run share a stream (a sum
+    such as seed * P + step would give seed 1 at step 0 the stream of seed 0 at step P), and the
+    draws do not depend on how the global batch is split over GPUs."""
+    return stable_seed("train", seed, step, micro_batch, sample)
+
+
+def draw_noise(generators: torch.Generator | list[torch.Generator], shape: tuple[int, ...], num_timesteps: int,
+               device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """(uniform for the mask drop, t, noise) for a batch of `shape`: in batch order from one
+    generator, or each sample from its own (a list, one per sample)."""
+    if isinstance(generators, torch.Generator):
+        b = shape[0]
+        return (torch.rand(b, device=device, generator=generators),
+                torch.randint(0, num_timesteps, (b,), device=device, generator=generators),
+                torch.randn(shape, device=device, generator=generators, dtype=dtype))
+    parts = [draw_noise(g, (1, *shape[1:]), num_timesteps, device, dtype) for g in generators]
+    return tuple(torch.cat(column) for column in zip(*parts, strict=True))
 
 
 class SDMModule(L.LightningModule):
@@ -68,19 +82,19 @@ class SDMModule(L.LightningModule):
         cond = label_to_condition(label.long(), self.unet.num_classes, self.unet.edge_channel)
         return cond.contiguous(memory_format=torch.channels_last) if self.channels_last else cond
 
-    def _generator(self, stream: int) -> torch.Generator:
-        """Per-micro-batch random stream: a pure function of (seed, rank, step, micro-batch)."""
-        seed = training_seed(int(self.cfg["seed"]), self.global_rank, self.global_step, stream)
-        return torch.Generator(device=self.device).manual_seed(seed)
+    def _generators(self, stream: int, batch_size: int) -> list[torch.Generator]:
+        """One random stream per sample of this rank's micro-batch. Rank r holds the samples at
+        positions r, r + world, ... of the global batch (sdm.data.datamodule), so every sample
+        gets the same draws however many GPUs share the batch: 2 x 4 trains as 1 x 8."""
+        rank, world, seed = self.global_rank, self.trainer.world_size, int(self.cfg["seed"])
+        return [torch.Generator(device=self.device).manual_seed(
+                    training_seed(seed, self.global_step, stream, rank + world * j)) for j in range(batch_size)]
 
-    def diffusion_losses(self, batch: dict[str, Tensor], generator: torch.Generator,
+    def diffusion_losses(self, batch: dict[str, Tensor], generators: torch.Generator | list[torch.Generator],
                          drop_prob: float, network: torch.nn.Module) -> tuple[dict[str, Tensor], Tensor]:
-        x0, b = batch["image"], batch["image"].shape[0]
-        cond = self.condition(batch["label"])
-        drop = torch.rand(b, device=self.device, generator=generator) < drop_prob
-        cond = drop_condition(cond, drop)
-        t = torch.randint(0, self.num_timesteps, (b,), device=self.device, generator=generator)
-        noise = torch.randn(x0.shape, device=self.device, generator=generator, dtype=x0.dtype)
+        x0 = batch["image"]
+        uniform, t, noise = draw_noise(generators, tuple(x0.shape), self.num_timesteps, self.device, x0.dtype)
+        cond = drop_condition(self.condition(batch["label"]), uniform < drop_prob)
         x_t = add_noise(self.scheduler, x0, noise, t)
         if self.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
@@ -92,7 +106,8 @@ class SDMModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         stream = batch_idx % self.trainer.accumulate_grad_batches
-        losses, t = self.diffusion_losses(batch, self._generator(stream), self.drop_prob, self.unet)
+        generators = self._generators(stream, batch["image"].shape[0])
+        losses, t = self.diffusion_losses(batch, generators, self.drop_prob, self.unet)
         loss = losses["loss"].mean()
         # every rank must stop together, or DDP would wait forever in the gradient all-reduce
         limit = float(self.cfg["loss"]["diverged_above"])

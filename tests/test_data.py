@@ -503,6 +503,11 @@ def test_datamodule_loaders_and_resume_state(data_cfg):
     dm.load_state_dict({})
     dm.trainer.current_epoch = 1
     assert list(dm.train_dataloader().sampler) == list(whole)
+    # saved at the last batch of epoch 1: Lightning resumes in epoch 2, so the stream does too
+    progress.current.ready = len(dm.sampler) // 3
+    assert dm.state_dict() == {"epoch": 2, "consumed": 0}
+    progress.current.ready -= 1
+    assert dm.state_dict() == {"epoch": 1, "consumed": 3 * progress.current.ready}
 
 
 def test_too_few_rows_for_a_batch_is_named(data_cfg):

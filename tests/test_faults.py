@@ -21,8 +21,8 @@ from sdm.checkpoints import (
     save_checkpoint_file,
 )
 from sdm.errors import CheckpointError, ConfigError
-from sdm.module import DivergedError, SDMModule
 from sdm.generation.weights import load_model
+from sdm.module import DivergedError, SDMModule
 from sdm.training import train
 
 

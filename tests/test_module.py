@@ -41,7 +41,8 @@ def attach(module: SDMModule, *, step: int = 0, rank: int = 0, accumulate: int =
         return decision
 
     fields = dict(
-        global_step=step, global_rank=rank, accumulate_grad_batches=accumulate, precision="32-true",
+        global_step=step, global_rank=rank, world_size=2 if rank else 1, accumulate_grad_batches=accumulate,
+        precision="32-true",
         strategy=SimpleNamespace(reduce_boolean_decision=reduce_boolean_decision), decisions=decisions,
         sanity_checking=False, is_global_zero=True, loggers=[],
     )
@@ -98,27 +99,33 @@ def test_training_drops_masks_with_the_configured_probability(module):
     assert (calls[1][2].flatten(1).sum(1) > 0).all()
 
 
-def test_every_micro_batch_and_rank_draws_its_own_noise(module):
-    """Streams are a function of (seed, rank, step, micro-batch): distinct, and reproducible."""
+def draws_of(module: SDMModule, stream: int, batch_size: int) -> list[tuple[float, ...]]:
+    return [tuple(torch.rand(3, generator=g).tolist()) for g in module._generators(stream, batch_size)]
+
+
+def test_every_sample_draws_its_own_noise_whichever_rank_holds_it(module):
+    """Streams are a function of (seed, step, micro-batch, index in the global batch): distinct,
+    reproducible, and the same for a sample on 1 GPU or on rank 1 of 2 (as the data shards)."""
     draws = {}
     for step in range(3):
         for stream in range(2):
-            for rank in range(2):
-                attach(module, step=step, rank=rank, accumulate=2)
-                draws[(step, stream, rank)] = torch.rand(4, generator=module._generator(stream))
-    values = [tuple(v.tolist()) for v in draws.values()]
-    assert len(set(values)) == len(values)
-    attach(module, step=1, rank=1, accumulate=2)
-    assert torch.equal(torch.rand(4, generator=module._generator(1)), draws[(1, 1, 1)])
+            attach(module, step=step, accumulate=2)
+            draws[(step, stream)] = draws_of(module, stream, 4)
+    values = [v for group in draws.values() for v in group]
+    assert len(set(values)) == len(values) == 3 * 2 * 4
+    for rank in range(2):  # rank r of 2 holds global positions r, r + 2: a global batch of 4 as 2 x 2
+        attach(module, step=1, rank=rank, world_size=2, accumulate=2)
+        assert draws_of(module, 1, 2) == draws[(1, 1)][rank::2]
     module.cfg = {**module.cfg, "seed": 1}
-    assert not torch.equal(torch.rand(4, generator=module._generator(1)), draws[(1, 1, 1)])
+    attach(module, step=1, accumulate=2)
+    assert draws_of(module, 1, 4) != draws[(1, 1)]
 
 
-def test_no_two_micro_batches_of_a_run_share_a_random_stream():
-    """Two nodes of 8 GPUs, 2 micro-batches per step, 5,000 steps, two seeds: 320,000 streams."""
-    seeds = {training_seed(seed, rank, step, micro)
-             for seed in (0, 1) for rank in range(16) for step in range(5_000) for micro in range(2)}
-    assert len(seeds) == 2 * 16 * 5_000 * 2
+def test_no_two_samples_of_a_run_share_a_random_stream():
+    """A global batch of 16, 2 micro-batches per step, 5,000 steps, two seeds: 320,000 streams."""
+    seeds = {training_seed(seed, step, micro, sample)
+             for seed in (0, 1) for step in range(5_000) for micro in range(2) for sample in range(16)}
+    assert len(seeds) == 2 * 5_000 * 2 * 16
     assert training_seed(0, 1, 2, 1) == training_seed(0, 1, 2, 1)  # a pure function: resume is exact
     assert all(0 <= s < 2**63 for s in list(seeds)[:1000])  # valid for torch.Generator.manual_seed
 
@@ -136,11 +143,12 @@ def test_training_step_uses_the_micro_batch_stream(module, monkeypatch):
     attach(module, step=5, accumulate=2)
     module.training_step(batch(), 11)
     assert torch.equal(noises[3][0], noises[1][0]) and torch.equal(noises[3][1], noises[1][1])
-    # batch 11 with 2 micro-batches per step is micro-batch 1 of step 5: its draws, in order
-    gen = torch.Generator().manual_seed(training_seed(int(module.cfg["seed"]), 0, 5, 1))
-    torch.rand(B, generator=gen)
-    assert torch.equal(noises[1][1], torch.randint(0, module.num_timesteps, (B,), generator=gen))
-    assert torch.equal(noises[1][0], torch.randn(B, 3, SIZE, SIZE, generator=gen))
+    # batch 11 with 2 micro-batches per step is micro-batch 1 of step 5: each sample's draws, in order
+    for j in range(B):
+        gen = torch.Generator().manual_seed(training_seed(int(module.cfg["seed"]), 5, 1, j))
+        torch.rand(1, generator=gen)
+        assert torch.equal(noises[1][1][j : j + 1], torch.randint(0, module.num_timesteps, (1,), generator=gen))
+        assert torch.equal(noises[1][0][j : j + 1], torch.randn(1, 3, SIZE, SIZE, generator=gen))
 
 
 def test_non_finite_loss_is_agreed_across_ranks_then_stops(module, monkeypatch):

@@ -21,13 +21,18 @@ from sdm.training import train
 RESUME = ["data.num_workers=2", "trainer.max_steps=10", "checkpoint.every_n_steps=3", "validation.every_n_steps=5"]
 
 
-def cli(run_dir: Path, cache: Path, *extra: str, die: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
-    script = [str(REPO / "tests" / "helpers" / "train_then_die.py"), die[0], str(die[1])] if die else ["train.py"]
+def cli(run_dir: Path, cache: Path, *extra: str, die: tuple[str, int] | None = None,
+        dump_ema: bool = False) -> subprocess.CompletedProcess:
+    """train.py in a fresh interpreter and its own process group, with the test hooks
+    (tests/helpers/hooks/sitecustomize.py)."""
     args = [a for a in FAST_TRAIN if not a.startswith("experiment")]
-    command = [sys.executable, *script, "experiment=quickstart", *args, *RESUME, f"run_dir={run_dir}",
+    command = [sys.executable, "train.py", "experiment=quickstart", *args, *RESUME, f"run_dir={run_dir}",
                f"data.cache_dir={cache}", *extra]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SDM_TEST_DIE": f"{die[0]}:{die[1]}" if die else "",
+           "SDM_TEST_DUMP_EMA": "1" if dump_ema else "",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "helpers" / "hooks"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env,
+                          start_new_session=True)
 
 
 def assert_same_run(straight: Path, resumed: Path) -> None:

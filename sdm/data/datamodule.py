@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from sdm.data.mixing import MixedPairs, epoch_items, epoch_size, extra_ratio, extra_source_cfg
 from sdm.data.prepare import PreparedData, decode_row, prepare_data, split_indices
@@ -184,8 +184,14 @@ class SidewalkDataModule(L.LightningDataModule):
         return self._loader(self.train_set, self.sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
+        """This rank's share of the validation rows (every world-th), so GPUs split the work;
+        the module averages the losses over ranks (sync_dist)."""
         assert self.val_set is not None, "call setup() first"
-        return self._loader(self.val_set, None, drop_last=False)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        rows = self.val_set
+        if world > 1 and not self.streaming and len(self.val_set) >= world:
+            rows = Subset(self.val_set, range(rank, len(self.val_set), world))
+        return self._loader(rows, None, drop_last=False)
 
     def state_dict(self) -> dict[str, int]:
         """Where the training data stream stands, saved in every checkpoint."""
@@ -193,10 +199,11 @@ class SidewalkDataModule(L.LightningDataModule):
             return {}
         loop = self.trainer.fit_loop.epoch_loop
         batches = loop.batch_progress.current.ready
-        return {
-            "epoch": self.trainer.current_epoch,
-            "consumed": batches * int(self.cfg.batch_size),
-        }
+        epoch = self.trainer.current_epoch
+        if self.sampler is not None and batches >= len(self.sampler) // int(self.cfg.batch_size):
+            # saved at the last batch of an epoch: Lightning resumes in the next one
+            return {"epoch": epoch + 1, "consumed": 0}
+        return {"epoch": epoch, "consumed": batches * int(self.cfg.batch_size)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume_state = dict(state) if state else None

@@ -1,0 +1,40 @@
+"""Test hooks for train.py in a fresh interpreter: put this folder on PYTHONPATH and Python
+imports it at start-up, in every process (the DDP ranks Lightning starts too). Set by
+environment variables:
+
+- SDM_TEST_DIE=SIGNAL:STEP - rank 0 sends SIGNAL at the end of optimizer step STEP, as a
+  scheduler would (SIGTERM, SIGUSR2); SIGKILL goes to the whole process group (every rank and
+  DataLoader worker), as a node failure would.
+- SDM_TEST_DUMP_EMA=1 - each rank saves its EMA weights to <run dir>/ema-rank<r>.pt at the end.
+"""
+
+import os
+import signal
+from pathlib import Path
+
+if os.environ.get("SDM_TEST_DIE"):
+    from sdm import callbacks
+
+    name, step = os.environ["SDM_TEST_DIE"].split(":")
+    signum, step = getattr(signal, name), int(step)
+    original = callbacks.PeriodicCheckpoint.on_train_batch_end
+
+    def then_die(self, trainer, *args, **kwargs):
+        original(self, trainer, *args, **kwargs)
+        if trainer.global_step == step and trainer.is_global_zero:
+            if signum == signal.SIGKILL:
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+            os.kill(os.getpid(), signum)
+
+    callbacks.PeriodicCheckpoint.on_train_batch_end = then_die
+
+if os.environ.get("SDM_TEST_DUMP_EMA"):
+    import torch
+
+    from sdm.module import SDMModule
+
+    def dump_ema(self):
+        path = Path(self.cfg["output_dir"]) / f"ema-rank{self.global_rank}.pt"
+        torch.save(self.ema.module.state_dict(), path)
+
+    SDMModule.on_train_end = dump_ema
