@@ -10,6 +10,9 @@ from omegaconf import DictConfig  # noqa: E402
 
 from sdm.errors import exit_on_sdm_error  # noqa: E402
 from sdm.generation import generate  # noqa: E402
+from sdm.slurm_launcher import install_checks  # noqa: E402
+
+install_checks()  # hydra/launcher=slurm refuses a misconfigured sweep before submitting it
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")

@@ -58,7 +58,7 @@ class PeriodicCheckpoint(ModelCheckpoint):
                 logger.save()
         if self.stop_signum is not None:
             if trainer.is_global_zero and self._signals is not None:
-                self._signals.hand_on()  # under submitit: requeue the job, then exit
+                self._signals.hand_on(self.stop_message)  # under submitit: requeue the job, then exit
             raise TrainingStopped(self.stop_message, self.stop_signum)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:

@@ -9,6 +9,7 @@ auto-requeue clashes with submitit's (shared/FACTS.md), so the project handles t
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -52,11 +53,14 @@ class StopSignals:
                 signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
 
-    def hand_on(self) -> None:
+    def hand_on(self, message: str) -> None:
         """Call the handler that was there before for the received signal: submitit's requeues
-        the job and exits; a default one is not called (the caller exits with 128 + signal)."""
+        the job and exits (so `message` is printed first); a default one is not called (the
+        caller raises TrainingStopped, exit 128 + signal)."""
         previous = self._previous.get(self.received) if self.received is not None else None
         if _is_submitit_handler(previous):
+            print(f"stopped: {message}; submitit requeues the job, which resumes from there", file=sys.stderr,
+                  flush=True)
             self.uninstall()
             previous(self.received, None)
 

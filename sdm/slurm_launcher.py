@@ -1,0 +1,125 @@
+"""Checks in front of Hydra's submitit SLURM launcher, before anything is queued.
+
+A job whose tasks do not match Lightning's devices, or that asks for a partition, GPUs, CPUs
+or memory the cluster does not have, would sit in the queue or hang at start-up; here it
+fails at submission with one `error:` line (exit 2). `gpus_per_node: null` asks one GPU per
+device for GPU training and none for `trainer.accelerator=cpu`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn
+from omegaconf import DictConfig, OmegaConf
+
+
+def job_problems(params: dict[str, Any], cfg: DictConfig) -> list[str]:
+    """What in one job's config contradicts the launcher's request (train.py or sample.py)."""
+    problems = []
+    tasks, nodes = params.get("tasks_per_node"), params.get("nodes")
+    trainer = cfg.get("trainer")
+    if trainer is not None:  # train.py: Lightning wants one SLURM task per device, on every node
+        devices = OmegaConf.select(cfg, "trainer.devices")
+        if not isinstance(devices, int):
+            problems.append(f"trainer.devices={devices!r}: under SLURM give the number of devices per node")
+        elif tasks != devices:
+            problems.append(f"hydra.launcher.tasks_per_node={tasks} but trainer.devices={devices}: Lightning needs "
+                            "one task per device")
+        if nodes != trainer.get("num_nodes", 1):
+            problems.append(f"hydra.launcher.nodes={nodes} but trainer.num_nodes={trainer.get('num_nodes', 1)}")
+    elif tasks != 1 or nodes != 1:  # sample.py starts its own process per GPU, on one node
+        problems.append(f"sample.py runs as one task on one node (it starts `devices` processes itself): got "
+                        f"hydra.launcher.tasks_per_node={tasks}, nodes={nodes}")
+    return problems
+
+
+def partitions() -> dict[str, dict[str, Any]] | None:
+    """name -> {cpus, memory_mb, gpus, nodes, default} from sinfo, or None without SLURM tools."""
+    if shutil.which("sinfo") is None:
+        return None
+    done = subprocess.run(["sinfo", "-h", "-o", "%P|%c|%m|%G|%D"], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        return None
+    found: dict[str, dict[str, Any]] = {}
+    for line in done.stdout.split():
+        name, cpus, memory, gres, count = line.split("|")
+        gpus = sum(int(part.split(":")[-1].split("(")[0]) for part in gres.split(",") if part.startswith("gpu"))
+        found[name.rstrip("*")] = {"cpus": int(cpus.rstrip("+")), "memory_mb": int(memory.rstrip("+")),
+                                   "gpus": gpus, "nodes": int(count), "default": name.endswith("*")}
+    return found
+
+
+def cluster_problems(params: dict[str, Any], available: dict[str, dict[str, Any]]) -> list[str]:
+    """What the request asks of the cluster that its partition cannot give."""
+    wanted = params.get("partition")
+    name = wanted or next((n for n, p in available.items() if p["default"]), None)
+    if name not in available:
+        where = f"partition '{wanted}'" if wanted else "no partition (and the cluster has no default one)"
+        return [f"hydra.launcher.partition: {where} does not exist on this cluster; it has {', '.join(available)}"]
+    part, problems = available[name], []
+    gpus = int(params.get("gpus_per_node") or 0)
+    if gpus > part["gpus"]:
+        problems.append(f"hydra.launcher.gpus_per_node={gpus} but the nodes of partition '{name}' have "
+                        f"{part['gpus'] or 'no'} GPUs; for CPU training pass trainer.accelerator=cpu")
+    cpus = int(params.get("cpus_per_task") or 1) * int(params.get("tasks_per_node") or 1)
+    if cpus > part["cpus"]:
+        problems.append(f"hydra.launcher.cpus_per_task x tasks_per_node = {cpus} CPUs but the nodes of partition "
+                        f"'{name}' have {part['cpus']}")
+    memory = params.get("mem_gb")
+    if memory is not None and float(memory) * 1024 > part["memory_mb"]:
+        problems.append(f"hydra.launcher.mem_gb={memory} but the nodes of partition '{name}' have "
+                        f"{part['memory_mb'] / 1024:.0f} GB")
+    if int(params.get("nodes") or 1) > part["nodes"]:
+        problems.append(f"hydra.launcher.nodes={params.get('nodes')} but partition '{name}' has {part['nodes']} node(s)")
+    return problems
+
+
+def check_submission(launcher: Any, job_overrides: Sequence[Sequence[str]]) -> None:
+    """Exit 2 with every problem of the sweep named, before any job is submitted."""
+    assert launcher.config is not None and launcher.hydra_context is not None
+    problems: list[str] = []
+    for overrides in job_overrides:
+        cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+        if launcher.params.get("gpus_per_node") is None:
+            # train.py says trainer.accelerator, sample.py says device
+            accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=OmegaConf.select(cfg, "device"))
+            devices = OmegaConf.select(cfg, "trainer.devices", default=OmegaConf.select(cfg, "devices", default=1))
+            launcher.params["gpus_per_node"] = 0 if accelerator == "cpu" else devices
+        problems += [p for p in job_problems(launcher.params, cfg) if p not in problems]
+    available = partitions()
+    if available is not None:
+        problems += cluster_problems(launcher.params, available)
+    if problems:
+        sweep = Path(str(launcher.config.hydra.sweep.dir))
+        if sweep.is_dir() and {p.name for p in sweep.iterdir()} <= {"multirun.yaml"}:
+            shutil.rmtree(sweep)  # the sweeper wrote only its config: leave no empty sweep behind
+        print("error: nothing was submitted:\n  " + "\n  ".join(problems), file=sys.stderr)
+        sys.exit(2)
+
+
+def install_checks() -> None:
+    """Put the checks in front of Hydra's SLURM launcher. Hydra takes launchers from the
+    `hydra_plugins` namespace only (a subclass here cannot be named in the config), and its
+    plugin scan re-executes their modules; so the scan runs first and the class it keeps is
+    patched. train.py and sample.py call this before Hydra starts."""
+    import importlib
+
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()
+    launcher = importlib.import_module("hydra_plugins.hydra_submitit_launcher.submitit_launcher").SlurmLauncher
+    if getattr(launcher.launch, "__name__", "") != "checked_launch":
+        original = launcher.launch
+
+        def checked_launch(self: Any, job_overrides: Sequence[Sequence[str]],
+                           initial_job_idx: int) -> Sequence[JobReturn]:
+            check_submission(self, job_overrides)
+            return original(self, job_overrides, initial_job_idx)
+
+        launcher.launch = checked_launch
