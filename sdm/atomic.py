@@ -67,8 +67,9 @@ def describe_write_failure(path: Path, err: BaseException) -> str:
     if code in (errno.EROFS, errno.EACCES, errno.EPERM) or not os.access(existing, os.W_OK):
         return f"{folder} is not writable (read-only or no permission): could not write {path.name}"
     free = shutil.disk_usage(existing).free
-    if code == errno.ENOSPC or "No space left" in str(err) or free < 2**20:
-        return (f"the disk holding {folder} is full ({free / 2**20:.1f} MiB free): could not write {path.name}. "
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(err) or "quota" in str(err) or free < 2**20:
+        return (f"the disk holding {folder} is full or over quota ({free / 2**20:.1f} MiB free): could not write "
+                f"{path.name}. "
                 "Free space or point the run elsewhere")
     return f"could not write {path.name} in {folder}: {err}"
 
@@ -94,8 +95,8 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:
-        if isinstance(err, RuntimeError) and not _is_io_failure(err):
+    except Exception as err:  # torch says RuntimeError, safetensors SafetensorError, files OSError
+        if not isinstance(err, OSError) and not _is_io_failure(err):
             raise
         raise WriteError(describe_write_failure(path, err)) from None
     finally:
@@ -103,7 +104,8 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _is_io_failure(err: RuntimeError) -> bool:
+def _is_io_failure(err: Exception) -> bool:
     # torch.save reports a failed write as RuntimeError("[enforce fail at inline_container.cc...")
     text = str(err)
-    return any(sign in text for sign in ("inline_container", "file write failed", "unexpected pos", "iostream error"))
+    return any(sign in text for sign in ("inline_container", "file write failed", "unexpected pos", "iostream error",
+                                         "No space left", "Disk quota", "Read-only file system", "I/O error"))

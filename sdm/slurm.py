@@ -151,7 +151,9 @@ def up(timeout_s: float = 60) -> None:
 
 
 def down() -> None:
-    """Cancel every job, stop the daemons (slurmd, slurmctld, munged)."""
+    """Cancel every job, stop the daemons (slurmd, slurmctld, munged) of the local cluster only."""
+    if CONF.exists() and MARKER not in CONF.read_text():
+        raise ClusterError(f"{CONF} was not written by sdm.slurm: this is a real cluster's node; leaving it running")
     if shutil.which("scancel") and _running("slurmctld"):
         _run(["scancel", "--full", "--user", str(os.getuid())], check=False)
     for name in ("slurmd", "slurmctld", "munged"):

@@ -39,17 +39,31 @@ def job_problems(params: dict[str, Any], cfg: DictConfig) -> list[str]:
     return problems
 
 
+def gpus_per_node_for(cfg: DictConfig) -> int:
+    """`gpus_per_node: null`: one GPU per device, none for CPU training (train.py says
+    trainer.accelerator=cpu, sample.py device=cpu)."""
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=OmegaConf.select(cfg, "device"))
+    devices = OmegaConf.select(cfg, "trainer.devices", default=OmegaConf.select(cfg, "devices", default=1))
+    if accelerator == "cpu":
+        return 0
+    return devices if isinstance(devices, int) else 1  # `auto` is refused by job_problems
+
+
 def partitions() -> dict[str, dict[str, Any]] | None:
     """name -> {cpus, memory_mb, gpus, nodes, default} from sinfo, or None without SLURM tools."""
     if shutil.which("sinfo") is None:
         return None
     done = subprocess.run(["sinfo", "-h", "-o", "%P|%c|%m|%G|%D"], capture_output=True, text=True, timeout=60)
-    if done.returncode != 0:
-        return None
+    return parse_sinfo(done.stdout) if done.returncode == 0 else None
+
+
+def parse_sinfo(text: str) -> dict[str, dict[str, Any]]:
+    """Lines of `sinfo -h -o '%P|%c|%m|%G|%D'`: partition (* = default), CPUs and memory (MB) per
+    node, generic resources (e.g. gpu:a100:8(S:0-1)), node count."""
     found: dict[str, dict[str, Any]] = {}
-    for line in done.stdout.split():
+    for line in text.split():
         name, cpus, memory, gres, count = line.split("|")
-        gpus = sum(int(part.split(":")[-1].split("(")[0]) for part in gres.split(",") if part.startswith("gpu"))
+        gpus = sum(int(part.split("(")[0].split(":")[-1]) for part in gres.split(",") if part.startswith("gpu"))
         found[name.rstrip("*")] = {"cpus": int(cpus.rstrip("+")), "memory_mb": int(memory.rstrip("+")),
                                    "gpus": gpus, "nodes": int(count), "default": name.endswith("*")}
     return found
@@ -63,11 +77,12 @@ def cluster_problems(params: dict[str, Any], available: dict[str, dict[str, Any]
         where = f"partition '{wanted}'" if wanted else "no partition (and the cluster has no default one)"
         return [f"hydra.launcher.partition: {where} does not exist on this cluster; it has {', '.join(available)}"]
     part, problems = available[name], []
-    gpus = int(params.get("gpus_per_node") or 0)
+    gpus = params.get("gpus_per_node") if isinstance(params.get("gpus_per_node"), int) else 0
     if gpus > part["gpus"]:
         problems.append(f"hydra.launcher.gpus_per_node={gpus} but the nodes of partition '{name}' have "
                         f"{part['gpus'] or 'no'} GPUs; for CPU training pass trainer.accelerator=cpu")
-    cpus = int(params.get("cpus_per_task") or 1) * int(params.get("tasks_per_node") or 1)
+    tasks = params.get("tasks_per_node")
+    cpus = int(params.get("cpus_per_task") or 1) * (tasks if isinstance(tasks, int) else 1)
     if cpus > part["cpus"]:
         problems.append(f"hydra.launcher.cpus_per_task x tasks_per_node = {cpus} CPUs but the nodes of partition "
                         f"'{name}' have {part['cpus']}")
@@ -87,10 +102,7 @@ def check_submission(launcher: Any, job_overrides: Sequence[Sequence[str]]) -> N
     for overrides in job_overrides:
         cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
         if launcher.params.get("gpus_per_node") is None:
-            # train.py says trainer.accelerator, sample.py says device
-            accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=OmegaConf.select(cfg, "device"))
-            devices = OmegaConf.select(cfg, "trainer.devices", default=OmegaConf.select(cfg, "devices", default=1))
-            launcher.params["gpus_per_node"] = 0 if accelerator == "cpu" else devices
+            launcher.params["gpus_per_node"] = gpus_per_node_for(cfg)
         problems += [p for p in job_problems(launcher.params, cfg) if p not in problems]
     available = partitions()
     if available is not None:
@@ -113,7 +125,10 @@ def install_checks() -> None:
     from hydra.core.plugins import Plugins
 
     Plugins.instance()
-    launcher = importlib.import_module("hydra_plugins.hydra_submitit_launcher.submitit_launcher").SlurmLauncher
+    try:
+        launcher = importlib.import_module("hydra_plugins.hydra_submitit_launcher.submitit_launcher").SlurmLauncher
+    except ImportError:  # without the plugin hydra/launcher=slurm cannot be chosen at all
+        return
     if getattr(launcher.launch, "__name__", "") != "checked_launch":
         original = launcher.launch
 

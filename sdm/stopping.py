@@ -8,6 +8,7 @@ auto-requeue clashes with submitit's (shared/FACTS.md), so the project handles t
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -45,7 +46,8 @@ class StopSignals:
     def _record(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:
             self.received = signum
-            print(f"received {signal.Signals(signum).name}: stopping after this step with a checkpoint", flush=True)
+            # os.write, not print: a signal landing inside a print would make print raise (reentrant call)
+            os.write(2, f"received {signal.Signals(signum).name}: stopping after this step with a checkpoint\n".encode())
 
     def uninstall(self) -> None:
         for signum, previous in self._previous.items():

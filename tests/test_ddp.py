@@ -11,8 +11,7 @@ import pytest
 import torch
 from conftest import compose_train
 from safetensors.torch import load_file
-from test_resume import RESUME, cli
-from test_training import scalar_curve
+from test_resume import RESUME, assert_same_run, cli
 
 from sdm.checkpoints import load_checkpoint
 from sdm.training import train
@@ -73,13 +72,7 @@ def test_two_ranks_resume_exactly_after_a_kill_or_a_stop(ddp_straight, tmp_path,
     resumed = cli(run, tmp_path / "cache", *DDP, "ckpt_path=last", dump_ema=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_ranks_agree(run)
-    a, b = ema_of(ddp_straight), ema_of(run)
-    for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-6), key
-    curve_a, curve_b = scalar_curve(ddp_straight, "train/loss"), scalar_curve(run, "train/loss")
-    assert sorted(curve_a) == sorted(curve_b) == list(range(10))
-    for step, value in curve_a.items():
-        assert curve_b[step] == pytest.approx(value, abs=1e-6), step
+    assert_same_run(ddp_straight, run)  # weights within 1e-6, the same loss at every step
 
 
 @pytest.mark.slow  # two spawned processes
@@ -88,9 +81,8 @@ def test_ddp_spawn_trains_and_exports_as_ddp_does(ddp_straight, tmp_path):
     done = cli(run, tmp_path / "cache", *DDP, "strategy=ddp_spawn", dump_ema=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_ranks_agree(run)
-    a, b = ema_of(ddp_straight), ema_of(run)
-    for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    assert_same_run(ddp_straight, run)
     exported = load_file(run / "export" / "ema.safetensors")  # written by the main process from rank 0's weights
+    ema = ema_of(ddp_straight)
     for key, value in exported.items():
-        assert torch.allclose(value.float(), a[f"ema.module.{key}"], atol=1e-6), key
+        assert torch.allclose(value.float(), ema[f"ema.module.{key}"], atol=1e-6), key

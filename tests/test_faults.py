@@ -185,7 +185,7 @@ def tmpfs(tmp_path):
 
 def test_a_full_disk_and_a_read_only_folder_are_named_during_training(tmp_path, tmpfs):
     full = tmpfs("full/checkpoints", size="64k")  # the run dir has room, its checkpoint folder not
-    with pytest.raises(WriteError, match=f"the disk holding {full} is full"):
+    with pytest.raises(WriteError, match=f"the disk holding {full} is full or over quota"):
         train(compose_train(full.parent, "trainer.max_steps=2", "checkpoint.every_n_steps=2"))
     assert list(full.iterdir()) == []  # no half-written checkpoint left
     read_only = tmpfs("ro/checkpoints", read_only=True)
@@ -226,3 +226,78 @@ def test_a_diverging_loss_stops_the_run_at_its_step(tmp_path, monkeypatch):
     with pytest.raises(DivergedError, match=r"training diverged: loss \d.*e\+2\d on rank 0.* at step 5"):
         train(compose_train(tmp_path / "run"))
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 4
+
+
+class FakeSubmititHandler:
+    """Stands in for submitit's SignalHandler: the module name is how StopSignals knows it."""
+
+    __module__ = "submitit.core.job_environment"
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def checkpoint_and_try_requeue(self, signum, frame) -> None:
+        self.calls.append(signum)
+
+
+def test_stop_signals_are_recorded_not_fatal_and_handed_on_to_submitit_only():
+    import signal
+
+    from sdm.stopping import StopSignals
+
+    submitit = FakeSubmititHandler()
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
+    signal.signal(signal.SIGUSR2, submitit.checkpoint_and_try_requeue)
+    try:
+        signals = StopSignals()
+        signals.install()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGTERM)  # the process lives on; only the first one counts
+        assert signals.received == signal.SIGUSR1
+        signals.hand_on("stopped")
+        assert submitit.calls == []  # SIGUSR1 had no submitit handler: the caller exits itself
+        signals.received = signal.SIGUSR2
+        signals.hand_on("stopped")
+        assert submitit.calls == [signal.SIGUSR2]
+        assert signal.getsignal(signal.SIGUSR2) == submitit.checkpoint_and_try_requeue  # restored first
+        assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+def test_submission_problems_are_named_from_the_job_and_the_cluster():
+    from omegaconf import OmegaConf
+
+    from sdm.slurm_launcher import cluster_problems, job_problems, parse_sinfo
+
+    assert parse_sinfo("gpu|64|512000|gpu:a100:8(S:0-1)|4\nlocal*|2+|23081|(null)|1\n") == {
+        "gpu": {"cpus": 64, "memory_mb": 512000, "gpus": 8, "nodes": 4, "default": False},
+        "local": {"cpus": 2, "memory_mb": 23081, "gpus": 0, "nodes": 1, "default": True}}
+
+    train_job = OmegaConf.create({"trainer": {"devices": 8, "num_nodes": 2}})
+    fits = {"tasks_per_node": 8, "nodes": 2, "gpus_per_node": 8, "cpus_per_task": 8, "mem_gb": 256}
+    assert job_problems(fits, train_job) == []
+    assert job_problems({**fits, "tasks_per_node": 1}, train_job) == [
+        "hydra.launcher.tasks_per_node=1 but trainer.devices=8: Lightning needs one task per device"]
+    assert job_problems({**fits, "nodes": 1}, train_job) == ["hydra.launcher.nodes=1 but trainer.num_nodes=2"]
+    assert "give the number of devices" in job_problems(fits, OmegaConf.create({"trainer": {"devices": "auto",
+                                                                                           "num_nodes": 2}}))[0]
+    assert job_problems({"tasks_per_node": 1, "nodes": 1}, OmegaConf.create({"devices": 8})) == []
+    assert "sample.py runs as one task" in job_problems(fits, OmegaConf.create({"devices": 8}))[0]
+    cluster = {"gpu": {"cpus": 64, "memory_mb": 512_000, "gpus": 8, "nodes": 4, "default": False},
+               "cpu": {"cpus": 32, "memory_mb": 128_000, "gpus": 0, "nodes": 10, "default": True}}
+    assert cluster_problems({**fits, "partition": "gpu"}, cluster) == []
+    assert cluster_problems({**fits, "partition": "a100"}, cluster) == [
+        "hydra.launcher.partition: partition 'a100' does not exist on this cluster; it has gpu, cpu"]
+    on_cpu = cluster_problems({**fits, "partition": None}, cluster)  # the default partition: cpu
+    assert on_cpu == [
+        "hydra.launcher.gpus_per_node=8 but the nodes of partition 'cpu' have no GPUs; for CPU training pass "
+        "trainer.accelerator=cpu",
+        "hydra.launcher.cpus_per_task x tasks_per_node = 64 CPUs but the nodes of partition 'cpu' have 32",
+        "hydra.launcher.mem_gb=256 but the nodes of partition 'cpu' have 125 GB"]
+    assert cluster_problems({**fits, "partition": "gpu", "nodes": 5}, cluster) == [
+        "hydra.launcher.nodes=5 but partition 'gpu' has 4 node(s)"]
+    assert cluster_problems({**fits, "partition": "gpu", "gpus_per_node": 9}, cluster)[0].startswith(
+        "hydra.launcher.gpus_per_node=9 but the nodes of partition 'gpu' have 8 GPUs")
+    assert "no default one" in cluster_problems({**fits, "partition": None}, {"gpu": cluster["gpu"]})[0]

@@ -249,8 +249,13 @@ def test_the_slurm_launcher_submits_one_single_task_job_per_shard():
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("sample", overrides=["hydra/launcher=slurm", "weights=x", "devices=4"], return_hydra_config=True)
+    from sdm.slurm_launcher import gpus_per_node_for
+
     launcher = cfg.hydra.launcher
-    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (1, 1, 4)
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (1, 1, None)
+    assert gpus_per_node_for(cfg) == 4  # what the launcher asks for at submission
+    cfg.device = "cpu"
+    assert gpus_per_node_for(cfg) == 0
 
 
 @pytest.mark.slow  # starts Python interpreters: runs in CI, not in the quick loop
