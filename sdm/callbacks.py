@@ -72,8 +72,10 @@ class PeriodicCheckpoint(ModelCheckpoint):
         # every rank stops at the same step: checkpoint writing waits for all of them
         if not trainer.strategy.reduce_boolean_decision(received is not None, all=False):
             return
-        self._save_final(trainer)
-        name = signal.Signals(received).name if received else "a stop signal on another rank"
+        self._save_on_stop(trainer)
+        # a stop has KillWait seconds (SLURM's default 30) before SIGKILL: no validation first
+        trainer.fit_loop.epoch_loop._skip_next_val = True
+        name = signal.Signals(received).name if received else "SIGTERM (or another stop signal) on another rank"
         self.stop_signum = received or signal.SIGTERM
         self.stop_message = (
             f"{name} after step {trainer.global_step}: the run's state is in {self.last_model_path}. Continue it "
@@ -90,6 +92,16 @@ class PeriodicCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         self._save_final(trainer)
+
+    def _save_on_stop(self, trainer: L.Trainer) -> None:
+        """One write, last.ckpt: a stop has seconds, and a step=N file would be a second full copy."""
+        if self._last_global_step_saved == trainer.global_step:
+            return  # this step's periodic checkpoint was just written
+        candidates = self._monitor_candidates(trainer)
+        if self.save_last:
+            self._save_last_checkpoint(trainer, candidates)
+        else:
+            self._save_topk_checkpoint(trainer, candidates)
 
     def _save_final(self, trainer: L.Trainer) -> None:
         if self._last_global_step_saved != trainer.global_step and trainer.global_step > 0:

@@ -9,6 +9,7 @@ Reading weights never imports Lightning.
 
 from __future__ import annotations
 
+import errno
 import pickle
 import re
 from pathlib import Path
@@ -28,6 +29,18 @@ CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "export"
 EXPORT_WEIGHTS = "ema.safetensors"
 EXPORT_CONFIG = "config.yaml"
+
+
+# errors of the storage, the network or the permissions while reading, which say nothing about
+# whether the file is intact
+READ_FAILURES = {getattr(errno, name) for name in (
+    "EIO", "ESTALE", "ETIMEDOUT", "EAGAIN", "EINTR", "ENOMEM", "EACCES", "EPERM", "ECONNRESET", "ECONNABORTED",
+    "ENOTCONN", "EHOSTDOWN", "EHOSTUNREACH", "ENETDOWN", "ENETUNREACH", "ENOLINK", "EREMOTEIO", "ECOMM",
+) if hasattr(errno, name)}
+
+
+class CheckpointReadError(CheckpointError):
+    """A checkpoint could not be read (I/O or memory); whether it is intact is unknown."""
 
 
 def save_checkpoint_file(checkpoint: dict[str, Any], path: str | Path) -> None:
@@ -61,16 +74,28 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """A checkpoint as plain tensors and containers, its digest checked; code-carrying pickles
     and damaged files are refused with their path."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
+        if not path.is_file():  # is_file() hides I/O errors, which the load below then names
+            path.stat()
+            raise CheckpointError(f"checkpoint '{path}' is not a file")
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint '{path}' does not exist") from None
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as err:
         code = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if code is None:
             raise CheckpointError(f"'{path}' is not a readable checkpoint (corrupted or truncated?)") from None
         raise CheckpointError(
             f"'{path}' is not a plain-weights checkpoint (it asks to import {code.group(1)}); refusing to load it"
+        ) from None
+    except (OSError, MemoryError) as err:
+        if isinstance(err, OSError) and err.errno not in READ_FAILURES:  # e.g. EINVAL: a truncated file
+            raise CheckpointError(f"'{path}' is not a readable checkpoint (corrupted or truncated?): {err}") from None
+        raise CheckpointReadError(
+            f"could not read '{path}': {err!r}. That is a storage or memory failure (an NFS hiccup, a stale "
+            "handle), not a sign that the file is damaged: it is not skipped for an older one; retry"
         ) from None
     except Exception as err:  # random bytes can fail anywhere in the unpickler (IndexError, KeyError, ...)
         raise CheckpointError(f"'{path}' is not a readable checkpoint (corrupted or truncated?): {err}") from None
@@ -89,6 +114,8 @@ def unusable_reason(path: Path) -> str | None:
     try:
         load_checkpoint(path, mmap=True)
         return None
+    except CheckpointReadError:
+        raise  # unreadable now says nothing about the file: resuming an older one would lose steps
     except CheckpointError as err:
         return str(err)
 

@@ -142,13 +142,21 @@ class SDMModule(L.LightningModule):
         self.ema.update_parameters(self.unet)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """Loss of the EMA weights, with noise fixed per batch so curves are comparable."""
-        generator = torch.Generator(device=self.device).manual_seed(10_007 + batch_idx)
-        losses, t = self.diffusion_losses(batch, generator, 0.0, self.ema.module)
+        """Loss of the EMA weights, with noise fixed per row (by its index in the validation set;
+        per batch where rows carry no index) so curves compare across steps, runs and GPU counts."""
+        if "index" in batch:
+            generators: torch.Generator | list[torch.Generator] = [
+                torch.Generator(device=self.device).manual_seed(10_007 + int(i)) for i in batch["index"]]
+        else:
+            generators = torch.Generator(device=self.device).manual_seed(10_007 + batch_idx)
+        losses, t = self.diffusion_losses(batch, generators, 0.0, self.ema.module)
         self.log_losses("val", losses, t)
         if batch_idx == 0 and self._val_batch is None:
             n = int(self.cfg["validation"]["num_masks"])
-            self._val_batch = {k: v[:n].detach().clone() for k, v in batch.items()}
+            data = getattr(self.trainer, "datamodule", None)
+            first = data.first_val_rows(n) if hasattr(data, "first_val_rows") else None
+            source = first if first is not None else batch
+            self._val_batch = {k: v[:n].detach().clone().to(self.device) for k, v in source.items() if k != "index"}
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or self._val_batch is None or not self.trainer.is_global_zero:

@@ -8,10 +8,13 @@ auto-requeue clashes with submitit's (shared/FACTS.md), so the project handles t
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
+import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
@@ -32,11 +35,15 @@ class TrainingStopped(SDMError):
 
 
 class StopSignals:
-    """Records the first stop signal instead of dying on it; hands it on when asked."""
+    """Records the first stop signal instead of dying on it; hands it on when asked.
 
-    def __init__(self) -> None:
+    `forward_to`: the process ids to pass each signal on to (the ranks of `ddp_spawn`, whose
+    parent is the process that `kill` or submitit's handler reaches)."""
+
+    def __init__(self, forward_to: Callable[[], Iterable[int]] | None = None) -> None:
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
+        self._forward_to = forward_to
 
     def install(self) -> None:
         for signum in STOP_SIGNALS:
@@ -48,6 +55,9 @@ class StopSignals:
             self.received = signum
             # os.write, not print: a signal landing inside a print would make print raise (reentrant call)
             os.write(2, f"received {signal.Signals(signum).name}: stopping after this step with a checkpoint\n".encode())
+        for pid in self._forward_to() if self._forward_to else ():
+            with contextlib.suppress(ProcessLookupError):  # that rank has ended already
+                os.kill(pid, signum)
 
     def uninstall(self) -> None:
         for signum, previous in self._previous.items():
@@ -70,3 +80,24 @@ class StopSignals:
 def _is_submitit_handler(handler: Any) -> bool:
     owner = getattr(handler, "__self__", None)
     return isinstance(handler, Callable) and type(owner).__module__.startswith("submitit")
+
+
+def error_from_worker(report: str) -> Exception | None:
+    """The project's error that a spawned rank raised, rebuilt from the traceback text that
+    torch.multiprocessing hands the parent; None when it was not one of the project's."""
+    # the traceback ends with "module.Class: message", the message possibly over several lines
+    matches = list(re.finditer(r"^(sdm(?:\.\w+)+)\.(\w+): ", report, re.MULTILINE))
+    if not matches:
+        return None
+    found = matches[-1]
+    try:
+        cls = getattr(importlib.import_module(found.group(1)), found.group(2))
+    except (ImportError, AttributeError):
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, SDMError)):
+        return None
+    message = report[found.end():].strip()
+    if issubclass(cls, TrainingStopped):
+        name = re.match(r"(SIG[A-Z0-9]+)", message)
+        return TrainingStopped(message, getattr(signal, name.group(1)) if name else signal.SIGTERM)
+    return cls(message)

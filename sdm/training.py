@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import math
 import shutil
 import signal
 import warnings
@@ -13,8 +14,10 @@ from typing import Any
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
+from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from sdm.atomic import ensure_writable, remove_leftovers
 from sdm.callbacks import AtomicCheckpointIO
@@ -29,11 +32,11 @@ from sdm.checkpoints import (
 )
 from sdm.config import check_accelerator, check_train_config
 from sdm.data.datamodule import SidewalkDataModule
-from sdm.errors import CheckpointError, ConfigError
+from sdm.errors import CheckpointError, ConfigError, SDMError
 from sdm.hardware import cpu_has_bf16
 from sdm.metrics.validation import validation_scorer
 from sdm.module import SDMModule
-from sdm.stopping import TrainingStopped
+from sdm.stopping import StopSignals, TrainingStopped, error_from_worker
 
 # The DataModule saves and restores its sampler position itself (SidewalkDataModule.state_dict).
 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
@@ -49,11 +52,16 @@ def _run_dir(run_dir: str | None, ckpt_path: str | None, base: str) -> str:
     """Hydra's run dir: the given one, the newest resumable run of `base`, or a new one."""
     if run_dir:
         return str(run_dir)
-    if ckpt_path == "last":
-        runs = sorted((p for p in Path(base).glob("*") if find_latest_checkpoint(p)), key=lambda p: p.name)
+    if ckpt_path == "last":  # the newest run with checkpoints; if they are all damaged, that is said
+        runs = sorted((p for p in Path(base).glob("*") if resume_points(p)), key=lambda p: p.name)
         if runs:
             return str(runs[-1])
     return f"{base}/{_now()}"
+
+
+def resume_points(run_dir: str | Path) -> list[Path]:
+    """The checkpoint files of a run that a resume could start from, intact or not (not best-*)."""
+    return sorted(p for p in (Path(run_dir) / CHECKPOINT_DIR).glob("*.ckpt") if not p.name.startswith("best-"))
 
 
 def register_resolvers() -> None:
@@ -76,7 +84,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         return None
     if cfg.ckpt_path in ("last", "auto"):
         latest = find_latest_checkpoint(cfg.output_dir)
-        damaged = sorted(p.name for p in (Path(cfg.output_dir) / CHECKPOINT_DIR).glob("*.ckpt"))
+        damaged = [p.name for p in resume_points(cfg.output_dir)]
         if latest is None and damaged:  # never start over silently on top of a run's checkpoints
             raise CheckpointError(
                 f"ckpt_path={cfg.ckpt_path}: {cfg.output_dir}/{CHECKPOINT_DIR} holds {', '.join(damaged)} but none "
@@ -123,8 +131,14 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         plugins.append(SLURMEnvironment(auto_requeue=False))
     # validation.every_n_steps counts optimizer steps; Lightning's interval counts batches
     every = int(cfg.validation.every_n_steps) * int(cfg.trainer.accumulate_grad_batches)
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=strategy,
-                       plugins=plugins, val_check_interval=every, precision=effective_precision(cfg))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=strategy,
+                          plugins=plugins, val_check_interval=every, precision=effective_precision(cfg))
+    limit = cfg.validation.limit_batches
+    if isinstance(limit, int) and not isinstance(limit, bool) and trainer.world_size > 1:
+        # validation.limit_batches counts batches of the whole set: ranks split them (the same
+        # first limit x batch_size rows on any number of GPUs when limit divides by it)
+        trainer.limit_val_batches = math.ceil(limit / trainer.world_size)
+    return trainer
 
 
 def final_metrics(trainer: L.Trainer) -> dict[str, float]:
@@ -201,10 +215,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
                 print(f"removed {leftover}: the unfinished write of a killed run")
     module.sample_scorer = validation_scorer(plain)
     trainer = build_trainer(cfg)
-    try:
-        trainer.fit(module, datamodule=SidewalkDataModule(cfg.data), ckpt_path=ckpt_path, weights_only=True)
-    except SIGTERMException:  # Lightning's own stop, for a SIGTERM that came before the first step
-        raise TrainingStopped("SIGTERM before the first training step: nothing to save", signal.SIGTERM) from None
+    fit(trainer, module, SidewalkDataModule(cfg.data), ckpt_path)
     metrics = final_metrics(trainer)
     if trainer.is_global_zero:
         if cfg.export:
@@ -215,6 +226,39 @@ def _train(cfg: DictConfig) -> dict[str, float]:
             logger.finalize("success")
         print(next_steps(cfg.output_dir, metrics))
     return metrics
+
+
+def fit(trainer: L.Trainer, module: SDMModule, data: SidewalkDataModule, ckpt_path: str | None) -> None:
+    """trainer.fit, with the project's errors and stops kept whole under `ddp_spawn`: there the
+    ranks are child processes, so this one passes stop signals on to them, and their errors
+    come back as tracebacks in text, rebuilt here into the errors (and exit codes) they were."""
+    launcher = trainer.strategy.launcher
+    spawned = isinstance(launcher, _MultiProcessingLauncher)
+    signals = StopSignals(forward_to=lambda: [p.pid for p in getattr(launcher, "procs", []) if p.pid]) \
+        if spawned else None
+    if signals is not None:
+        signals.install()
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:  # Lightning's own stop, for a SIGTERM that came before the first step
+        raise TrainingStopped("SIGTERM before the first training step: nothing to save", signal.SIGTERM) from None
+    except ProcessRaisedException as err:
+        error = error_from_worker(str(err))
+        if error is None:
+            raise
+        if isinstance(error, TrainingStopped) and signals is not None:
+            signals.hand_on(str(error))  # under submitit: requeue the job, then exit
+        raise error from None
+    except ProcessExitedException as err:
+        code = err.exit_code or 0
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        error = SDMError(f"training process {err.error_index} {how}; continue from the last checkpoint with: "
+                         f"python train.py <the same overrides> run_dir={module.cfg['output_dir']} ckpt_path=last")
+        error.exit_code = 128 - code if code < 0 else code or 1
+        raise error from None
+    finally:
+        if signals is not None:
+            signals.uninstall()
 
 
 def next_steps(run_dir: str, metrics: dict[str, float]) -> str:

@@ -100,8 +100,8 @@ def test_hub_parquet_and_scenes_give_identical_batches(tmp_path, data_cfg):
         dm.prepare_data()
         dm.setup("fit")
         batches.append([next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))])
-    for hub_batch, scene_batch in zip(*batches, strict=True):
-        assert set(hub_batch) == set(scene_batch) == {"image", "label"}
+    for hub_batch, scene_batch, keys in zip(*batches, ({"image", "label"}, {"image", "label", "index"}), strict=True):
+        assert set(hub_batch) == set(scene_batch) == keys  # validation rows carry their index
         assert hub_batch["image"].dtype == torch.float32 and hub_batch["label"].dtype == torch.uint8
         assert hub_batch["image"].shape[1:] == (3, 32, 32) and hub_batch["label"].shape[1:] == (32, 32)
         assert torch.equal(hub_batch["image"], scene_batch["image"])

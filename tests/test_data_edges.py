@@ -349,6 +349,24 @@ def test_ranks_shard_the_training_rows(data_cfg):
     assert len(ResumableShuffleSampler(3, 0, 2, 3)) == 1  # as many rows as ranks is enough
 
 
+def test_ranks_share_out_the_validation_rows_and_the_grid_shows_the_same_masks(data_cfg):
+    cfg = data_cfg("scenes", size=[16, 16], batch_size=2, num_workers=0, val_fraction=0.5, **{"scenes.num": 12})
+    ranks = []
+    for rank in range(2):
+        dm = SidewalkDataModule(cfg)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, current_epoch=0)
+        dm.setup("fit")
+        ranks.append([b["index"].tolist() for b in dm.val_dataloader()])
+    alone = SidewalkDataModule(cfg)
+    alone.setup("fit")
+    everything = [i for b in alone.val_dataloader() for i in b["index"].tolist()]
+    assert everything == list(range(len(alone.val_set)))
+    assert sorted(i for r in ranks for b in r for i in b) == everything
+    assert [i for b in ranks[1] for i in b] == everything[1::2]
+    grid = alone.first_val_rows(2)  # rows 0 and 1 of the set, whichever rank draws the grid
+    assert torch.equal(grid["label"], torch.stack([alone.val_set[0]["label"], alone.val_set[1]["label"]]))
+
+
 def test_a_resume_applies_to_one_loader_only(data_cfg):
     dm = SidewalkDataModule(data_cfg("scenes", size=[16, 16], batch_size=2, num_workers=0, **{"scenes.num": 10}))
     dm.setup("fit")

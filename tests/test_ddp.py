@@ -69,6 +69,11 @@ def test_two_ranks_resume_exactly_after_a_kill_or_a_stop(ddp_straight, tmp_path,
     run = tmp_path / "run"
     stopped = cli(run, tmp_path / "cache", *DDP, die=(name, 7))
     assert stopped.returncode == code, stopped.stderr[-3000:]
+    if name == "SIGTERM":  # sent to rank 0 alone: both ranks stop after the same step, 8
+        assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 8
+        assert "stopped: SIGTERM after step 8" in stopped.stderr, stopped.stderr[-3000:]
+        assert "stopped: SIGTERM (or another stop signal) on another rank after step 8" in stopped.stderr
+        assert "Traceback" not in stopped.stderr
     resumed = cli(run, tmp_path / "cache", *DDP, "ckpt_path=last", dump_ema=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_ranks_agree(run)
@@ -86,3 +91,20 @@ def test_ddp_spawn_trains_and_exports_as_ddp_does(ddp_straight, tmp_path):
     ema = ema_of(ddp_straight)
     for key, value in exported.items():
         assert torch.allclose(value.float(), ema[f"ema.module.{key}"], atol=1e-6), key
+
+
+@pytest.mark.slow  # two spawned processes, stopped and resumed
+def test_ddp_spawn_passes_a_stop_on_to_its_ranks_and_resumes_exactly(ddp_straight, tmp_path):
+    """`kill <pid>` reaches the launching process only: it passes the signal on, the ranks write
+    their checkpoint, and their stop comes back as the project's message and exit code."""
+    run = tmp_path / "run"
+    stopped = cli(run, tmp_path / "cache", *DDP, "strategy=ddp_spawn", die=("SIGTERM", 6, "parent"))
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    step = load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]
+    assert 7 <= step < 10  # the signal travels parent -> ranks while they train on
+    assert f"stopped: SIGTERM after step {step}" in stopped.stderr, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr and not (run / "export").exists()
+    resumed = cli(run, tmp_path / "cache", *DDP, "strategy=ddp_spawn", "ckpt_path=last", dump_ema=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_ranks_agree(run)
+    assert_same_run(ddp_straight, run)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import compose_train, leftover_path
 
-from sdm.atomic import WriteError
+from sdm.atomic import WriteError, temporary_name
 from sdm.checkpoints import (
     EMA_PREFIX,
     export_ema,
@@ -110,25 +110,63 @@ def test_resume_skips_a_damaged_last_checkpoint_and_replaces_it(run, tmp_path, c
     last.write_bytes(flipped(last.read_bytes()))
     dead = leftover_path(last, "partial")  # a checkpoint write killed mid-way
     dead.write_bytes(b"PK half a checkpoint")
-    live = copy / "checkpoints" / f".step.ckpt.partial-x-{os.getpid()}-abc123"  # not ours to remove
+    live = temporary_name(copy / "checkpoints" / "step.ckpt")  # this process is alive: still writing
     live.write_bytes(b"")
+    elsewhere = copy / "checkpoints" / f".step.ckpt.partial-another_host-{os.getpid()}-abc123"  # can't tell
+    elsewhere.write_bytes(b"")
     assert find_latest_checkpoint(copy).name == "step=0000004.ckpt"
     train(compose_train(copy, "trainer.max_steps=6", "checkpoint.every_n_steps=2", "checkpoint.keep_periodic=-1",
                         "validation.every_n_steps=4", "ckpt_path=last"))
     said = capsys.readouterr().out
     assert f"skipping {last}: '{last}' is corrupted" in said and f"removed {dead}" in said
     names = sorted(p.name for p in (copy / "checkpoints").iterdir())
-    assert "last-v1.ckpt" not in names and not dead.exists() and live.exists()
+    assert "last-v1.ckpt" not in names and not dead.exists() and live.exists() and elsewhere.exists()
     assert load_checkpoint(last)["global_step"] == 6  # resumed from step 4, replaced the damaged file
 
 
 def test_ckpt_path_auto_refuses_to_start_over_when_every_checkpoint_is_damaged(run, tmp_path):
     copy = tmp_path / "run"
     subprocess.run(["cp", "-r", str(run), str(copy)], check=True)
+    best = [p.name for p in (copy / "checkpoints").glob("best-*.ckpt")]
+    assert best  # intact, but no resume point: not listed as damaged, never resumed from
     for path in (copy / "checkpoints").glob("*.ckpt"):
-        path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="none of them is usable"):
+        if not path.name.startswith("best-"):
+            path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="none of them is usable") as refused:
         train(compose_train(copy, "ckpt_path=auto"))
+    assert "holds last.ckpt, step=0000002.ckpt, step=0000004.ckpt but" in str(refused.value)
+    # without run_dir, ckpt_path=last takes the newest run that has checkpoints, damaged or not:
+    # never an older run behind the user's back
+    from sdm.training import _run_dir
+
+    base = tmp_path / "runs"
+    subprocess.run(["mkdir", "-p", str(base)], check=True)
+    subprocess.run(["cp", "-r", str(run), str(base / "2026-01-01_00-00-00")], check=True)
+    subprocess.run(["cp", "-r", str(copy), str(base / "2026-01-02_00-00-00")], check=True)
+    (base / "2026-01-03_00-00-00" / ".hydra").mkdir(parents=True)  # a start that wrote no checkpoint
+    assert _run_dir(None, "last", str(base)) == str(base / "2026-01-02_00-00-00")
+
+
+def test_a_read_failure_is_not_taken_for_damage(run, monkeypatch):
+    """An NFS hiccup or a failed allocation says nothing about the file: skipping it for an older
+    checkpoint would silently redo steps, so the failure is named instead."""
+    import errno
+
+    from sdm.checkpoints import CheckpointReadError
+
+    real = torch.load
+    for failure in (OSError(errno.ESTALE, "Stale file handle"), OSError(errno.EIO, "Input/output error"),
+                    MemoryError()):
+        def flaky(path, *args, failure=failure, **kwargs):
+            if Path(path).name == "last.ckpt":
+                raise failure
+            return real(path, *args, **kwargs)
+
+        monkeypatch.setattr(torch, "load", flaky)
+        with pytest.raises(CheckpointReadError, match=r"could not read .*last\.ckpt.*not a sign that the file"):
+            find_latest_checkpoint(run)
+    monkeypatch.setattr(torch, "load", real)
+    assert find_latest_checkpoint(run).name == "last.ckpt"
 
 
 def dev_full_temporary(monkeypatch) -> None:
@@ -260,6 +298,45 @@ def test_stop_signals_are_recorded_not_fatal_and_handed_on_to_submitit_only():
         signals.hand_on("stopped")
         assert submitit.calls == [signal.SIGUSR2]
         assert signal.getsignal(signal.SIGUSR2) == submitit.checkpoint_and_try_requeue  # restored first
+        assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+def test_a_spawned_rank_s_error_comes_back_as_the_project_s_error_with_its_exit_code():
+    import signal
+
+    from sdm.atomic import WriteError
+    from sdm.errors import SDMError
+    from sdm.stopping import StopSignals, TrainingStopped, error_from_worker
+
+    def report(last: str) -> str:  # what torch.multiprocessing puts in ProcessRaisedException
+        return f"\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):\n  " \
+               f"File \"x.py\", line 1, in f\n    raise Boom\n{last}\n"
+
+    stopped = error_from_worker(report("sdm.stopping.TrainingStopped: SIGUSR2 after step 8: continue with ..."))
+    assert isinstance(stopped, TrainingStopped) and stopped.exit_code == 128 + signal.SIGUSR2
+    assert str(stopped) == "SIGUSR2 after step 8: continue with ..."
+    other_rank = error_from_worker(report("sdm.stopping.TrainingStopped: SIGTERM (or another stop signal) on x"))
+    assert other_rank.exit_code == 128 + signal.SIGTERM
+    full = error_from_worker(report("sdm.atomic.WriteError: could not write /x:\n  the disk is full"))
+    assert type(full) is WriteError and str(full) == "could not write /x:\n  the disk is full"
+    assert full.exit_code == 2
+    assert error_from_worker(report("ValueError: not ours")) is None
+    assert error_from_worker(report("sdm.errors.functools: not an error class")) is None
+    assert error_from_worker(report("sdm.nowhere.Thing: unknown module")) is None
+    assert issubclass(type(error_from_worker(report("sdm.errors.ConfigError: x"))), SDMError)
+
+    # the launcher passes each stop signal on to its ranks (here a child that dies of it)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
+    try:
+        child = subprocess.Popen(["sleep", "30"])
+        forwarding = StopSignals(forward_to=lambda: [child.pid])
+        forwarding.install()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert child.wait(timeout=10) == -signal.SIGTERM and forwarding.received == signal.SIGTERM
+        forwarding.uninstall()
         assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
     finally:
         for signum, handler in before.items():

@@ -424,6 +424,29 @@ def test_validation_noise_is_reproducible_from_its_documented_seed(module, monke
         assert torch.equal(noise, torch.randn(B, 3, SIZE, SIZE, generator=gen)), index
 
 
+def test_validation_rows_draw_their_noise_by_their_index_in_the_whole_set(module, monkeypatch):
+    """Rows that carry their index (the data module's do) draw from a generator seeded 10_007 +
+    index: one row's loss is the same in any batch, so 2 GPUs (rows r::2) log what 1 does."""
+    attach(module)
+    drawn = []
+    real = module_code.add_noise
+    monkeypatch.setattr(module_code, "add_noise", lambda s, x0, noise, t: drawn.append((noise, t)) or real(s, x0, noise, t))
+    whole = {**batch(), "index": torch.arange(B)}
+    evens = {k: v[0::2] for k, v in whole.items()}  # rank 0 of 2
+    odds = {k: v[1::2] for k, v in whole.items()}
+    with torch.no_grad():
+        for part in (whole, evens, odds):
+            module.validation_step(part, 0)
+    (noise, t), (noise0, t0), (noise1, t1) = drawn
+    assert torch.equal(noise[0::2], noise0) and torch.equal(noise[1::2], noise1)
+    assert torch.equal(t[0::2], t0) and torch.equal(t[1::2], t1)
+    gen = torch.Generator().manual_seed(10_007 + 3)
+    torch.rand(1, generator=gen)
+    assert torch.equal(t[3:4], torch.randint(0, module.num_timesteps, (1,), generator=gen))
+    assert torch.equal(noise[3:4], torch.randn(1, 3, SIZE, SIZE, generator=gen))
+    assert not torch.equal(noise[0], noise[1])
+
+
 def test_the_validation_grid_keeps_the_first_masks_all_run_long(module):
     """Grids of later validations show the masks of the first one, so pictures compare across steps."""
     attach(module)

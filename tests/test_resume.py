@@ -21,14 +21,14 @@ from sdm.training import train
 RESUME = ["data.num_workers=2", "trainer.max_steps=10", "checkpoint.every_n_steps=3", "validation.every_n_steps=5"]
 
 
-def cli(run_dir: Path, cache: Path, *extra: str, die: tuple[str, int] | None = None,
+def cli(run_dir: Path, cache: Path, *extra: str, die: tuple[str, int] | tuple[str, int, str] | None = None,
         dump_ema: bool = False) -> subprocess.CompletedProcess:
     """train.py in a fresh interpreter and its own process group, with the test hooks
     (tests/helpers/hooks/sitecustomize.py)."""
     args = [a for a in FAST_TRAIN if not a.startswith("experiment")]
     command = [sys.executable, "train.py", "experiment=quickstart", *args, *RESUME, f"run_dir={run_dir}",
                f"data.cache_dir={cache}", *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SDM_TEST_DIE": f"{die[0]}:{die[1]}" if die else "",
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SDM_TEST_DIE": ":".join(map(str, die)) if die else "",
            "SDM_TEST_DUMP_EMA": "1" if dump_ema else "",
            "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "helpers" / "hooks"), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env,
@@ -67,16 +67,22 @@ def test_resume_after_sigkill_with_workers_is_exact(straight, tmp_path):
 
 
 @pytest.mark.slow  # two runs in fresh interpreters
-@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR2"])  # SLURM's stop, and submitit's warning without submitit
-def test_a_stop_signal_writes_a_checkpoint_and_a_resume_hint(straight, tmp_path, name):
+# SLURM's stop, and submitit's warning without submitit; the SIGTERM lands before step 5, a
+# validation step (validation.every_n_steps=5), the SIGUSR2 before step 8, an ordinary one
+@pytest.mark.parametrize(("name", "sent_after"), [("SIGTERM", 4), ("SIGUSR2", 7)])
+def test_a_stop_signal_writes_a_checkpoint_and_a_resume_hint(straight, tmp_path, name, sent_after):
     resumed = tmp_path / "resumed"
-    stopped = cli(resumed, tmp_path / "cache", die=(name, 7))
-    signum = getattr(signal, name)
+    stopped = cli(resumed, tmp_path / "cache", die=(name, sent_after))
+    signum, stop = getattr(signal, name), sent_after + 1
     assert stopped.returncode == 128 + signum, stopped.stderr[-3000:]
-    # the signal comes after step 7 was checked, so the run writes step 8 (not a periodic step)
-    assert f"stopped: {name} after step 8" in stopped.stderr
+    # the signal comes after its step was checked, so the run stops after the next one
+    assert f"stopped: {name} after step {stop}" in stopped.stderr
     assert f"run_dir={resumed} ckpt_path=last" in stopped.stderr and "Traceback" not in stopped.stderr
-    assert load_checkpoint(resumed / "checkpoints" / "last.ckpt")["global_step"] == 8
+    assert load_checkpoint(resumed / "checkpoints" / "last.ckpt")["global_step"] == stop
+    # one write on a stop (last.ckpt), no validation first: seconds count before SIGKILL
+    periodic = sorted(p.name for p in (resumed / "checkpoints").glob("step=*.ckpt"))
+    assert periodic == [f"step={s:07d}.ckpt" for s in range(3, stop, 3)], periodic
+    assert sorted(scalar_curve(resumed, "val/loss")) == [s for s in (5,) if s < stop]
     assert not (resumed / "export").exists()  # a stopped run is not a finished one
     again = cli(resumed, tmp_path / "cache", "ckpt_path=last")
     assert again.returncode == 0, again.stderr[-3000:]

@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from sdm.data.mixing import MixedPairs, epoch_items, epoch_size, extra_ratio, extra_source_cfg
 from sdm.data.prepare import PreparedData, decode_row, prepare_data, split_indices
@@ -85,6 +85,20 @@ class PairDataset(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_rows": None}
+
+
+class IndexedRows(Dataset):
+    """Some rows of a dataset, each item with its `index` in the whole dataset."""
+
+    def __init__(self, dataset: Dataset, positions: range) -> None:
+        self.dataset, self.positions = dataset, positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        position = self.positions[i]
+        return {**self.dataset[position], "index": torch.tensor(position)}
 
 
 def seed_worker(worker_id: int) -> None:
@@ -192,13 +206,22 @@ class SidewalkDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """This rank's share of the validation rows (every world-th), so GPUs split the work;
-        the module averages the losses over ranks (sync_dist)."""
+        the module averages the losses over ranks (sync_dist). Each row carries its index in
+        the whole set: its noise is drawn from it, so the numbers do not depend on the GPU count."""
         assert self.val_set is not None, "call setup() first"
+        if self.streaming:
+            return self._loader(self.val_set, None, drop_last=False)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        rows = self.val_set
-        if world > 1 and not self.streaming and len(self.val_set) >= world:
-            rows = Subset(self.val_set, range(rank, len(self.val_set), world))
-        return self._loader(rows, None, drop_last=False)
+        if world > 1 and len(self.val_set) >= world:
+            return self._loader(IndexedRows(self.val_set, range(rank, len(self.val_set), world)), None, False)
+        return self._loader(IndexedRows(self.val_set, range(len(self.val_set))), None, drop_last=False)
+
+    def first_val_rows(self, count: int) -> dict[str, torch.Tensor] | None:
+        """The first `count` validation rows as a batch (the sample grid's masks, the same on any
+        number of GPUs); None for a streamed set."""
+        if self.val_set is None or self.streaming or len(self.val_set) == 0:
+            return None
+        return default_collate([self.val_set[i] for i in range(min(count, len(self.val_set)))])
 
     def state_dict(self) -> dict[str, int]:
         """Where the training data stream stands, saved in every checkpoint."""

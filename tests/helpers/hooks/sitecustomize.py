@@ -2,9 +2,10 @@
 imports it at start-up, in every process (the DDP ranks Lightning starts too). Set by
 environment variables:
 
-- SDM_TEST_DIE=SIGNAL:STEP - rank 0 sends SIGNAL at the end of optimizer step STEP, as a
-  scheduler would (SIGTERM, SIGUSR2); SIGKILL goes to the whole process group (every rank and
-  DataLoader worker), as a node failure would.
+- SDM_TEST_DIE=SIGNAL:STEP[:parent] - rank 0 sends SIGNAL at the end of optimizer step STEP, as a
+  scheduler would (SIGTERM, SIGUSR2), to itself or, with `:parent`, to its parent process (the
+  `ddp_spawn` launcher, which `kill <pid>` reaches); SIGKILL goes to the whole process group
+  (every rank and DataLoader worker), as a node failure would.
 - SDM_TEST_DUMP_EMA=1 - each rank saves its EMA weights to <run dir>/ema-rank<r>.pt at the end.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 if os.environ.get("SDM_TEST_DIE"):
     from sdm import callbacks
 
-    name, step = os.environ["SDM_TEST_DIE"].split(":")
+    name, step, *target = os.environ["SDM_TEST_DIE"].split(":")
     signum, step = getattr(signal, name), int(step)
     original = callbacks.PeriodicCheckpoint.on_train_batch_end
 
@@ -24,7 +25,7 @@ if os.environ.get("SDM_TEST_DIE"):
         if trainer.global_step == step and trainer.is_global_zero:
             if signum == signal.SIGKILL:
                 os.killpg(os.getpgid(0), signal.SIGKILL)
-            os.kill(os.getpid(), signum)
+            os.kill(os.getppid() if target == ["parent"] else os.getpid(), signum)
 
     callbacks.PeriodicCheckpoint.on_train_batch_end = then_die
 
