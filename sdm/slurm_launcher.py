@@ -57,42 +57,65 @@ def partitions() -> dict[str, dict[str, Any]] | None:
     return parse_sinfo(done.stdout) if done.returncode == 0 else None
 
 
+def gpu_count(gres: str) -> int:
+    """GPUs per node in a `%G` field: gpu:a100:8(S:0-1),gpu:2, bare gpu (one), (null)."""
+    total = 0
+    for part in gres.split(","):
+        fields = part.split("(")[0].split(":")
+        if fields[0] == "gpu":
+            total += int(fields[-1]) if len(fields) > 1 and fields[-1].isdigit() else 1
+    return total
+
+
 def parse_sinfo(text: str) -> dict[str, dict[str, Any]]:
     """Lines of `sinfo -h -o '%P|%c|%m|%G|%D'`: partition (* = default), CPUs and memory (MB) per
-    node, generic resources (e.g. gpu:a100:8(S:0-1)), node count."""
+    node, generic resources, node count. A partition of several node types has a line per type:
+    each is kept as a group, since a job's nodes must each fit it."""
     found: dict[str, dict[str, Any]] = {}
     for line in text.split():
         name, cpus, memory, gres, count = line.split("|")
-        gpus = sum(int(part.split("(")[0].split(":")[-1]) for part in gres.split(",") if part.startswith("gpu"))
-        found[name.rstrip("*")] = {"cpus": int(cpus.rstrip("+")), "memory_mb": int(memory.rstrip("+")),
-                                   "gpus": gpus, "nodes": int(count), "default": name.endswith("*")}
+        partition = found.setdefault(name.rstrip("*"), {"default": name.endswith("*"), "groups": []})
+        partition["groups"].append({"cpus": int(cpus.rstrip("+")), "memory_mb": int(memory.rstrip("+")),
+                                    "gpus": gpu_count(gres), "nodes": int(count)})
     return found
 
 
+def _node_problems(params: dict[str, Any], node: dict[str, Any], name: str) -> list[str]:
+    """What one node of a group lacks for one node's share of the job."""
+    problems = []
+    gpus = params.get("gpus_per_node") if isinstance(params.get("gpus_per_node"), int) else 0
+    if gpus > node["gpus"]:
+        problems.append(f"hydra.launcher.gpus_per_node={gpus} but the nodes of partition '{name}' have "
+                        f"{node['gpus'] or 'no'} GPUs; for CPU training pass trainer.accelerator=cpu")
+    tasks = params.get("tasks_per_node")
+    cpus = int(params.get("cpus_per_task") or 1) * (tasks if isinstance(tasks, int) else 1)
+    if cpus > node["cpus"]:
+        problems.append(f"hydra.launcher.cpus_per_task x tasks_per_node = {cpus} CPUs but the nodes of partition "
+                        f"'{name}' have {node['cpus']}")
+    memory = params.get("mem_gb")
+    if memory is not None and float(memory) * 1024 > node["memory_mb"]:
+        problems.append(f"hydra.launcher.mem_gb={memory} but the nodes of partition '{name}' have "
+                        f"{node['memory_mb'] / 1024:.0f} GB")
+    return problems
+
+
 def cluster_problems(params: dict[str, Any], available: dict[str, dict[str, Any]]) -> list[str]:
-    """What the request asks of the cluster that its partition cannot give."""
+    """What the request asks of the cluster that its partition cannot give: no node type that
+    fits one node's share, or fewer fitting nodes than asked for."""
     wanted = params.get("partition")
     name = wanted or next((n for n, p in available.items() if p["default"]), None)
     if name not in available:
         where = f"partition '{wanted}'" if wanted else "no partition (and the cluster has no default one)"
         return [f"hydra.launcher.partition: {where} does not exist on this cluster; it has {', '.join(available)}"]
-    part, problems = available[name], []
-    gpus = params.get("gpus_per_node") if isinstance(params.get("gpus_per_node"), int) else 0
-    if gpus > part["gpus"]:
-        problems.append(f"hydra.launcher.gpus_per_node={gpus} but the nodes of partition '{name}' have "
-                        f"{part['gpus'] or 'no'} GPUs; for CPU training pass trainer.accelerator=cpu")
-    tasks = params.get("tasks_per_node")
-    cpus = int(params.get("cpus_per_task") or 1) * (tasks if isinstance(tasks, int) else 1)
-    if cpus > part["cpus"]:
-        problems.append(f"hydra.launcher.cpus_per_task x tasks_per_node = {cpus} CPUs but the nodes of partition "
-                        f"'{name}' have {part['cpus']}")
-    memory = params.get("mem_gb")
-    if memory is not None and float(memory) * 1024 > part["memory_mb"]:
-        problems.append(f"hydra.launcher.mem_gb={memory} but the nodes of partition '{name}' have "
-                        f"{part['memory_mb'] / 1024:.0f} GB")
-    if int(params.get("nodes") or 1) > part["nodes"]:
-        problems.append(f"hydra.launcher.nodes={params.get('nodes')} but partition '{name}' has {part['nodes']} node(s)")
-    return problems
+    groups = available[name]["groups"]
+    per_group = [_node_problems(params, node, name) for node in groups]
+    fitting = sum(node["nodes"] for node, problems in zip(groups, per_group, strict=True) if not problems)
+    if not fitting:
+        return min(per_group, key=len)  # the node type that comes closest
+    if int(params.get("nodes") or 1) > fitting:
+        return [f"hydra.launcher.nodes={params.get('nodes')} but partition '{name}' has {fitting} node(s) that fit "
+                "the job"]
+    return []
 
 
 def check_submission(launcher: Any, job_overrides: Sequence[Sequence[str]]) -> None:
@@ -115,6 +138,29 @@ def check_submission(launcher: Any, job_overrides: Sequence[Sequence[str]]) -> N
         sys.exit(2)
 
 
+KILL_ON_BAD_EXIT = "export SLURM_KILL_BAD_EXIT=1"
+
+
+def with_kill_on_bad_exit(setup: Sequence[str] | None) -> list[str]:
+    """The job's setup lines plus srun's --kill-on-bad-exit (by its environment variable, which
+    the launcher's config can set): when one rank fails (a write error, an exception), srun ends
+    the others, which would otherwise wait at the next collective until NCCL's timeout."""
+    lines = list(setup or [])
+    return lines if KILL_ON_BAD_EXIT in lines else [KILL_ON_BAD_EXIT, *lines]
+
+
+def report_failed_job(err: Exception, sweep: Path) -> None:
+    """Exit 1 with the end of a failed job's error, not a traceback of the launcher around it."""
+    lines = str(err).strip().splitlines()
+    shown = "\n  ".join(lines[-25:])
+    print(f"error: a SLURM job did not complete ({type(err).__name__}); the end of its report:\n  {shown}\n"
+          f"Its full logs are in {sweep}/.submitit/. A job stopped by a time limit or preemption after its "
+          "requeues (hydra.launcher.max_num_timeout) continues from its checkpoint when submitted again with the "
+          f"same overrides and hydra.sweep.dir={sweep}",
+          file=sys.stderr)
+    sys.exit(1)
+
+
 def install_checks() -> None:
     """Put the checks in front of Hydra's SLURM launcher. Hydra takes launchers from the
     `hydra_plugins` namespace only (a subclass here cannot be named in the config), and its
@@ -135,6 +181,12 @@ def install_checks() -> None:
         def checked_launch(self: Any, job_overrides: Sequence[Sequence[str]],
                            initial_job_idx: int) -> Sequence[JobReturn]:
             check_submission(self, job_overrides)
-            return original(self, job_overrides, initial_job_idx)
+            self.params["setup"] = with_kill_on_bad_exit(self.params.get("setup"))
+            try:
+                return original(self, job_overrides, initial_job_idx)
+            except Exception as err:  # a job failed or ran out of requeues: its own log says why
+                if not type(err).__module__.startswith("submitit"):
+                    raise
+                report_failed_job(err, Path(str(self.config.hydra.sweep.dir)))
 
         launcher.launch = checked_launch

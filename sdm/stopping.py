@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
@@ -71,10 +72,37 @@ class StopSignals:
         caller raises TrainingStopped, exit 128 + signal)."""
         previous = self._previous.get(self.received) if self.received is not None else None
         if _is_submitit_handler(previous):
-            print(f"stopped: {message}; submitit requeues the job, which resumes from there", file=sys.stderr,
-                  flush=True)
+            print(f"stopped: {message}; handing over to submitit, which requeues the job (it resumes from there) "
+                  "unless hydra.launcher.max_num_timeout is used up", file=sys.stderr, flush=True)
             self.uninstall()
-            previous(self.received, None)
+            try:
+                previous(self.received, None)  # requeues and exits, or raises when it will not requeue
+            except Exception as err:
+                if not type(err).__module__.startswith("submitit"):
+                    raise
+                print(f"stopped: submitit did not requeue the job ({err}); to continue from the checkpoint, "
+                      "submit again with the same overrides and hydra.sweep.dir=<this sweep dir>",
+                      file=sys.stderr, flush=True)
+
+
+def outlive_stop_signals_of_others() -> None:
+    """For a DataLoader worker: SLURM signals every process of a job, and a worker dying of it
+    would crash the trainer (PyTorch raises on a dead worker) before it writes its checkpoint. So
+    the worker ignores SIGUSR1/2, and a SIGTERM unless its parent, the trainer, sent it: that is
+    how `multiprocessing` ends workers at exit, and ignoring it would hang the trainer there. A
+    thread takes SIGTERM with its sender's pid (sigwaitinfo); the worker ends with its trainer."""
+    for signum in STOP_SIGNALS:
+        if signum != signal.SIGTERM:
+            signal.signal(signum, signal.SIG_IGN)
+    trainer = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit it
+
+    def wait_for_sigterm() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == trainer:
+                os._exit(0)
+
+    threading.Thread(target=wait_for_sigterm, name="sigterm-from-trainer", daemon=True).start()
 
 
 def _is_submitit_handler(handler: Any) -> bool:

@@ -407,3 +407,34 @@ def test_png_bytes_helper_round_trips():
     image = street_like(8, 8, 3)[0]
     with Image.open(io.BytesIO(hub_row(image, np.zeros((8, 8), np.uint8))["pixel_values"]["bytes"])) as png:
         assert np.array_equal(np.asarray(png), image)
+
+
+WORKER_SCRIPT = """
+import subprocess, time
+from torch.utils.data import DataLoader
+from sdm.data.datamodule import seed_worker
+loader = DataLoader(list(range(100)), batch_size=1, num_workers=1, worker_init_fn=seed_worker,
+                    persistent_workers=True)
+kept = iter(loader)  # alive until exit, like an iterator a crash leaves behind
+next(kept)
+worker = kept._workers[0].pid
+for name in ("TERM", "USR1", "USR2"):  # what SLURM sends every process of a job
+    subprocess.run(["kill", "-" + name, str(worker)], check=True)
+time.sleep(1)
+print("served after the signals:", int(next(kept)), flush=True)
+"""
+
+
+def test_dataloader_workers_outlive_slurm_s_signals_and_end_with_their_trainer():
+    """Workers ignore stop signals from other processes (the trainer must live to write its
+    checkpoint), but end on the SIGTERM their own trainer sends at exit: a worker that ignored
+    that too made every process exit hang in multiprocessing's join (a CI run hung so)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    done = subprocess.run([sys.executable, "-c", WORKER_SCRIPT], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "served after the signals: 1" in done.stdout

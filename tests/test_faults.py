@@ -278,7 +278,7 @@ class FakeSubmititHandler:
         self.calls.append(signum)
 
 
-def test_stop_signals_are_recorded_not_fatal_and_handed_on_to_submitit_only():
+def test_stop_signals_are_recorded_not_fatal_and_handed_on_to_submitit_only(capsys):
     import signal
 
     from sdm.stopping import StopSignals
@@ -299,9 +299,40 @@ def test_stop_signals_are_recorded_not_fatal_and_handed_on_to_submitit_only():
         assert submitit.calls == [signal.SIGUSR2]
         assert signal.getsignal(signal.SIGUSR2) == submitit.checkpoint_and_try_requeue  # restored first
         assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
+        # requeues used up: submitit raises instead of requeueing; the run still stops cleanly
+        from submitit.core.utils import UncompletedJobError
+
+        class Refusing(FakeSubmititHandler):
+            __module__ = FakeSubmititHandler.__module__
+
+            def checkpoint_and_try_requeue(self, signum, frame) -> None:
+                raise UncompletedJobError("Job not requeued because: timed-out too many times.")
+
+        signal.signal(signal.SIGUSR2, Refusing().checkpoint_and_try_requeue)
+        last = StopSignals()
+        last.install()
+        last.received = signal.SIGUSR2
+        last.hand_on("SIGUSR2 after step 9")
+        said = capsys.readouterr().err
+        assert "submitit did not requeue the job (Job not requeued because: timed-out too many times.)" in said
+        assert "hydra.sweep.dir=<this sweep dir>" in said
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
+
+def test_a_failed_job_is_reported_without_the_launcher_s_traceback(tmp_path, capsys):
+    from submitit.core.utils import UncompletedJobError
+
+    from sdm.slurm_launcher import report_failed_job
+
+    report = "\n".join(f"line {i}" for i in range(100)) + "\nJob not requeued because: timed-out too many times."
+    with pytest.raises(SystemExit) as code:
+        report_failed_job(UncompletedJobError(report), tmp_path / "sweep")
+    said = capsys.readouterr().err
+    assert code.value.code == 1 and said.startswith("error: a SLURM job did not complete (UncompletedJobError)")
+    assert "timed-out too many times" in said and "line 80" in said and "line 70" not in said
+    assert f"hydra.sweep.dir={tmp_path / 'sweep'}" in said and "Traceback" not in said
 
 
 def test_a_spawned_rank_s_error_comes_back_as_the_project_s_error_with_its_exit_code():
@@ -346,11 +377,15 @@ def test_a_spawned_rank_s_error_comes_back_as_the_project_s_error_with_its_exit_
 def test_submission_problems_are_named_from_the_job_and_the_cluster():
     from omegaconf import OmegaConf
 
-    from sdm.slurm_launcher import cluster_problems, job_problems, parse_sinfo
+    from sdm.slurm_launcher import cluster_problems, gpu_count, job_problems, parse_sinfo
+
+    def one(cpus, memory_mb, gpus, nodes, default=False):
+        return {"default": default, "groups": [{"cpus": cpus, "memory_mb": memory_mb, "gpus": gpus, "nodes": nodes}]}
 
     assert parse_sinfo("gpu|64|512000|gpu:a100:8(S:0-1)|4\nlocal*|2+|23081|(null)|1\n") == {
-        "gpu": {"cpus": 64, "memory_mb": 512000, "gpus": 8, "nodes": 4, "default": False},
-        "local": {"cpus": 2, "memory_mb": 23081, "gpus": 0, "nodes": 1, "default": True}}
+        "gpu": one(64, 512000, 8, 4), "local": one(2, 23081, 0, 1, default=True)}
+    assert [gpu_count(g) for g in ("gpu", "gpu:2", "gpu:a100:4(IDX:0-3),gpu:v100:2", "(null)", "shard:8")] == [
+        1, 2, 6, 0, 0]
 
     train_job = OmegaConf.create({"trainer": {"devices": 8, "num_nodes": 2}})
     fits = {"tasks_per_node": 8, "nodes": 2, "gpus_per_node": 8, "cpus_per_task": 8, "mem_gb": 256}
@@ -362,8 +397,7 @@ def test_submission_problems_are_named_from_the_job_and_the_cluster():
                                                                                            "num_nodes": 2}}))[0]
     assert job_problems({"tasks_per_node": 1, "nodes": 1}, OmegaConf.create({"devices": 8})) == []
     assert "sample.py runs as one task" in job_problems(fits, OmegaConf.create({"devices": 8}))[0]
-    cluster = {"gpu": {"cpus": 64, "memory_mb": 512_000, "gpus": 8, "nodes": 4, "default": False},
-               "cpu": {"cpus": 32, "memory_mb": 128_000, "gpus": 0, "nodes": 10, "default": True}}
+    cluster = {"gpu": one(64, 512_000, 8, 4), "cpu": one(32, 128_000, 0, 10, default=True)}
     assert cluster_problems({**fits, "partition": "gpu"}, cluster) == []
     assert cluster_problems({**fits, "partition": "a100"}, cluster) == [
         "hydra.launcher.partition: partition 'a100' does not exist on this cluster; it has gpu, cpu"]
@@ -374,7 +408,19 @@ def test_submission_problems_are_named_from_the_job_and_the_cluster():
         "hydra.launcher.cpus_per_task x tasks_per_node = 64 CPUs but the nodes of partition 'cpu' have 32",
         "hydra.launcher.mem_gb=256 but the nodes of partition 'cpu' have 125 GB"]
     assert cluster_problems({**fits, "partition": "gpu", "nodes": 5}, cluster) == [
-        "hydra.launcher.nodes=5 but partition 'gpu' has 4 node(s)"]
+        "hydra.launcher.nodes=5 but partition 'gpu' has 4 node(s) that fit the job"]
     assert cluster_problems({**fits, "partition": "gpu", "gpus_per_node": 9}, cluster)[0].startswith(
         "hydra.launcher.gpus_per_node=9 but the nodes of partition 'gpu' have 8 GPUs")
     assert "no default one" in cluster_problems({**fits, "partition": None}, {"gpu": cluster["gpu"]})[0]
+    # a partition of two node types (a line each in sinfo): a job's nodes must each fit one type
+    mixed = parse_sinfo("mixed|64|256000|gpu:a100:4|6\nmixed|128|1024000|gpu:h100:8(S:0-1)|2\n")
+    assert len(mixed["mixed"]["groups"]) == 2
+    eight = {**fits, "partition": "mixed", "mem_gb": 256}
+    assert cluster_problems(eight, mixed) == []  # the 2 H100 nodes
+    assert cluster_problems({**eight, "nodes": 3}, mixed) == [
+        "hydra.launcher.nodes=3 but partition 'mixed' has 2 node(s) that fit the job"]
+    four = {**eight, "gpus_per_node": 4, "tasks_per_node": 4, "mem_gb": 200, "nodes": 8}
+    assert cluster_problems(four, mixed) == []  # 6 A100 + 2 H100 nodes
+    assert cluster_problems({**eight, "gpus_per_node": 16}, mixed) == [
+        "hydra.launcher.gpus_per_node=16 but the nodes of partition 'mixed' have 8 GPUs; for CPU training pass "
+        "trainer.accelerator=cpu"]

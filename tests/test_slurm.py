@@ -91,6 +91,32 @@ def test_misconfiguration_fails_before_anything_is_queued(cluster, tmp_path, ove
     assert queued() == before and not list(tmp_path.glob("multirun/*/*"))  # no sweep dir left either
 
 
+def test_ddp_over_two_tasks_trains_and_a_failing_rank_ends_the_whole_job(cluster, tmp_path):
+    """`trainer.devices=2`: two srun tasks that Lightning joins into one DDP run. A write failure
+    on rank 0 must end the job at once (srun's kill-on-bad-exit): without it rank 1 waits at the
+    checkpoint barrier until the collective times out (30 minutes), holding the allocation."""
+    ddp = ["strategy=ddp", "trainer.devices=2", "data.batch_size=2", f"data.cache_dir={tmp_path / 'cache'}"]
+    done = run(submit(tmp_path / "ok", *ddp, "guidance.drop_prob=0.2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep = sweep_of(tmp_path / "ok")
+    assert load_checkpoint(sweep / "0" / "checkpoints" / "last.ckpt")["global_step"] == 8
+    assert len(list((sweep / "0" / "tb").glob("events.*"))) == 1  # rank 0 alone writes TensorBoard
+    hooks = os.pathsep.join([str(REPO / "tests" / "helpers" / "hooks"), os.environ.get("PYTHONPATH", "")])
+    started = time.time()
+    failed = subprocess.run(submit(tmp_path / "full", *ddp, "guidance.drop_prob=0.2"), cwd=REPO, capture_output=True,
+                            text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": hooks,
+                                                         "SDM_TEST_FAIL_WRITE": "4"})
+    took = time.time() - started
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    assert "error: a SLURM job did not complete" in failed.stderr and "Traceback" not in failed.stderr.split(
+        "the end of its report")[0]
+    sweep = sweep_of(tmp_path / "full")
+    log = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.err"))
+    assert re.search(r"the disk holding \S+/checkpoints is full", log), log[-3000:]
+    assert took < 300, took  # ended by srun, not by a 30-minute collective timeout
+    print(f"a failed rank-0 write ended the 2-task job; the submission returned after {took:.0f} s")
+
+
 def release_requeued(job_ids: list[str]) -> None:
     """A requeued job waits two minutes (its begin time) on this cluster: start it now."""
     for job in job_ids:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +16,7 @@ from sdm.data.prepare import PreparedData, decode_row, prepare_data, split_indic
 from sdm.data.transforms import A, to_item, train_transform
 from sdm.errors import DataError
 from sdm.seeding import stable_seed
-from sdm.stopping import STOP_SIGNALS
+from sdm.stopping import outlive_stop_signals_of_others
 
 
 class ResumableShuffleSampler(Sampler[tuple[int, int]]):
@@ -103,11 +102,8 @@ class IndexedRows(Dataset):
 
 def seed_worker(worker_id: int) -> None:
     """Give every DataLoader worker its own random streams (albumentations included), and let
-    it ignore stop signals: SLURM signals every process of a job, and a worker dying of SIGTERM
-    would crash the trainer before it writes its checkpoint (sdm.stopping). Workers end with
-    the trainer."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+    it outlive the stop signals that SLURM sends every process of a job (sdm.stopping)."""
+    outlive_stop_signals_of_others()
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)

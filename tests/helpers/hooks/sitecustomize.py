@@ -6,6 +6,7 @@ environment variables:
   scheduler would (SIGTERM, SIGUSR2), to itself or, with `:parent`, to its parent process (the
   `ddp_spawn` launcher, which `kill <pid>` reaches); SIGKILL goes to the whole process group
   (every rank and DataLoader worker), as a node failure would.
+- SDM_TEST_FAIL_WRITE=STEP - rank 0's checkpoint write of step STEP fails as on a full disk.
 - SDM_TEST_DUMP_EMA=1 - each rank saves its EMA weights to <run dir>/ema-rank<r>.pt at the end.
 """
 
@@ -28,6 +29,22 @@ if os.environ.get("SDM_TEST_DIE"):
             os.kill(os.getppid() if target == ["parent"] else os.getpid(), signum)
 
     callbacks.PeriodicCheckpoint.on_train_batch_end = then_die
+
+if os.environ.get("SDM_TEST_FAIL_WRITE"):
+    import errno
+
+    from sdm import callbacks
+    from sdm.atomic import WriteError, describe_write_failure
+
+    failing_step = int(os.environ["SDM_TEST_FAIL_WRITE"])
+    save = callbacks.AtomicCheckpointIO.save_checkpoint
+
+    def fails_at_step(self, checkpoint, path, storage_options=None):
+        if checkpoint.get("global_step") == failing_step:
+            raise WriteError(describe_write_failure(Path(path), OSError(errno.ENOSPC, "No space left on device")))
+        save(self, checkpoint, path, storage_options)
+
+    callbacks.AtomicCheckpointIO.save_checkpoint = fails_at_step
 
 if os.environ.get("SDM_TEST_DUMP_EMA"):
     import torch
