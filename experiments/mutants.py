@@ -87,6 +87,12 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
         ["tests/test_metrics.py", "tests/test_evaluation.py", "tests/test_segmenter.py"],
         "not cli",
     ),
+    # surviving faults: content digests, atomic writes and leftovers, stop signals, SLURM checks
+    "faults": (
+        ["sdm/integrity.py", "sdm/atomic.py", "sdm/stopping.py", "sdm/slurm_launcher.py"],
+        ["tests/test_faults.py", "tests/test_checkpoints.py"],
+        "not cli and not tmpfs",
+    ),
 }
 SKIP_PATTERNS = [r"^\s*raise \w+\(", r"^\s*print\(", r"^\s*warnings\.warn\(", r"\btqdm\("]
 NOTES = "<!-- notes: kept as written -->"

@@ -11,6 +11,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sdm.checkpoints import load_checkpoint, save_checkpoint_file
+from sdm.errors import CheckpointError
 from sdm.stopping import StopSignals, TrainingStopped
 
 
@@ -108,3 +109,24 @@ class PeriodicCheckpoint(ModelCheckpoint):
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
+
+
+class SameResumePoint(L.Callback):
+    """Every rank must resume from the checkpoint rank 0 resumes from. Each rank picks its own
+    before the ranks can talk (sdm.training.resolve_ckpt_path); the pick is a function of the
+    files, so ranks differ only when nodes see the run dir differently: then all stop, saying so,
+    instead of training on from different states."""
+
+    def __init__(self, ckpt_path: str | None) -> None:
+        self.ckpt_path = ckpt_path or ""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or trainer.world_size < 2:
+            return
+        chosen = trainer.strategy.broadcast(self.ckpt_path, src=0)
+        if trainer.strategy.reduce_boolean_decision(chosen != self.ckpt_path, all=False):
+            raise CheckpointError(
+                f"rank {trainer.global_rank} would resume from {self.ckpt_path or 'nothing (a fresh start)'} but "
+                f"rank 0 from {chosen or 'nothing (a fresh start)'}: the nodes do not see the same run dir. Put "
+                "run_dir on a file system that every node shares, and check that its checkpoints are complete"
+            )

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from sdm.atomic import ensure_writable, remove_leftovers
-from sdm.callbacks import AtomicCheckpointIO
+from sdm.callbacks import AtomicCheckpointIO, SameResumePoint
 from sdm.checkpoints import (
     CHECKPOINT_DIR,
     EXPORT_DIR,
@@ -215,6 +215,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
                 print(f"removed {leftover}: the unfinished write of a killed run")
     module.sample_scorer = validation_scorer(plain)
     trainer = build_trainer(cfg)
+    trainer.callbacks.append(SameResumePoint(ckpt_path))
     fit(trainer, module, SidewalkDataModule(cfg.data), ckpt_path)
     metrics = final_metrics(trainer)
     if trainer.is_global_zero:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -31,8 +32,14 @@ def cli(run_dir: Path, cache: Path, *extra: str, die: tuple[str, int] | tuple[st
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SDM_TEST_DIE": ":".join(map(str, die)) if die else "",
            "SDM_TEST_DUMP_EMA": "1" if dump_ema else "",
            "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "helpers" / "hooks"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env,
-                          start_new_session=True)
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=600)
+        finally:  # nothing of the run outlives the test (a spawned rank, a DataLoader worker)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def assert_same_run(straight: Path, resumed: Path) -> None:

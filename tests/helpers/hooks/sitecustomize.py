@@ -12,6 +12,7 @@ environment variables:
 
 import os
 import signal
+import time
 from pathlib import Path
 
 if os.environ.get("SDM_TEST_DIE"):
@@ -21,12 +22,24 @@ if os.environ.get("SDM_TEST_DIE"):
     signum, step = getattr(signal, name), int(step)
     original = callbacks.PeriodicCheckpoint.on_train_batch_end
 
+    launcher = os.getppid()  # for a spawned rank: the process that started it
+
     def then_die(self, trainer, *args, **kwargs):
         original(self, trainer, *args, **kwargs)
         if trainer.global_step == step and trainer.is_global_zero:
             if signum == signal.SIGKILL:
                 os.killpg(os.getpgid(0), signal.SIGKILL)
-            os.kill(os.getppid() if target == ["parent"] else os.getpid(), signum)
+            if target != ["parent"]:
+                os.kill(os.getpid(), signum)
+                return
+            if os.getppid() != launcher:
+                return  # orphaned (its launcher died): never signal whatever adopted it (init)
+            os.kill(launcher, signum)
+            # wait until the launcher has passed it on, so that every run stops after the next
+            # step, however loaded the machine: the test's step count does not depend on timing
+            deadline = time.monotonic() + 60
+            while self._signals.received is None and time.monotonic() < deadline:
+                time.sleep(0.01)
 
     callbacks.PeriodicCheckpoint.on_train_batch_end = then_die
 
