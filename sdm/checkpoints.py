@@ -189,6 +189,32 @@ def load_ema_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], Path]
     return ema_state_dict(load_checkpoint(path), str(path)), path
 
 
+UNET_PREFIX = "unet."
+EMA_UPDATES_KEY = "ema.n_averaged"
+
+
+def load_stage_one(source: str | Path, continue_ema: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
+                                                                     int | None, Path]:
+    """What a fine-tune starts from: (U-Net weights, EMA weights, EMA updates so far, file).
+
+    `continue_ema` (the paper's fine-tune): the U-Net from stage 1's trained weights and the EMA
+    going on from stage 1's, so a run dir's newest checkpoint is preferred to its export (which
+    holds the EMA only). Otherwise, or when only EMA weights exist, both start from the EMA."""
+    path = Path(source).expanduser()
+    if continue_ema and path.is_dir():
+        path = find_latest_checkpoint(path) or path
+    if not continue_ema or resolve_weights_source(path).suffix == ".safetensors":
+        ema, found = load_ema_weights(path)
+        return ema, ema, None, found
+    found = resolve_weights_source(path)
+    checkpoint = load_checkpoint(found)
+    ema = ema_state_dict(checkpoint, str(found))
+    state = checkpoint["state_dict"]
+    unet = {k[len(UNET_PREFIX):]: v for k, v in state.items() if k.startswith(UNET_PREFIX)}
+    updates = state.get(EMA_UPDATES_KEY)
+    return unet or ema, ema, int(updates) if updates is not None else None, found
+
+
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
     """Tensors as safetensors with a digest in the metadata, written atomically."""
     plain = {k: v.detach().to("cpu").contiguous() for k, v in sorted(tensors.items())}

@@ -28,7 +28,7 @@ def number(cfg: DictConfig, key: str, kind: type = int) -> Any:
 
 NUMERIC_KEYS = {
     "trainer.max_steps": int, "trainer.accumulate_grad_batches": int, "trainer.num_nodes": int,
-    "optim.lr": float, "optim.warmup_steps": int, "optim.weight_decay": float, "optim.min_lr_ratio": float,
+    "optim.lr": float, "optim.warmup_steps": int, "optim.finetune_warmup_steps": int, "optim.weight_decay": float, "optim.min_lr_ratio": float,
     "ema.decay": float, "guidance.drop_prob": float, "sampler.guidance_scale": float,
     "sampler.num_steps": int, "data.batch_size": int, "data.val_fraction": float,
     "diffusion.num_train_timesteps": int, "diffusion.beta_start": float, "diffusion.beta_end": float,
@@ -65,6 +65,9 @@ def check_train_config(cfg: DictConfig) -> None:
     require(int(o.warmup_steps) >= 0, "optim.warmup_steps", o.warmup_steps, "an integer >= 0")
     require(o.schedule in ("cosine", "constant"), "optim.schedule", o.schedule, "'cosine' or 'constant'")
     require(0 < float(cfg.ema.decay) < 1, "ema.decay", cfg.ema.decay, "a value in (0, 1)")
+    require(cfg.ema.on_finetune in ("continue", "restart"), "ema.on_finetune", cfg.ema.on_finetune,
+            "'continue' (the paper's: the fine-tune carries stage 1's EMA on) or 'restart'")
+    require(int(o.finetune_warmup_steps) >= 0, "optim.finetune_warmup_steps", o.finetune_warmup_steps, "an integer >= 0")
     drop = float(cfg.guidance.drop_prob)
     require(0 <= drop <= 1, "guidance.drop_prob", drop, "a probability in [0, 1]")
     require(cfg.sampler.name in SAMPLERS, "sampler.name", cfg.sampler.name, f"one of {sorted(SAMPLERS)}")

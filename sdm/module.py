@@ -13,7 +13,7 @@ from torch import Tensor
 
 from sdm.data.classes import colorize
 from sdm.diffusion import add_noise, build_noise_scheduler, hybrid_loss, noise_config, sample
-from sdm.ema import EMA
+from sdm.ema import EMA, ema_decay
 from sdm.errors import SDMError
 from sdm.models import build_unet, drop_condition, label_to_condition
 from sdm.seeding import stable_seed
@@ -64,6 +64,7 @@ class SDMModule(L.LightningModule):
         self.cfg = cfg
         self.unet = build_unet(cfg)
         self.ema = EMA(self.unet, cfg["ema"]["decay"], cfg["ema"]["warmup"])
+        self._ema_updates = 0  # EMA updates so far (on_train_start reads a restored count)
         self.scheduler = build_noise_scheduler(**noise_config(cfg))
         self.num_timesteps = int(cfg["diffusion"]["num_train_timesteps"])
         self.drop_prob = float(cfg["guidance"]["drop_prob"])
@@ -137,9 +138,16 @@ class SDMModule(L.LightningModule):
                 self.log(f"{stage}/mse_q{q}", losses["mse"][chosen].mean(), on_step=on_step,
                          on_epoch=not on_step, batch_size=int(chosen.sum()))
 
+    def on_train_start(self) -> None:
+        self._ema_updates = int(self.ema.n_averaged)  # counted here on: no device sync per step
+
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
+        # the first update copies the weights (decay 0), later ones average with ema_decay
+        used = ema_decay(self.ema.decay, self._ema_updates, self.ema.warmup) if self._ema_updates else 0.0
         self.ema.update_parameters(self.unet)
+        self._ema_updates += 1
+        self.log("train/ema_decay", used, on_step=True, on_epoch=False)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Loss of the EMA weights, with noise fixed per row (by its index in the validation set;

@@ -27,8 +27,8 @@ from sdm.checkpoints import (
     check_resumable,
     export_ema,
     find_latest_checkpoint,
-    load_ema_weights,
     load_into,
+    load_stage_one,
 )
 from sdm.config import check_accelerator, check_train_config
 from sdm.data.datamodule import SidewalkDataModule
@@ -203,10 +203,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     plain = OmegaConf.to_container(cfg, resolve=True)
     module = SDMModule(plain)
     if cfg.init_from and not ckpt_path:
-        weights, source = load_ema_weights(cfg.init_from)
-        load_into(module.unet, weights, str(source))
-        module.ema.module.load_state_dict(module.unet.state_dict())
-        print(f"initialised the U-Net and its EMA from {source}")
+        start_from_stage_one(module, cfg.init_from, continue_ema=cfg.ema.on_finetune == "continue")
     if ckpt_path:
         check_resumable(ckpt_path, module)
     for folder in (CHECKPOINT_DIR, EXPORT_DIR):
@@ -227,6 +224,23 @@ def _train(cfg: DictConfig) -> dict[str, float]:
             logger.finalize("success")
         print(next_steps(cfg.output_dir, metrics))
     return metrics
+
+
+def start_from_stage_one(module: SDMModule, source: str, continue_ema: bool) -> None:
+    """Initialise a fine-tune. ema.on_finetune=continue (the paper's): the U-Net from stage 1's
+    trained weights and the EMA carried on from stage 1's, so the average keeps its 0.9999 memory;
+    restart: both from stage 1's EMA, the EMA counting (and warming up) from zero."""
+    unet, ema, updates, path = load_stage_one(source, continue_ema)
+    load_into(module.unet, unet, str(path))
+    load_into(module.ema.module, ema, str(path))
+    if continue_ema:
+        # > 0: AveragedModel would copy the U-Net over the average at its first update otherwise
+        module.ema.n_averaged.fill_(max(1, updates or 0))
+        origin = "its trained weights" if unet is not ema else "its EMA (the file holds no other)"
+        print(f"initialised the U-Net from {origin} and continued its EMA ({updates or 'unknown'} updates) "
+              f"from {path}")
+    else:
+        print(f"initialised the U-Net and its EMA from {path}")
 
 
 def fit(trainer: L.Trainer, module: SDMModule, data: SidewalkDataModule, ckpt_path: str | None) -> None:

@@ -152,22 +152,64 @@ def test_export_holds_the_ema_weights(trained):
     assert any(not torch.equal(exported[k], raw[k]) for k in exported)  # EMA, not raw weights
 
 
-def test_finetune_starts_from_ema_with_its_own_lr_and_drop(tmp_path, trained):
+def stage_one_state(source: Path) -> tuple[dict, dict, int]:
+    state = load_checkpoint(source / "checkpoints" / "last.ckpt")["state_dict"]
+    unet = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
+    ema = {k[len("ema.module."):]: v for k, v in state.items() if k.startswith("ema.module.")}
+    return unet, ema, int(state["ema.n_averaged"])
+
+
+def test_finetune_continues_the_stage_one_ema_as_the_papers_code_does(tmp_path, trained):
+    """finetune_cfg (recipe=paper): the U-Net from stage 1's trained weights, the EMA carried on
+    at 0.9999 from stage 1's, a fresh optimizer at 2e-5, mask dropout 0.2."""
     source, _ = trained
     out = tmp_path / "stage2"
     cfg = compose_train(out, "experiment=finetune_cfg", f"init_from={source}", "trainer.max_steps=1",
-                        "data.size=[32,32]")
+                        "data.size=[32,32]", "ema.decay=0.9999")
     assert cfg.optim.lr == pytest.approx(2e-5) and cfg.guidance.drop_prob == pytest.approx(0.2)
+    assert cfg.ema.on_finetune == "continue" and cfg.ema.warmup is False
     train(cfg)
-    before, _ = load_ema_weights(source)
-    after, _ = load_ema_weights(out)
-    # one AdamW step moves each weight by about lr * warm-up factor (2e-5 * 1/2): the start
-    # was the EMA of stage 1, not a fresh initialisation (which differs by ~0.1)
-    assert max((before[k] - after[k]).abs().max().item() for k in before) < 1.5e-5
+    unet1, ema1, updates1 = stage_one_state(source)
+    unet2, ema2, updates2 = stage_one_state(out)
+    assert updates2 == updates1 + 1  # the average goes on counting
+    # one AdamW step moves each U-Net weight by at most about lr (2e-5 x warm-up 1/2 here): its
+    # start was stage 1's trained U-Net, not stage 1's EMA (several times farther away)
+    from_trained = max((unet1[k] - unet2[k]).abs().max().item() for k in unet1)
+    from_ema = max((ema1[k] - unet2[k]).abs().max().item() for k in unet1)
+    assert from_trained < 1.5e-5 and from_ema > 3 * from_trained, (from_trained, from_ema)
+    for key, value in ema1.items():  # EMA_1 = 0.9999 EMA_0 + 0.0001 U-Net_1: stage 1's average, continued
+        if value.is_floating_point():
+            torch.testing.assert_close(ema2[key], 0.9999 * value + 1e-4 * unet2[key], rtol=0, atol=1e-6)
     saved = OmegaConf.load(out / "export" / "config.yaml")
     assert saved.guidance.drop_prob == pytest.approx(0.2) and saved.init_from == str(source)
     ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")
     assert ckpt["optimizer_states"][0]["state"][0]["step"] == 1  # a fresh optimizer
+
+
+def test_finetune_restarting_the_ema_starts_both_from_the_stage_one_ema(tmp_path, trained):
+    source, _ = trained
+    out = tmp_path / "stage2"
+    train(compose_train(out, "experiment=finetune_cfg", "recipe=fast", f"init_from={source}",
+                        "trainer.max_steps=1", "data.size=[32,32]"))
+    _, ema1, _ = stage_one_state(source)
+    unet2, ema2, updates2 = stage_one_state(out)
+    assert updates2 == 1  # counted from zero: the first update copies the U-Net
+    assert max((ema1[k] - unet2[k]).abs().max().item() for k in ema1) < 1.5e-5
+    for key, value in unet2.items():
+        assert torch.equal(ema2[key], value), key
+
+
+def test_finetune_from_an_export_continues_from_the_ema_it_holds(tmp_path, trained, capsys):
+    source, _ = trained
+    out = tmp_path / "stage2"
+    train(compose_train(out, "experiment=finetune_cfg", f"init_from={source / 'export' / 'ema.safetensors'}",
+                        "trainer.max_steps=1", "data.size=[32,32]"))
+    assert "initialised the U-Net from its EMA (the file holds no other)" in capsys.readouterr().out
+    exported, _ = load_ema_weights(source)
+    unet2, ema2, _ = stage_one_state(out)
+    for key, value in exported.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(ema2[key], 0.9999 * value + 1e-4 * unet2[key], rtol=0, atol=1e-6)
 
 
 def test_init_from_refuses_bad_sources(tmp_path, trained):
