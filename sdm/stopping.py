@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import multiprocessing
 import os
 import re
 import signal
@@ -90,7 +91,12 @@ def outlive_stop_signals_of_others() -> None:
     would crash the trainer (PyTorch raises on a dead worker) before it writes its checkpoint. So
     the worker ignores SIGUSR1/2, and a SIGTERM unless its parent, the trainer, sent it: that is
     how `multiprocessing` ends workers at exit, and ignoring it would hang the trainer there. A
-    thread takes SIGTERM with its sender's pid (sigwaitinfo); the worker ends with its trainer."""
+    thread takes SIGTERM with its sender's pid (sigwaitinfo); the worker ends with its trainer.
+
+    Only in a child process of `multiprocessing`: a process started otherwise (a trainer, a test)
+    keeps its signals, which its own children would inherit ignored or blocked."""
+    if multiprocessing.parent_process() is None:
+        return
     for signum in STOP_SIGNALS:
         if signum != signal.SIGTERM:
             signal.signal(signum, signal.SIG_IGN)

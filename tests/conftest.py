@@ -62,6 +62,21 @@ def hub_row(image: np.ndarray, label: np.ndarray, image_mode: str | None = None)
     }
 
 
+@pytest.fixture(autouse=True)
+def signals_left_as_found():
+    """A test that leaves a stop signal blocked or ignored in this process breaks every later test
+    that starts train.py: children inherit both (a CI run's stop tests failed so). Named here."""
+    import signal
+
+    watched = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    before = {s: signal.getsignal(s) for s in watched}
+    yield
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    changed = {s: signal.getsignal(s) for s in watched if signal.getsignal(s) != before[s]}
+    assert not blocked & set(watched), f"the test left {sorted(signal.Signals(s).name for s in blocked)} blocked"
+    assert not changed, f"the test left the handlers of {[signal.Signals(s).name for s in changed]} changed"
+
+
 @pytest.fixture
 def data_cfg(tmp_path):
     """Factory for a `data` config group with caches under tmp_path."""
