@@ -9,8 +9,10 @@ them), for each budget and seed; each run is sampled (UniPC 15, s = 1.5, the sam
 masks) and scored with the cached consistency segmenter: consistency ratio (mIoU of the samples
 over that of the real photos, higher is better) and the segmenter-feature Frechet distance (lower
 is better). Shared by every arm: the quickstart's lr 5e-4 and EMA decay 0.999 (0.9999 without
-warm-up would leave most of the random start in a 600-step average). Each run and evaluation is
-skipped when its output is complete, so an interrupted study continues. Writes results_recipe.md.
+warm-up would leave most of the random start in a 600-step average). Every finished run's scores
+go to results_recipe.json beside this script (commit it): a run already recorded there is not
+trained again, so the study (about 7 CPU hours on 2 cores at the default budgets) can be spread
+over several sessions or machines. Writes results_recipe.md from the runs asked for.
 """
 
 from __future__ import annotations
@@ -56,13 +58,19 @@ def train(run_dir: Path, arm: list[str], steps: int, seed: int) -> None:
         sys.exit(f"error: training {run_dir} failed (exit {status}); log {log}:\n{tail}")
 
 
-def evaluated(run_dir: Path, masks: int, per_mask: int) -> dict:
-    cached = run_dir / "scores.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    row = run_one(str(run_dir), run_dir / "samples", "unipc", 15, 1.5, masks, per_mask, reuse=True)
-    cached.write_text(json.dumps(row))
-    return row
+LEDGER = Path(__file__).with_name("results_recipe.json")
+
+
+def recorded() -> dict[str, dict]:
+    return json.loads(LEDGER.read_text()) if LEDGER.is_file() else {}
+
+
+def record(key: str, row: dict) -> None:
+    ledger = recorded()
+    ledger[key] = row
+    temporary = LEDGER.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(ledger, indent=1, sort_keys=True) + "\n")
+    temporary.replace(LEDGER)
 
 
 def summary(values: list[float]) -> str:
@@ -98,9 +106,14 @@ def main() -> None:
     for budget in args.budgets:
         for seed in args.seeds:
             for arm in args.arms:
-                run_dir = args.root / f"{budget}" / arm.strip("+ ").replace(" ", "_") / f"seed{seed}"
-                train(run_dir, ARMS[arm], budget, seed)
-                row = evaluated(run_dir, args.masks, args.per_mask)
+                key = f"{budget} steps | {arm} | seed {seed} | {args.masks}x{args.per_mask}"
+                row = recorded().get(key)
+                if row is None:
+                    run_dir = args.root / f"{budget}" / arm.strip("+ ").replace(" ", "_") / f"seed{seed}"
+                    train(run_dir, ARMS[arm], budget, seed)
+                    row = run_one(str(run_dir), run_dir / "samples", "unipc", 15, 1.5, args.masks, args.per_mask,
+                                  reuse=True)
+                    record(key, row)
                 results.setdefault((arm, budget), []).append(row)
                 print(f"{budget} steps, seed {seed}, {arm}: ratio {row['ratio']:.3f}, distance {row['distance']:.4f}",
                       flush=True)
