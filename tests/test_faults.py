@@ -354,6 +354,65 @@ def test_a_failed_job_is_reported_without_the_launcher_s_traceback(tmp_path, cap
     assert f"hydra.sweep.dir={tmp_path / 'sweep'}" in said and "Traceback" not in said
 
 
+def fake_command(folder: Path, name: str, stdout: str, stderr: str = "", code: int = 0) -> None:
+    """An executable `name` in `folder` that prints what it is told and records its arguments."""
+    folder.mkdir(exist_ok=True)
+    script = folder / name
+    script.write_text(f"#!/bin/sh\necho \"$@\" >> {folder / (name + '.calls')}\nprintf '%s' '{stdout}'\n"
+                      f"printf '%s' '{stderr}' >&2\nexit {code}\n")
+    script.chmod(0o755)
+
+
+def test_a_job_that_sacct_does_not_know_is_judged_by_squeue(tmp_path, monkeypatch, request):
+    """Without accounting, a job whose killed task wrote no result must still end the wait."""
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    from sdm.slurm_watch import GONE, accounting_off, install_queue_fallback, queue_states
+
+    bin_dir = tmp_path / "bin"
+    fake_command(bin_dir, "scontrol", "AccountingStorageType   = accounting_storage/slurmdbd\n")
+    accounting_off.cache_clear()
+    request.addfinalizer(accounting_off.cache_clear)  # the real cluster's answer for later tests
+    fake_command(bin_dir, "sacct", "", "Slurm accounting storage is disabled\n", code=1)
+    fake_command(bin_dir, "squeue", "12_0|FAILED\n12_1|RUNNING\n13|PENDING\n14|CANCELLED by 0\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert queue_states(["12_0", "12_1", "13", "14", "15"]) == {
+        "12_0": "FAILED", "12_1": "RUNNING", "13": "RUNNING", "14": "CANCELLED", "15": GONE}
+    assert (bin_dir / "squeue.calls").read_text().split()[-1] == "12,13,14,15"  # one call, main ids
+
+    monkeypatch.setattr(SlurmInfoWatcher, "update", SlurmInfoWatcher.update)  # undone after the test
+    install_queue_fallback()
+    install_queue_fallback()  # twice is once
+    watcher = SlurmInfoWatcher(delay_s=1)
+    assert watcher.is_done("12_0", mode="force") and watcher.get_state("12_0", mode="cache") == "FAILED"
+    assert not watcher.is_done("12_1", mode="force") and not watcher.is_done("13", mode="force")
+    assert watcher.is_done("15", mode="force")  # purged from squeue, unknown to sacct: ended
+    fake_command(bin_dir, "squeue", "12_1|FAILED\n13|RUNNING\n")  # the same jobs, later: asked again
+    assert watcher.is_done("12_1", mode="force") and not watcher.is_done("13", mode="force")
+
+    # squeue that cannot reach the controller concludes nothing; an invalid id is a purged job
+    fake_command(bin_dir, "squeue", "", "slurm_load_jobs error: Unable to contact slurm controller\n", code=1)
+    assert queue_states(["16"]) == {} and not SlurmInfoWatcher(delay_s=1).is_done("16", mode="force")
+    fake_command(bin_dir, "squeue", "", "slurm_load_jobs error: Invalid job id specified\n", code=1)
+    assert queue_states(["16"]) == {"16": GONE}
+
+    # a cluster with accounting: sacct's answer stands, squeue is not asked
+    fake_command(bin_dir, "sacct", "JobID|State|NodeList\n17|RUNNING|n1\n")
+    fake_command(bin_dir, "squeue", "17|FAILED\n")
+    calls = bin_dir / "squeue.calls"
+    calls.unlink()
+    assert not SlurmInfoWatcher(delay_s=1).is_done("17", mode="force") and not calls.exists()
+    fake_command(bin_dir, "sacct", "JobID|State|NodeList\n13|RUNNING|n1\n")  # sacct catches up on job 13:
+    assert not watcher.is_done("13", mode="force") and not calls.exists()  # its word replaces squeue's
+
+    # a cluster configured without accounting: sacct is not called (it would print an error at every poll)
+    fake_command(bin_dir, "scontrol", "AccountingStorageType   = accounting_storage/none\n")
+    accounting_off.cache_clear()
+    (bin_dir / "sacct.calls").unlink()
+    fake_command(bin_dir, "squeue", "18|TIMEOUT\n")
+    assert SlurmInfoWatcher(delay_s=1).is_done("18", mode="force") and not (bin_dir / "sacct.calls").exists()
+
+
 def test_a_spawned_rank_s_error_comes_back_as_the_project_s_error_with_its_exit_code():
     import signal
 

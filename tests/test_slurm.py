@@ -104,9 +104,6 @@ def test_ddp_over_two_tasks_trains_as_one_run(cluster, tmp_path):
     assert len(writers) == 1, writers  # rank 0 alone writes TensorBoard (its pid is in the file names)
 
 
-@pytest.mark.xfail(run=False, reason="known defect (issue 10): srun's kill-on-bad-exit ends the job within seconds, "
-                   "but the submitting `train.py -m` then waits for task 0's result file, which a killed task never "
-                   "writes: the submission hangs (measured: past 400 s) instead of reporting the failed job")
 def test_a_failing_rank_ends_the_whole_job_and_the_submission_reports_it(cluster, tmp_path):
     ddp = ["strategy=ddp", "trainer.devices=2", "data.batch_size=2", f"data.cache_dir={tmp_path / 'cache'}"]
     hooks = os.pathsep.join([str(REPO / "tests" / "helpers" / "hooks"), os.environ.get("PYTHONPATH", "")])
