@@ -32,7 +32,8 @@ def main(cfg: DictConfig) -> None:
         from sdm.metrics.image_sets import from_sample_folder
 
         out_dir = Path(manifest["out_dir"])
-        evaluate_set(from_sample_folder(out_dir), out_dir, cfg.evaluation)
+        num_classes = int(manifest["train_data"]["num_classes"])  # the model's, not sidewalk's 35
+        evaluate_set(from_sample_folder(out_dir, num_classes), out_dir, cfg.evaluation, num_classes)
 
 
 if __name__ == "__main__":

@@ -89,9 +89,15 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
     ),
     # surviving faults: content digests, atomic writes and leftovers, stop signals, SLURM checks
     "faults": (
-        ["sdm/integrity.py", "sdm/atomic.py", "sdm/stopping.py", "sdm/slurm_launcher.py"],
-        ["tests/test_faults.py", "tests/test_checkpoints.py"],
+        ["sdm/integrity.py", "sdm/atomic.py", "sdm/stopping.py", "sdm/slurm_launcher.py", "sdm/slurm_watch.py"],
+        ["tests/test_faults.py", "tests/test_fault_units.py", "tests/test_checkpoints.py"],
         "not cli and not tmpfs",
+    ),
+    # the published checkpoints: key names, qkv order, layout from shapes, the CLI
+    "convert": (
+        ["sdm/convert_official.py", "sdm/official/*.py"],
+        ["tests/test_convert_official.py"],
+        "not python_dash_m and not sample_py",
     ),
 }
 SKIP_PATTERNS = [r"^\s*raise \w+\(", r"^\s*print\(", r"^\s*warnings\.warn\(", r"\btqdm\("]

@@ -48,8 +48,12 @@ def test_colorize_round_trip_and_unknown_colour():
     bad[2, 4] = (1, 2, 3)
     with pytest.raises(ValueError, match=r"\(1, 2, 3\) at pixel \(row 2, col 4\)"):
         decolorize(bad)
-    with pytest.raises(ValueError, match="0..34"):
-        colorize(np.array([[35]]))
+    # ids past the 35 classes (converted ADE20K / COCO-Stuff models) get colours of their own
+    wide = colorize(np.arange(256).reshape(16, 16))
+    assert len({tuple(c) for c in wide.reshape(-1, 3)}) == 256
+    assert np.array_equal(wide.reshape(-1, 3)[:NUM_CLASSES], PALETTE)
+    with pytest.raises(ValueError, match="0..255"):
+        colorize(np.array([[256]]))
 
 
 @pytest.mark.parametrize("mode", ["stretch", "crop"])

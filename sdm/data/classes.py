@@ -95,14 +95,34 @@ _KEY_ORDER = np.argsort(_COLOUR_KEYS)
 _SORTED_KEYS = _COLOUR_KEYS[_KEY_ORDER]
 
 
+def _more_colours(count: int) -> np.ndarray:
+    """Colours for ids past the 35 classes, which models of other datasets use (converted
+    official ADE20K and COCO-Stuff models: 151 and 183 classes): the PASCAL VOC bit pattern,
+    leaving out the palette's own colours so that no two ids share one."""
+    own = {tuple(c) for c in PALETTE}
+    colours = []
+    for i in range(256):
+        rgb = [0, 0, 0]
+        for bit in range(8):
+            for channel in range(3):
+                rgb[channel] |= ((i >> (3 * bit + channel)) & 1) << (7 - bit)
+        if tuple(rgb) not in own:
+            colours.append(rgb)
+    return np.array(colours[:count], dtype=np.uint8)
+
+
+#: PALETTE, then colours for the ids 35..255 that only models of other datasets use
+FULL_PALETTE: np.ndarray = np.concatenate([PALETTE, _more_colours(256 - NUM_CLASSES)])
+
+
 def colorize(label: np.ndarray) -> np.ndarray:
-    """Map an H x W array of class ids to an H x W x 3 uint8 RGB image with the palette."""
+    """Map an H x W array of class ids (0..255) to an H x W x 3 uint8 RGB image with the palette."""
     label = np.asarray(label)
-    if label.size and (label.min() < 0 or label.max() >= NUM_CLASSES):
+    if label.size and (label.min() < 0 or label.max() >= len(FULL_PALETTE)):
         raise ValueError(
-            f"label ids must lie in 0..{NUM_CLASSES - 1}, got {int(label.min())}..{int(label.max())}"
+            f"label ids must lie in 0..{len(FULL_PALETTE) - 1}, got {int(label.min())}..{int(label.max())}"
         )
-    return PALETTE[label.astype(np.int64)]
+    return FULL_PALETTE[label.astype(np.int64)]
 
 
 def decolorize(rgb: np.ndarray) -> np.ndarray:

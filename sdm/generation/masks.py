@@ -27,10 +27,12 @@ class Mask:
     index: int
     label: np.ndarray  # H x W uint8 class ids at the training size
     real: np.ndarray | None = None  # H x W x 3 uint8
+    instance: np.ndarray | None = None  # H x W int32 instance ids: the edge channel's source when given
 
 
 
 SPLITS = ("val", "train", "all")
+INSTANCES = "instances"  # <set>/labels/x.png -> <set>/instances/x.png (SPADE's COCO-Stuff: <split>_label, _inst)
 VARIATIONS = ("hflip", "crop")
 CROP_SIDE = (0.6, 0.9)  # a crop keeps this fraction of each side (36-81 % of the area)
 
@@ -105,9 +107,10 @@ def crop_box(shape: tuple[int, int], rng: np.random.Generator) -> tuple[int, int
 def vary_mask(mask: Mask, variations: Sequence[str], seed: int) -> Mask:
     """A new layout from a mask: mirrored and/or a random crop scaled back (labels nearest,
     the photo bilinear, so both still match); the crop is drawn from (seed, mask index)."""
-    label, real, name = mask.label, mask.real, mask.name
+    label, real, name, instance = mask.label, mask.real, mask.name, mask.instance
     if "hflip" in variations:
         label, real, name = label[:, ::-1], None if real is None else real[:, ::-1], f"{name}-flip"
+        instance = None if instance is None else instance[:, ::-1]
     if "crop" in variations:
         top, left, height, width = crop_box(label.shape, np.random.default_rng([seed, mask.index]))
         size = (label.shape[1], label.shape[0])
@@ -115,9 +118,12 @@ def vary_mask(mask: Mask, variations: Sequence[str], seed: int) -> Mask:
         label = np.asarray(Image.fromarray(np.ascontiguousarray(label)).crop(box).resize(size, Image.Resampling.NEAREST))
         if real is not None:
             real = np.asarray(Image.fromarray(np.ascontiguousarray(real)).crop(box).resize(size, Image.Resampling.BILINEAR))
+        if instance is not None:
+            instance = np.asarray(Image.fromarray(np.ascontiguousarray(instance)).crop(box).resize(size, Image.Resampling.NEAREST))
         name = f"{name}-crop"
     return Mask(name, mask.index, np.ascontiguousarray(label),
-                None if real is None else np.ascontiguousarray(real))
+                None if real is None else np.ascontiguousarray(real),
+                None if instance is None else np.ascontiguousarray(instance))
 
 
 def read_mask(path: Path, size: tuple[int, int], num_classes: int) -> tuple[np.ndarray, tuple[int, int] | None]:
@@ -141,25 +147,61 @@ def read_real(path: Path, size: tuple[int, int]) -> np.ndarray | None:
     return read_rgb_file(path, size, "real image (beside the masks)") if path.is_file() else None
 
 
-def folder_masks(folder: Path, size: tuple[int, int], num_classes: int, limit: int | None) -> list[Mask]:
-    """Label PNGs of a folder in name order; photos come from a sibling images/ folder if present."""
+def read_instance(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """Instance ids (H x W int32) of an instance PNG at `size`, resized like the labels (nearest):
+    grey, palette and 16/32-bit values are ids, each RGB colour is one id."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode.startswith("I;16"):
+                image = image.convert("I")
+            elif image.mode == "RGBA":
+                image = image.convert("RGB")
+            if image.mode not in ("L", "P", "I", "RGB"):
+                raise ValueError(f"unsupported mode {image.mode!r}; expected ids (L, P, I, I;16) or RGB colours")
+            if image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.Resampling.NEAREST)
+            ids = np.asarray(image).astype(np.int32)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"instance map '{path}' cannot be used: {err}") from None
+    return (ids[..., 0] << 16 | ids[..., 1] << 8 | ids[..., 2]) if ids.ndim == 3 else ids
+
+
+def folder_masks(folder: Path, size: tuple[int, int], num_classes: int, limit: int | None,
+                 instances: bool = False) -> list[Mask]:
+    """Label PNGs of a folder in name order; photos come from a sibling images/ folder if present,
+    and with `instances` the instance maps of the same names from a sibling instances/ folder."""
     if not folder.is_dir():
         raise DataError(f"masks={folder}: neither one of {'|'.join(SPLITS)} nor an existing folder of label PNGs")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
     if not files:
         raise DataError(f"masks={folder}: the folder holds no .png label files")
-    photos = folder.parent / "images"
+    photos, instance_dir = folder.parent / "images", folder.parent / INSTANCES
     masks, resized = [], []
     for position, path in enumerate(files[:limit]):
         label, original = read_mask(path, size, num_classes)
         if original is not None:
             resized.append(f"{path.name} ({original[1]}x{original[0]})")
         real = read_real(photos / path.name, size) if photos.resolve() != folder.resolve() else None
-        masks.append(Mask(path.stem, position, label, real))
+        instance_file = instance_dir / path.name
+        use_instance = instances and instance_dir.resolve() != folder.resolve() and instance_file.is_file()
+        instance = read_instance(instance_file, size) if use_instance else None
+        masks.append(Mask(path.stem, position, label, real, instance))
     if resized:
         print(f"resized {len(resized)} of {len(masks)} masks to the training size {size[1]}x{size[0]} "
               f"(nearest, aspect ratio not kept): {', '.join(resized[:5])}{' ...' if len(resized) > 5 else ''}")
     return masks
+
+
+def edge_source(masks: Sequence[Mask], where: str) -> str:
+    """Which maps the edge channel is drawn from, for the log."""
+    found = sum(m.instance is not None for m in masks)
+    if found == 0:
+        return f"edge channel: class boundaries of the label maps (no instance maps {where})"
+    if found == len(masks):
+        return f"edge channel: instance boundaries from the instance maps {where} (all {found} masks)"
+    return (f"edge channel: instance boundaries for the {found} of {len(masks)} masks with an instance map "
+            f"{where}, class boundaries for the others")
 
 
 def load_masks(spec: str, model: Model, limit: int | None, source: dict[str, Any] | None = None,
@@ -169,10 +211,14 @@ def load_masks(spec: str, model: Model, limit: int | None, source: dict[str, Any
     if unknown:
         raise ConfigError(f"mask_variation={list(variations)}: unknown {unknown}; expected a list of {list(VARIATIONS)}")
     if spec in SPLITS:
-        masks = split_masks(model.cfg, spec, limit, source)
+        masks, where = split_masks(model.cfg, spec, limit, source), "in the data"
     elif source:
         raise ConfigError(f"mask_source is for masks={'|'.join(SPLITS)}, not for a folder of label PNGs ({spec})")
     else:
         num_classes = int(model.cfg["data"]["num_classes"])
-        masks = folder_masks(Path(spec).expanduser(), model.size, num_classes, limit)
+        folder = Path(spec).expanduser()
+        masks = folder_masks(folder, model.size, num_classes, limit, instances=model.unet.edge_channel)
+        where = f"in {folder.parent / INSTANCES}"
+    if model.unet.edge_channel:
+        print(edge_source(masks, where))
     return [vary_mask(m, variations, seed) for m in masks] if variations else masks

@@ -51,7 +51,12 @@ def sample_batch(model: Model, jobs: Sequence[tuple[Mask, int]], batch: int, cfg
     """Images (len(jobs) x 3 x H x W in [-1, 1]) for (mask, k) jobs, padded to `batch` samples."""
     padded = [*jobs, *[jobs[-1]] * (batch - len(jobs))]
     label = torch.from_numpy(np.stack([mask.label for mask, _ in padded])).to(device).long()
-    cond = label_to_condition(label, model.unet.num_classes, model.unet.edge_channel)
+    edge_ids = None
+    if model.unet.edge_channel and any(mask.instance is not None for mask, _ in padded):
+        # instance ids where a mask has them; its class ids (the same edges as without) where not
+        edge_ids = torch.from_numpy(np.stack([(mask.label if mask.instance is None else mask.instance).astype(np.int64)
+                                              for mask, _ in padded])).to(device)
+    cond = label_to_condition(label, model.unet.num_classes, model.unet.edge_channel, edge_ids)
     seed = int(cfg.seed)
     generators = [torch.Generator().manual_seed(sample_seed(seed + mask.index, k)) for mask, k in padded]
     s = cfg.sampler

@@ -37,6 +37,7 @@ from sdm.viz import save_png
 
 SEGMENTER_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "segmenter.yaml"
 RANKED = 4  # masks shown in each of the best and worst grids
+PREPARABLE = ("sidewalk", "scenes")  # the data.name values sdm.data.sources can load
 
 
 def default_segmenter_settings() -> dict[str, Any]:
@@ -64,6 +65,11 @@ def find_segmenter(spec: str, image_set: ImageSet, train: bool, notes: list[str]
     if image_set.train_data is None:
         notes.append("semantic consistency skipped: these folders do not say which data trained their model; "
                      "pass evaluation.segmenter=<folder> (python -m sdm.metrics.segmenter data=...)")
+        return None
+    if image_set.train_data.get("name") not in PREPARABLE:  # e.g. a model converted from the official code
+        notes.append(f"semantic consistency skipped: the model was trained on data.name="
+                     f"{image_set.train_data.get('name')}, which this project cannot prepare to train a segmenter "
+                     "on; pass evaluation.segmenter=<folder of a segmenter of that data>")
         return None
     folder = cached_segmenter_folder(image_set.train_data)
     if (folder / "segmenter.json").is_file():

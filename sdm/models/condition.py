@@ -21,11 +21,13 @@ def label_edges(label: Tensor) -> Tensor:
     return edge
 
 
-def label_to_condition(label: Tensor, num_classes: int, edge_channel: bool = False) -> Tensor:
+def label_to_condition(label: Tensor, num_classes: int, edge_channel: bool = False,
+                       edge_ids: Tensor | None = None) -> Tensor:
     """(B, H, W) int64 class ids -> (B, num_classes [+1], H, W) float one-hot map.
 
     Runs on the label's device (the data loader ships ids, not one-hot maps). With
-    ``edge_channel`` a last channel marks class boundaries.
+    ``edge_channel`` a last channel marks the boundaries of ``edge_ids`` ((B, H, W) instance
+    ids, as the official code draws them for COCO), or of the classes when it is None.
     """
     if label.ndim != 3:
         raise ValueError(f"label must have shape (B, H, W), got {tuple(label.shape)}")
@@ -43,7 +45,9 @@ def label_to_condition(label: Tensor, num_classes: int, edge_channel: bool = Fal
     cond = torch.zeros(b, channels, h, w, device=label.device, dtype=torch.float32)
     cond.scatter_(1, label[:, None], 1.0)
     if edge_channel:
-        cond[:, num_classes] = label_edges(label).float()
+        if edge_ids is not None and edge_ids.shape != label.shape:
+            raise ValueError(f"edge_ids must have the label's shape {tuple(label.shape)}, got {tuple(edge_ids.shape)}")
+        cond[:, num_classes] = label_edges(label if edge_ids is None else edge_ids.to(label.device)).float()
     return cond
 
 
