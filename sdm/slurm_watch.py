@@ -82,4 +82,5 @@ def install_queue_fallback() -> None:
             if self.is_done(job, mode="cache"):
                 self._finished.add(job)
 
+    update_with_queue.__wrapped__ = original  # type: ignore[attr-defined]  # (tests start from submitit's own)
     SlurmInfoWatcher.update = update_with_queue

@@ -96,6 +96,17 @@ def data_cfg(tmp_path):
     return make
 
 
+def one_torch_thread():
+    """Body of a module's fixture: two OpenMP threads on two shared, busy cores spin-wait (up
+    to 100x slower), so torch runs on one for the module's tests and is set back after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def leftover_path(path: Path, kind: str) -> Path:
     """The temporary name a writer on this host that has since been killed would have left."""
     import subprocess

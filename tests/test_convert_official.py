@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO
+from conftest import REPO, one_torch_thread
 from PIL import Image
 from test_generate import sample_cfg
 from torch import Tensor
@@ -35,11 +35,7 @@ from sdm.official.layout import Layout, read_layout
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Two OpenMP threads on two shared, busy cores spin-wait: use one here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from one_torch_thread()
 
 
 # --- an official state dict, written from the official code's names and shapes --------------

@@ -62,7 +62,8 @@ def test_a_write_failure_is_described_by_its_cause_and_folder(tmp_path, monkeypa
     assert seen == [tmp_path, tmp_path]
 
 
-@pytest.mark.parametrize("text", ["[enforce fail at inline_container.cc:595] . unexpected pos 64 vs 0",
+@pytest.mark.parametrize("text", ["[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed",
+                                  "unexpected pos 64 vs 0",
                                   "PytorchStreamWriter failed writing file data/0: file write failed",
                                   "basic_ios::clear: iostream error", "No space left on device",
                                   "Disk quota exceeded", "Read-only file system", "I/O error"])
@@ -125,6 +126,9 @@ def test_the_content_digest_tells_every_nesting_apart():
     digests = [content_digest(v) for v in values]
     assert len(set(digests)) == len(values)
     assert content_digest({"a": [1, (2, t)]}) == content_digest({"a": [1, (2, t.clone())]})
+    # checkpoints store this digest: a change of the scheme would refuse every earlier file as damaged
+    pinned = {"a": [1, (2.0, "x", None)], "t": torch.arange(3, dtype=torch.float32), "b": {"c": True}}
+    assert content_digest(pinned) == "7b97de9ad45ec960f75de3710a2ac2e770f3d187112ebaad50d83a82cf941957"
 
 
 # --- the checks in front of Hydra's SLURM launcher -------------------------------------------
@@ -149,7 +153,7 @@ def test_partitions_are_read_from_sinfo_and_none_without_it(tmp_path, monkeypatc
     from sdm.slurm_launcher import partitions
 
     bin_dir = tmp_path / "bin"
-    fake_command(bin_dir, "sinfo", "gpu|64|512000|gpu:a100:8|4\nlocal*|2|23081|(null)|1\n")
+    fake_command(bin_dir, "sinfo", "gpu|64+|512000+|gpu:a100:8|4\nlocal*|2|23081|(null)|1\n")
     monkeypatch.setenv("PATH", str(bin_dir))
     found = partitions()
     assert found["gpu"]["groups"] == [{"cpus": 64, "memory_mb": 512000, "gpus": 8, "nodes": 4}]
@@ -168,11 +172,44 @@ def fake_launcher(tmp_path: Path, configs: dict[str, dict], **params):
     sweep = tmp_path / "multirun" / "sweep"
     sweep.mkdir(parents=True)
     (sweep / "multirun.yaml").write_text("{}")
-    loader = SimpleNamespace(load_sweep_config=lambda config, overrides: OmegaConf.create(configs[overrides[0]]))
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+
+    def load_sweep_config(master, overrides):
+        assert master is config
+        return OmegaConf.create(configs[overrides[0]])
+
+    loader = SimpleNamespace(load_sweep_config=load_sweep_config)
     return SimpleNamespace(params={"tasks_per_node": 1, "nodes": 1, "gpus_per_node": None, "partition": "local",
                                    **params},
-                           config=OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}),
-                           hydra_context=SimpleNamespace(config_loader=loader)), sweep
+                           config=config, hydra_context=SimpleNamespace(config_loader=loader)), sweep
+
+
+def test_unset_launcher_and_trainer_values_take_their_defaults():
+    from omegaconf import OmegaConf
+
+    from sdm.slurm_launcher import cluster_problems, gpu_count, job_problems, parse_sinfo
+
+    no_nodes = OmegaConf.create({"trainer": {"devices": 2}})  # trainer.num_nodes unset: 1
+    assert job_problems({"tasks_per_node": 2, "nodes": 1}, no_nodes) == []
+    assert job_problems({"tasks_per_node": 2, "nodes": 2}, no_nodes) == [
+        "hydra.launcher.nodes=2 but trainer.num_nodes=1"]
+    assert "sample.py runs as one task" in job_problems({"tasks_per_node": 1, "nodes": 2},
+                                                        OmegaConf.create({"devices": 1}))[0]
+    assert gpu_count("gpu:a100") == 1
+    one_node = parse_sinfo("p*|4|8192|gpu:1|1\n")
+    # unset cpus_per_task, nodes and gpus_per_node: 1 CPU, 1 node, no GPU; memory may fill the node
+    assert cluster_problems({"tasks_per_node": 4, "mem_gb": 8}, one_node) == []
+    assert cluster_problems({"tasks_per_node": 5}, one_node) == [
+        "hydra.launcher.cpus_per_task x tasks_per_node = 5 CPUs but the nodes of partition 'p' have 4"]
+    assert cluster_problems({"tasks_per_node": 4, "cpus_per_task": 2}, one_node)[0].endswith("= 8 CPUs but the "
+                                                                                            "nodes of partition 'p' have 4")
+    assert cluster_problems({"tasks_per_node": None, "cpus_per_task": 4, "gpus_per_node": None}, one_node) == []
+    assert cluster_problems({"gpus_per_node": 2}, one_node)[0].startswith("hydra.launcher.gpus_per_node=2")
+    assert cluster_problems({"mem_gb": 9}, one_node) == [
+        "hydra.launcher.mem_gb=9 but the nodes of partition 'p' have 8 GB"]
+    assert cluster_problems({"partition": None}, {"p": {**one_node["p"], "default": False}}) == [
+        "hydra.launcher.partition: no partition (and the cluster has no default one) does not exist on this "
+        "cluster; it has p"]
 
 
 def test_a_misconfigured_sweep_is_refused_before_anything_is_queued(tmp_path, monkeypatch, capsys):
@@ -226,20 +263,25 @@ def test_the_installed_launcher_adds_kill_on_bad_exit_and_reports_failed_jobs(tm
 
     def original(self, job_overrides, initial_job_idx):
         outcome["setup"] = list(self.params["setup"])
+        outcome["args"] = (job_overrides, initial_job_idx)
         if "raise" in outcome:
             raise outcome["raise"]
         return ["returns"]
 
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
     monkeypatch.setattr(SlurmLauncher, "launch", original)
-    monkeypatch.setattr(slurm_launcher, "check_submission", lambda launcher, overrides: outcome.setdefault(
-        "checked", overrides))
+    monkeypatch.setattr(SlurmInfoWatcher, "update", SlurmInfoWatcher.update)  # installed below: undone after
+    checked = []
+    monkeypatch.setattr(slurm_launcher, "check_submission", lambda launcher, overrides: checked.append(
+        (launcher, overrides)))
     slurm_launcher.install_checks()
     slurm_launcher.install_checks()  # twice is once
     assert SlurmLauncher.launch.__name__ == "checked_launch"
     launcher = SimpleNamespace(params={"setup": ["module load cuda"]},
                                config=SimpleNamespace(hydra=SimpleNamespace(sweep=SimpleNamespace(dir=str(tmp_path)))))
-    assert SlurmLauncher.launch(launcher, [["a=1"]], 0) == ["returns"]
-    assert outcome["checked"] == [["a=1"]]
+    assert SlurmLauncher.launch(launcher, [["a=1"]], 7) == ["returns"]
+    assert checked == [(launcher, [["a=1"]])] and outcome["args"] == ([["a=1"]], 7)
     assert outcome["setup"] == [slurm_launcher.KILL_ON_BAD_EXIT, "module load cuda"]
     assert slurm_launcher.with_kill_on_bad_exit(outcome["setup"]) == outcome["setup"]  # not added twice
     assert slurm_launcher.with_kill_on_bad_exit(None) == [slurm_launcher.KILL_ON_BAD_EXIT]

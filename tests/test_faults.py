@@ -350,7 +350,7 @@ def test_a_failed_job_is_reported_without_the_launcher_s_traceback(tmp_path, cap
         report_failed_job(UncompletedJobError(report), tmp_path / "sweep")
     said = capsys.readouterr().err
     assert code.value.code == 1 and said.startswith("error: a SLURM job did not complete (UncompletedJobError)")
-    assert "timed-out too many times" in said and "line 80" in said and "line 70" not in said
+    assert "timed-out too many times" in said and "line 76\n  line 77" in said and "line 75" not in said
     assert f"hydra.sweep.dir={tmp_path / 'sweep'}" in said and "Traceback" not in said
 
 
@@ -378,13 +378,19 @@ def test_a_job_that_sacct_does_not_know_is_judged_by_squeue(tmp_path, monkeypatc
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     assert queue_states(["12_0", "12_1", "13", "14", "15"]) == {
         "12_0": "FAILED", "12_1": "RUNNING", "13": "RUNNING", "14": "CANCELLED", "15": GONE}
-    assert (bin_dir / "squeue.calls").read_text().split()[-1] == "12,13,14,15"  # one call, main ids
+    assert (bin_dir / "squeue.calls").read_text().split() == [  # one call, main ids, one line per array task
+        "-h", "-r", "--states=all", "-o", "%i|%T", "-j", "12,13,14,15"]
 
-    monkeypatch.setattr(SlurmInfoWatcher, "update", SlurmInfoWatcher.update)  # undone after the test
+    # from submitit's own update (another test may have installed the fallback), restored afterwards
+    monkeypatch.setattr(SlurmInfoWatcher, "update", getattr(SlurmInfoWatcher.update, "__wrapped__",
+                                                            SlurmInfoWatcher.update))
     install_queue_fallback()
     install_queue_fallback()  # twice is once
+    (bin_dir / "squeue.calls").unlink()
     watcher = SlurmInfoWatcher(delay_s=1)
     assert watcher.is_done("12_0", mode="force") and watcher.get_state("12_0", mode="cache") == "FAILED"
+    assert len((bin_dir / "squeue.calls").read_text().splitlines()) == 1
+    assert watcher._info_dict["12_0"] == {"JobID": "12_0", "State": "FAILED", "Source": "squeue"}
     assert not watcher.is_done("12_1", mode="force") and not watcher.is_done("13", mode="force")
     assert watcher.is_done("15", mode="force")  # purged from squeue, unknown to sacct: ended
     fake_command(bin_dir, "squeue", "12_1|FAILED\n13|RUNNING\n")  # the same jobs, later: asked again

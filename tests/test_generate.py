@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, compose_train
+from conftest import REPO, compose_train, one_torch_thread
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
@@ -29,11 +29,7 @@ FAST = ["sampler=ddim", "sampler.num_steps=2", "precision=fp32", "device=cpu", "
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Two OpenMP threads on two shared, busy cores spin-wait (100x slower): use one here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")
