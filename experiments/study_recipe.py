@@ -66,7 +66,8 @@ def check_config(run_dir: Path, overrides: list[str]) -> None:
     """Stop if the run's resolved config does not say what its overrides ask (an experiment's
     own values can win over a config group's)."""
     config = OmegaConf.load(run_dir / "export" / "config.yaml")
-    for override in OverridesParser.create().parse_overrides(overrides):
+    last = {o.key_or_group: o for o in OverridesParser.create().parse_overrides(overrides)}  # the arm's win
+    for override in last.values():
         if override.key_or_group in ("experiment", "recipe", "logger"):
             continue
         got = OmegaConf.select(config, override.key_or_group)
