@@ -280,7 +280,7 @@ def describe(config: dict[str, Any]) -> str:
     return (f"U-Net: {model['model_channels']} channels x {model['channel_mult']}, {model['num_res_blocks']} res "
             f"blocks per level, attention at {attention} (heads of {model['num_head_channels']} channels), "
             f"{data['num_classes']} classes{edge}, learn_sigma={model['learn_sigma']}, "
-            f"resblock_updown={model['resblock_updown']}, {data['size'][0]}x{data['size'][1]}")
+            f"resblock_updown={model['resblock_updown']}, {'x'.join(map(str, data['size']))}")
 
 
 def run(options: Options) -> Path:

@@ -9,22 +9,34 @@ converted network is compared with the original rather than with itself.
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, one_torch_thread
+from conftest import REPO, leftover_path, one_torch_thread
 from PIL import Image
+from safetensors.torch import load_file
 from test_generate import sample_cfg
 from torch import Tensor
 
+from sdm.atomic import temporary_name
 from sdm.checkpoints import EXPORT_CONFIG, EXPORT_WEIGHTS
-from sdm.convert_official import Options, convert, main, parse_args
+from sdm.convert_official import (
+    Options,
+    build_config,
+    convert,
+    load_official,
+    main,
+    parse_args,
+    write_export,
+)
 from sdm.errors import CheckpointError, ConfigError
 from sdm.generation import folder_masks, generate, load_model
 from sdm.models import label_to_condition
@@ -290,6 +302,8 @@ def test_the_qkv_permutation_moves_each_row_from_head_major_to_qkv_major():
     assert torch.equal(legacy_qkv_to_ours(rows, heads), expected)
     weight = rows[:, None, None].expand(-1, 5, 1).float()
     assert torch.equal(legacy_qkv_to_ours(weight, heads)[:, 3, 0], expected.float())
+    with pytest.raises(ValueError, match="a qkv projection of 9 rows does not split into 3 x 2 heads"):
+        legacy_qkv_to_ours(torch.zeros(9, 4, 1), 2)
 
 
 def test_names_map_block_by_block():
@@ -324,6 +338,66 @@ def test_the_shapes_decide_widths_depth_attention_and_label_channels():
         resblock_updown=False)
     layout = read_layout(Official(mult=(2, 1), attention_ds=(), label_channels=4).state)
     assert (layout.channel_mult, layout.attention_ds, layout.learn_sigma, layout.resblock_updown) == ((2, 1), (), True, True)
+
+
+def test_block_patterns_the_sdm_unet_cannot_have_are_refused_by_their_counts():
+    state = Official(mult=(1, 2), nrb=1, meta=True).state  # 4 input, 4 output blocks, upsampling in block 1
+    extra_output = state | {k.replace("output_blocks.3.", "output_blocks.4."): v for k, v in state.items()
+                            if k.startswith("output_blocks.3.")}
+    with pytest.raises(CheckpointError, match=r"^4 input blocks and 5 output blocks \(upsampling in \[1\]\) are not "
+                                              "the SDM U-Net's pattern$"):
+        read_layout(extra_output)
+    without_last_input = {k: v for k, v in state.items() if not k.startswith("input_blocks.3.")}
+    with pytest.raises(CheckpointError, match=r"^3 input blocks and 4 output blocks \(upsampling in \[1\]\) are not"):
+        read_layout(without_last_input)
+    state = Official(mult=(1, 2), nrb=2, attention_ds=(1,), meta=True).state
+    partial = {k: v for k, v in state.items() if not k.startswith("input_blocks.1.1.")}  # block 2 keeps its attention
+    with pytest.raises(CheckpointError, match="only some blocks of level 0 have attention"):
+        read_layout(partial)
+
+
+def test_the_export_config_records_the_network_the_data_and_the_official_flags(tmp_path, monkeypatch):
+    """config.yaml is what sample.py builds the network from and what a user reads to know
+    how the model was trained: checked whole, for one small layout."""
+    monkeypatch.chdir(tmp_path)
+    layout = read_layout(Official(mc=32, mult=(1, 2), nrb=1, attention_ds=(1, 2), label_channels=6, meta=True).state)
+    chosen = Options(checkpoint=Path("ema.pt"), dataset="celeba", image_size=16, num_classes=5, num_head_channels=32,
+                     diffusion_steps=500)
+    config = build_config(layout, chosen)
+    assert config == {
+        "run_name": "official-celeba",
+        "model": {"name": "official-celeba", "edge_channel": True, "in_channels": 3, "model_channels": 32,
+                  "channel_mult": [1, 2], "num_res_blocks": 1, "attention_ds": [1, 2], "num_head_channels": 32,
+                  "spade_hidden": 128, "dropout": 0.0, "learn_sigma": True, "resblock_updown": True,
+                  "use_checkpoint": False},
+        "data": {"name": "celeba", "num_classes": 5, "size": [16, 16]},
+        # the official linear schedule stretched by 1000 / 500 steps
+        "diffusion": {"schedule": "linear", "num_train_timesteps": 500, "beta_start": 0.0002, "beta_end": 0.04,
+                      "prediction_type": "epsilon"},
+        "converted_from": {
+            "code": "https://github.com/WeilunWang/semantic-diffusion-model",
+            "checkpoint": str(tmp_path.resolve() / "ema.pt"),  # absolute: the export may move
+            "dataset": "celeba",
+            "official_flags": {"image_size": 16, "num_classes": 5, "no_instance": False, "num_channels": 32,
+                               "channel_mult": "1,2", "num_res_blocks": 1, "attention_resolutions": "16,8",
+                               "num_head_channels": 32, "resblock_updown": True, "learn_sigma": True,
+                               "use_new_attention_order": False, "diffusion_steps": 500,
+                               "noise_schedule": "linear"},
+        },
+    }
+    cosine = build_config(layout, replace(chosen, noise_schedule="cosine", use_new_attention_order=True))
+    assert cosine["diffusion"] == {**config["diffusion"], "schedule": "cosine"}
+    flags = cosine["converted_from"]["official_flags"]
+    assert (flags["noise_schedule"], flags["use_new_attention_order"]) == ("cosine", True)
+
+
+def test_image_size_must_be_a_multiple_of_the_downsampling_factor(tmp_path):
+    layout = read_layout(Official(mult=(1, 2, 2), label_channels=6, meta=True).state)  # three levels: factor 4
+    assert build_config(layout, options(tmp_path, num_classes=5, image_size=4))["data"]["size"] == [4, 4]
+    for size in (6, 2):
+        with pytest.raises(ConfigError, match=f"^image_size={size} is not a multiple of the U-Net's downsampling "
+                                              "factor 4$"):
+            build_config(layout, options(tmp_path, num_classes=5, image_size=size))
 
 
 def test_the_published_ade20k_network_is_read_as_the_paper_preset(tmp_path):
@@ -363,8 +437,13 @@ def test_label_channels_foreign_to_the_dataset_are_refused_with_what_to_pass(tmp
     with pytest.raises(CheckpointError, match=r"reads 153 label channels, but dataset=ade20k has 151 classes \(\+1 "
                                               r"with instance edges\).*Pass num_classes= and no_instance="):
         convert(net.state, options(tmp_path, "ade20k"))
+    with pytest.raises(CheckpointError, match=r"reads 153 label channels, but num_classes=150 \(\+1 with instance "
+                                              r"edges\)"):
+        convert(net.state, options(tmp_path, "ade20k", num_classes=150))
     _, config = convert(net.state, options(tmp_path, "ade20k", no_instance=True))  # the flag decides
     assert (config["data"]["num_classes"], config["model"]["edge_channel"]) == (153, False)
+    _, config = convert(net.state, options(tmp_path, "ade20k", no_instance=False))  # the last channel: edges
+    assert (config["data"]["num_classes"], config["model"]["edge_channel"]) == (152, True)
 
 
 def test_head_counts_become_one_head_width(tmp_path):
@@ -374,7 +453,8 @@ def test_head_counts_become_one_head_width(tmp_path):
                                               "different widths"):
         convert(net.state, options(tmp_path, num_classes=5, num_heads=2))
     only_wide = Official(mult=(1, 2), attention_ds=(2,))
-    assert convert(only_wide.state, options(tmp_path, num_classes=5, num_heads=4))[1]["model"]["num_head_channels"] == 16
+    width = convert(only_wide.state, options(tmp_path, num_classes=5, num_heads=4))[1]["model"]["num_head_channels"]
+    assert width == 16 and type(width) is int  # config.yaml reads 16, not 16.0
     with pytest.raises(CheckpointError, match=r"\[32, 64\] channels wide do not split into heads of 64"):
         convert(net.state, options(tmp_path, num_classes=5))
 
@@ -386,7 +466,8 @@ def test_the_first_tensor_that_does_not_fit_is_named_in_both_spellings(tmp_path)
     net = Official(label_channels=6)
     with pytest.raises(CheckpointError, match=r"official middle_block\.0\.in_norm\.mlp_shared\.0\.weight "
                                               r"\(128, 6, 3, 3\) -> ours middle_block\.0\.in_norm\.shared\.0\.weight "
-                                              r"\(128, 8, 3, 3\)"):
+                                              r"\(128, 8, 3, 3\); pass the flags it was trained with "
+                                              r"\(num_classes=, no_instance=\)$"):
         convert(net.state, options(tmp_path, num_classes=7, no_instance=False))
     bent = dict(net.state)
     bent["output_blocks.1.0.in_layers.1.weight"] = torch.zeros(64, 128, 3, 3)
@@ -398,10 +479,11 @@ def test_the_first_tensor_that_does_not_fit_is_named_in_both_spellings(tmp_path)
         convert(extra, options(tmp_path, num_classes=5))
     lacking = {k: v for k, v in net.state.items() if k != "output_blocks.2.0.out_layers.2.bias"}
     with pytest.raises(CheckpointError, match=r"ours output_blocks\.2\.0\.out_layers\.2\.bias \(32,\) has no "
-                                              r"official tensor \(1 missing\)"):
+                                              r"official tensor \(1 missing\); pass the flags it was trained with"):
         convert(lacking, options(tmp_path, num_classes=5))
     nan = {**net.state, "out.2.bias": torch.full((6,), float("nan"))}
-    with pytest.raises(CheckpointError, match=r"non-finite weights \(NaN or inf\) in out\.2\.bias"):
+    with pytest.raises(CheckpointError, match=r"^'.*ema_0\.9999_best\.pt' holds non-finite weights \(NaN or inf\) in "
+                                              r"out\.2\.bias"):
         convert(nan, options(tmp_path, num_classes=5))
     with pytest.raises(CheckpointError, match=r"^'.*ema_0\.9999_best\.pt': no output_blocks\.\* tensors: not the U-Net of "
                                               "the official SDM code"):
@@ -435,6 +517,61 @@ def test_the_cli_refuses_in_one_line_with_exit_2_and_writes_nothing(tmp_path, ca
                           (["x.pt", "dataset=coco", "noise_schedule=sqrt"], "noise_schedule=sqrt is invalid")]:
         with pytest.raises(ConfigError, match=message.replace("|", r"\|").replace("(", r"\(").replace(".", r"\.")):
             parse_args(argv)
+
+
+def test_every_flag_is_read_as_its_kind_and_a_bad_one_is_refused_by_name(tmp_path):
+    for text, value in [("true", True), ("1", True), ("Yes", True), ("FALSE", False), ("0", False), ("no", False)]:
+        assert parse_args(["x.pt", "dataset=coco", f"overwrite={text}"]).overwrite is value, text
+    argv = ["x.pt", "dataset=ade20k", f"out={tmp_path}/lr=1e-4", "image_size=1", "num_classes=1", "no_instance=0",
+            "num_head_channels=1", "use_new_attention_order=yes", "diffusion_steps=1", "noise_schedule=cosine"]
+    assert parse_args(argv) == Options(
+        checkpoint=Path("x.pt"), dataset="ade20k", out=tmp_path / "lr=1e-4", image_size=1, num_classes=1,
+        no_instance=False, num_head_channels=1, use_new_attention_order=True, diffusion_steps=1,
+        noise_schedule="cosine")  # 1 is the smallest count allowed; a value may hold "="
+    assert parse_args(["x.pt", "dataset=coco", "num_heads=1"]).num_heads == 1
+    refused = [(f"{key}=0", f"{key}=0 is invalid: expected an integer >= 1")
+               for key in ("image_size", "num_classes", "num_head_channels", "num_heads", "diffusion_steps")]
+    refused += [("image_size=big", "image_size=big is invalid: expected an integer"),
+                ("diffusion_steps=1e3", "diffusion_steps=1e3 is invalid: expected an integer"),
+                ("overwrite=y", "overwrite=y is invalid: expected true or false"),
+                ("steps=10", "unknown setting steps=...; known: dataset, out, image_size, num_classes")]
+    for arg, message in refused:
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+            parse_args(["x.pt", "dataset=coco", arg])
+    with pytest.raises(ConfigError, match=r"^dataset= is required: one of ade20k\|celeba\|coco, the data the "
+                                          "checkpoint was trained on$"):
+        parse_args(["x.pt", "num_classes=3"])
+
+
+def test_a_checkpoint_of_this_project_is_refused_with_where_it_belongs(tmp_path):
+    ours = save({"state_dict": {"unet.out.2.bias": torch.zeros(6)}, "hyper_parameters": {"cfg": {"run_name": "r"}},
+                 "epoch": 3, "global_step": 120}, tmp_path / "last.ckpt")
+    with pytest.raises(CheckpointError, match=r"^'.*last\.ckpt' is a checkpoint of this project, not of the official "
+                                              "code: pass it to sample.py as weights= directly$"):
+        load_official(ours)
+    # one of the two keys is not a checkpoint of this project, only not a state dict
+    for name, content in [("sd.pt", {"state_dict": {"w": torch.zeros(1)}}),
+                          ("hp.pt", {"hyper_parameters": {"lr": 1.0}, "w": torch.zeros(1)})]:
+        with pytest.raises(CheckpointError, match=rf"^'.*{name}' is not a state dict"):
+            load_official(save(content, tmp_path / name))
+
+
+def test_ddp_and_half_precision_checkpoints_convert_to_the_float32_export(tmp_path):
+    half = {k: v.half() for k, v in Official(label_channels=6).state.items()}
+    plain = save({k: v.float() for k, v in half.items()}, tmp_path / "plain.pt")
+    ddp = save({f"module.{k}": v for k, v in half.items()}, tmp_path / "ddp.pt")  # a DistributedDataParallel's
+    exports = []
+    for path in (plain, ddp):
+        main([str(path), "dataset=coco", "num_classes=5", "image_size=16", f"out={tmp_path / path.stem}"])
+        exports.append(load_file(tmp_path / path.stem / EXPORT_WEIGHTS))
+    assert exports[0].keys() == exports[1].keys() and {v.dtype for v in exports[1].values()} == {torch.float32}
+    assert all(torch.equal(exports[0][k], exports[1][k]) for k in exports[0])
+    bf16 = torch.randn(4, generator=torch.Generator().manual_seed(0)).bfloat16()
+    steps = torch.tensor([7, 9])
+    loaded = load_official(save({"module.w": bf16, "module.steps": steps}, tmp_path / "mixed.pt"))
+    assert loaded.keys() == {"w", "steps"} and loaded["w"].dtype == torch.float32
+    assert torch.equal(loaded["w"], bf16.float()) and loaded["steps"].dtype == torch.int64  # non-floats as they are
+    assert torch.equal(loaded["steps"], steps)
 
 
 def test_python_dash_m_exits_2_without_a_traceback(tmp_path):
@@ -472,6 +609,57 @@ def test_an_export_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     default = parse_args(args)
     monkeypatch.chdir(tmp_path)
     assert cli.run(default) == Path("runs/official/coco-model") / EXPORT_WEIGHTS
+
+
+def test_a_killed_conversion_leaves_no_export_and_the_next_run_clears_its_leftovers(tmp_path, monkeypatch):
+    import sdm.convert_official as cli
+
+    monkeypatch.chdir(tmp_path)
+    weights, config = convert(Official(label_channels=6).state, options(tmp_path, num_classes=5, image_size=16))
+    out = tmp_path / "export"
+
+    def killed_while_writing(weights, config, folder):
+        Path(folder).mkdir()
+        (Path(folder) / EXPORT_WEIGHTS).write_bytes(b"half")
+        os._exit(9)  # no clean-up runs, as after a SIGKILL
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cli, "export_ema", killed_while_writing)
+        pid = os.fork()
+        if pid == 0:  # the child: an earlier conversion, killed while writing
+            try:
+                write_export(weights, config, out, overwrite=False)
+            finally:
+                os._exit(1)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 9
+    assert not out.exists() and len([p for p in tmp_path.iterdir() if p.is_dir()]) == 1  # its hidden leftover
+    live = temporary_name(out, "tmp")  # a conversion to the same out, still running (this process)
+    live.mkdir()
+    other = leftover_path(tmp_path / "other", "tmp")  # a killed writer of another folder: not ours to clear
+    other.mkdir()
+    write_export(weights, config, out, overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, live.name, other.name])
+    assert sorted(p.name for p in out.iterdir()) == [EXPORT_CONFIG, EXPORT_WEIGHTS]
+
+
+def test_the_cli_prints_the_network_it_read_and_how_to_sample_from_it(tmp_path, capsys):
+    with_edges = Official(mult=(1, 2), attention_ds=(1, 2), label_channels=6)
+    plain = Official(mult=(1, 2), attention_ds=(), label_channels=5, learn_sigma=False, updown=False)
+    masks = "<folder of label PNGs in the model's class ids>"
+    for net, flags, summary, edges in [
+        (with_edges, ["num_classes=5", "num_head_channels=16"],
+         "U-Net: 32 channels x [1, 2], 1 res blocks per level, attention at 1/1, 1/2 (heads of 16 channels), "
+         "5 classes + 1 instance-edge channel, learn_sigma=True, resblock_updown=True, 16x16",
+         " (instance maps in a sibling instances/ folder)"),
+        (plain, ["num_classes=5", "no_instance=true"],
+         "U-Net: 32 channels x [1, 2], 1 res blocks per level, attention at the middle block only (heads of 64 "
+         "channels), 5 classes, learn_sigma=False, resblock_updown=False, 16x16", ""),
+    ]:
+        checkpoint, out = save(net, tmp_path / f"{len(net.state)}.pt"), tmp_path / f"out{len(net.state)}"
+        main([str(checkpoint), "dataset=coco", "image_size=16", f"out={out}", *flags])
+        assert capsys.readouterr().out.splitlines() == [
+            f"read {checkpoint}: {len(net.state)} tensors", summary, f"wrote {out / EXPORT_WEIGHTS} and {EXPORT_CONFIG}",
+            f"sample: python sample.py weights={out} masks={masks}{edges}"]
 
 
 # --- sampling from the export --------------------------------------------------------------

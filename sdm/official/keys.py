@@ -14,7 +14,7 @@ import re
 
 from torch import Tensor
 
-# (official pattern, ours); applied in order to every name, each at most once
+# (official pattern, ours); applied in order to every name (no official name repeats a segment)
 RENAMES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), replacement)
     for pattern, replacement in (
@@ -37,7 +37,7 @@ def our_name(official: str) -> str:
     """The name of an official tensor in this project's SDMUNet state dict."""
     name = official
     for pattern, replacement in RENAMES:
-        name = pattern.sub(replacement, name, count=1)
+        name = pattern.sub(replacement, name)
     return name
 
 

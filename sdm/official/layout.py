@@ -43,13 +43,9 @@ def layer_kind(params: set[str]) -> str:
         return "res"  # ResBlock: encoder, also its downsampling blocks
     if "qkv.weight" in params:
         return "attn"
-    if "op.weight" in params:
-        return "down"  # Downsample with a conv (resblock_updown False)
     if "conv.weight" in params:
         return "up"  # Upsample with a conv
-    if "weight" in params:
-        return "conv"  # the stem
-    return "?"
+    return "other"  # the stem, a Downsample's conv (op.*): nothing the layout tells apart
 
 
 def blocks(state: dict[str, Tensor], part: str) -> list[list[str]]:
@@ -62,8 +58,8 @@ def blocks(state: dict[str, Tensor], part: str) -> list[list[str]]:
             found[int(match[2])][int(match[3])].add(match[4])
     if not found:
         raise CheckpointError(f"no {part}.* tensors: not the U-Net of the official SDM code")
-    return [[layer_kind(found[i][j]) for j in sorted(found[i])] if i in found else []
-            for i in range(max(found) + 1)]
+    # found is a defaultdict: an index without tensors reads as an empty block
+    return [[layer_kind(found[i][j]) for j in sorted(found[i])] for i in range(max(found) + 1)]
 
 
 def shape(state: dict[str, Tensor], name: str) -> tuple[int, ...]:
@@ -110,7 +106,7 @@ def read_layout(state: dict[str, Tensor]) -> Layout:
     if not spade:
         raise CheckpointError("no SPADE tensors (*.mlp_shared.0.weight): not the U-Net of the official SDM code")
     spade_hidden, label_channels = shape(state, spade[0])[:2]
-    downs = [encoder[(level + 1) * (num_res_blocks + 1)] for level in range(levels - 1)]
+    first_down = encoder[num_res_blocks + 1] if levels > 1 else None  # all levels resample alike
     emb = shape(state, "input_blocks.1.0.emb_layers.1.weight")[0]
     if emb != 2 * channel_mult[0] * model_channels:
         raise CheckpointError("the timestep projection makes one value per channel: the checkpoint was trained with "
@@ -125,5 +121,5 @@ def read_layout(state: dict[str, Tensor]) -> Layout:
         label_channels=label_channels,
         spade_hidden=spade_hidden,
         learn_sigma=out_channels == 2 * in_channels,
-        resblock_updown=bool(downs) and downs[0] == ["res"],
+        resblock_updown=first_down == ["res"],
     )

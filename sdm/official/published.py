@@ -34,7 +34,7 @@ PUBLISHED: dict[str, Published] = {
 NOISE_SCHEDULES = ("linear", "cosine")  # the official `noise_schedule` values this project has too
 
 
-def diffusion_config(steps: int = 1000, schedule: str = "linear") -> dict[str, Any]:
+def diffusion_config(steps: int, schedule: str) -> dict[str, Any]:
     """This project's `diffusion` group for the official `diffusion_steps` and `noise_schedule`.
 
     The official linear schedule stretches 1e-4..0.02 by 1000 / steps, so that any step count
