@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sdm.atomic import remove_leftovers, temporary_name
+from sdm.atomic import WriteError, describe_write_failure, remove_leftovers, temporary_name
 from sdm.checkpoints import (
     EXPORT_CONFIG,
     EXPORT_WEIGHTS,
@@ -83,16 +83,20 @@ def parse_args(argv: list[str]) -> Options:
     kinds = {"out": Path, "dataset": str, "noise_schedule": str, "use_new_attention_order": bool,
              "no_instance": bool, "overwrite": bool}
     known = [f.name for f in fields(Options) if f.name != "checkpoint"]
-    positional = [a for a in argv if "=" not in a]
+    def is_setting(arg: str) -> bool:  # a path may hold '=' too (Hydra multirun folders)
+        return "=" in arg and arg.split("=", 1)[0] in known
+
+    positional = [a for a in argv if not is_setting(a)]
+    settings: dict[str, Any] = {}
+    unknown = [a.split("=", 1)[0] for a in positional if "=" in a and not Path(a).expanduser().exists()]
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]}=...; known: {', '.join(known)}")
     if len(positional) != 1:
         raise ConfigError(f"expected one checkpoint file and key=value settings, got {argv}\nusage:\n{USAGE}")
-    settings: dict[str, Any] = {}
     for arg in argv:
-        if "=" not in arg:
+        if not is_setting(arg):
             continue
         key, text = arg.split("=", 1)
-        if key not in known:
-            raise ConfigError(f"unknown setting {key}=...; known: {', '.join(known)}")
         settings[key] = _value(key, text, kinds.get(key, int))
     dataset = settings.get("dataset")
     if dataset is None:
@@ -106,6 +110,9 @@ def parse_args(argv: list[str]) -> Options:
     for key in ("image_size", "num_classes", "num_head_channels", "num_heads", "diffusion_steps"):
         if key in settings and settings[key] < 1:
             raise ConfigError(f"{key}={settings[key]} is invalid: expected an integer >= 1")
+    if settings.get("noise_schedule", "linear") == "linear" and settings.get("diffusion_steps", 1000) <= 20:
+        raise ConfigError(f"diffusion_steps={settings['diffusion_steps']} is invalid with the linear schedule: the "
+                          "official code stretches its betas by 1000 / steps, which needs more than 20 steps")
     if "num_heads" in settings and "num_head_channels" in settings:
         raise ConfigError("pass num_head_channels= or num_heads=, not both (the official code then ignores "
                           "num_heads)")
@@ -115,6 +122,9 @@ def parse_args(argv: list[str]) -> Options:
 def load_official(path: Path) -> dict[str, Tensor]:
     """The tensors of an official checkpoint (a plain state dict) as float32, read without
     running any of its code."""
+    if path.suffix == ".safetensors":
+        raise CheckpointError(f"'{path}' is already an export of this project (safetensors): pass its folder to "
+                              "sample.py as weights= directly")
     raw = load_checkpoint(path)  # names the file when missing, unreadable or carrying code
     if "state_dict" in raw and "hyper_parameters" in raw:
         raise CheckpointError(f"'{path}' is a checkpoint of this project, not of the official code: pass it to "
@@ -129,12 +139,19 @@ def load_official(path: Path) -> dict[str, Tensor]:
 
 
 def label_split(layout: Layout, options: Options, published: Published) -> tuple[int, bool]:
-    """(classes, edge channel) of the SPADE input: the flags when given, else the dataset's class
-    count with the edge channel the shapes leave over."""
+    """(classes, edge channel) of the SPADE input: num_classes= or the dataset's class count, and
+    no_instance= or the edge channel the shapes leave over; both must add up to the shapes."""
+    num_classes = options.num_classes or published.num_classes
     if options.no_instance is not None:
         edge = not options.no_instance
-        return options.num_classes or layout.label_channels - int(edge), edge
-    num_classes = options.num_classes or published.num_classes
+        if layout.label_channels != num_classes + int(edge):
+            given = f"num_classes={num_classes}" if options.num_classes else \
+                f"dataset={options.dataset} has {num_classes} classes"
+            raise CheckpointError(
+                f"'{options.checkpoint}' reads {layout.label_channels} label channels, but {given} and "
+                f"no_instance={str(options.no_instance).lower()} make {num_classes + int(edge)}: pass the "
+                "num_classes= and no_instance= it was trained with")
+        return num_classes, edge
     extra = layout.label_channels - num_classes
     if extra not in (0, 1):
         given = f"num_classes={num_classes}" if options.num_classes else \
@@ -257,10 +274,10 @@ def write_export(weights: dict[str, Tensor], config: dict[str, Any], out: Path, 
     occupied = out.is_dir() and any(out.iterdir())
     if occupied and not overwrite:
         raise ConfigError(f"out={out} exists and is not empty; pass overwrite=true or another out=")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out.parent, "tmp", out.name)
     tmp = temporary_name(out, "tmp")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(out.parent, "tmp", out.name)
         export_ema(weights, config, tmp)
         if out.is_dir():
             for name in (EXPORT_WEIGHTS, EXPORT_CONFIG):
@@ -268,6 +285,8 @@ def write_export(weights: dict[str, Tensor], config: dict[str, Any], out: Path, 
             tmp.rmdir()
         else:
             tmp.rename(out)
+    except OSError as err:  # a read-only or missing parent, a file in the way: named, no traceback
+        raise WriteError(describe_write_failure(out / EXPORT_WEIGHTS, err)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out / EXPORT_WEIGHTS

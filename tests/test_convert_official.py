@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from test_generate import sample_cfg
 from torch import Tensor
 
-from sdm.atomic import temporary_name
+from sdm.atomic import WriteError, temporary_name
 from sdm.checkpoints import EXPORT_CONFIG, EXPORT_WEIGHTS
 from sdm.convert_official import (
     Options,
@@ -440,10 +440,20 @@ def test_label_channels_foreign_to_the_dataset_are_refused_with_what_to_pass(tmp
     with pytest.raises(CheckpointError, match=r"reads 153 label channels, but num_classes=150 \(\+1 with instance "
                                               r"edges\)"):
         convert(net.state, options(tmp_path, "ade20k", num_classes=150))
-    _, config = convert(net.state, options(tmp_path, "ade20k", no_instance=True))  # the flag decides
+    # no_instance= alone keeps the dataset's class count: flags that do not add up to the shapes are refused
+    with pytest.raises(CheckpointError, match=r"reads 153 label channels, but dataset=ade20k has 151 classes and "
+                                              r"no_instance=true make 151: pass the num_classes= and no_instance="):
+        convert(net.state, options(tmp_path, "ade20k", no_instance=True))
+    with pytest.raises(CheckpointError, match=r"but num_classes=153 and no_instance=false make 154"):
+        convert(net.state, options(tmp_path, "ade20k", num_classes=153, no_instance=False))
+    _, config = convert(net.state, options(tmp_path, "ade20k", num_classes=153, no_instance=True))
     assert (config["data"]["num_classes"], config["model"]["edge_channel"]) == (153, False)
-    _, config = convert(net.state, options(tmp_path, "ade20k", no_instance=False))  # the last channel: edges
+    _, config = convert(net.state, options(tmp_path, "ade20k", num_classes=152, no_instance=False))
     assert (config["data"]["num_classes"], config["model"]["edge_channel"]) == (152, True)
+    coco = Official(mc=64, mult=(1,), label_channels=184, attention_ds=())  # 183 classes + edges
+    with pytest.raises(CheckpointError, match="coco has 183 classes and no_instance=true make 183"):
+        convert(coco.state, options(tmp_path, "coco", no_instance=True))  # would feed the edges as class 183
+    assert convert(coco.state, options(tmp_path, "coco", no_instance=False))[1]["data"]["num_classes"] == 183
 
 
 def test_head_counts_become_one_head_width(tmp_path):
@@ -464,10 +474,8 @@ def test_head_counts_become_one_head_width(tmp_path):
 
 def test_the_first_tensor_that_does_not_fit_is_named_in_both_spellings(tmp_path):
     net = Official(label_channels=6)
-    with pytest.raises(CheckpointError, match=r"official middle_block\.0\.in_norm\.mlp_shared\.0\.weight "
-                                              r"\(128, 6, 3, 3\) -> ours middle_block\.0\.in_norm\.shared\.0\.weight "
-                                              r"\(128, 8, 3, 3\); pass the flags it was trained with "
-                                              r"\(num_classes=, no_instance=\)$"):
+    with pytest.raises(CheckpointError, match=r"reads 6 label channels, but num_classes=7 and no_instance=false "
+                                              r"make 8"):  # label flags are checked against the shapes first
         convert(net.state, options(tmp_path, num_classes=7, no_instance=False))
     bent = dict(net.state)
     bent["output_blocks.1.0.in_layers.1.weight"] = torch.zeros(64, 128, 3, 3)
@@ -499,7 +507,10 @@ def test_the_cli_refuses_in_one_line_with_exit_2_and_writes_nothing(tmp_path, ca
     bad[tmp_path / "opt.pt"] = r"is not a state dict \(names -> tensors; it holds \['dict', 'list'\]\).*opt\*.pt holds the optimizer"
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     bad[tmp_path / "list.pt"] = "holds a list, not a checkpoint"
-    bad[save(Official(label_channels=6), tmp_path / "ema.pt")] = r"official middle_block\.0\.in_norm\.mlp_shared\.0\.weight"
+    bad[save(Official(label_channels=6), tmp_path / "ema.pt")] = r"reads 6 label channels, but num_classes=9"
+    bad[tmp_path / "ema.safetensors"] = r"is already an export of this project \(safetensors\): pass its folder"
+    bent = {**Official(label_channels=10).state, "output_blocks.1.0.in_layers.1.weight": torch.zeros(64, 128, 3, 3)}
+    bad[save(bent, tmp_path / "bent.pt")] = r"official output_blocks\.1\.0\.in_layers\.1\.weight \(64, 128, 3, 3\)"
     for path, message in bad.items():
         with pytest.raises(SystemExit) as exit_info:
             main([str(path), "dataset=coco", "num_classes=9", "no_instance=false", f"out={out}"])
@@ -529,6 +540,13 @@ def test_every_flag_is_read_as_its_kind_and_a_bad_one_is_refused_by_name(tmp_pat
         no_instance=False, num_head_channels=1, use_new_attention_order=True, diffusion_steps=1,
         noise_schedule="cosine")  # 1 is the smallest count allowed; a value may hold "="
     assert parse_args(["x.pt", "dataset=coco", "num_heads=1"]).num_heads == 1
+    multirun = tmp_path / "guidance.drop_prob=0.2" / "ema.pt"  # a path may hold "=" (Hydra multirun folders)
+    multirun.parent.mkdir()
+    multirun.write_bytes(b"")
+    assert parse_args([str(multirun), "dataset=coco"]).checkpoint == multirun
+    with pytest.raises(ConfigError, match="diffusion_steps=20 is invalid with the linear schedule"):
+        parse_args(["x.pt", "dataset=coco", "diffusion_steps=20"])  # betas stretched by 1000/20 reach 1
+    assert parse_args(["x.pt", "dataset=coco", "diffusion_steps=21"]).diffusion_steps == 21
     refused = [(f"{key}=0", f"{key}=0 is invalid: expected an integer >= 1")
                for key in ("image_size", "num_classes", "num_head_channels", "num_heads", "diffusion_steps")]
     refused += [("image_size=big", "image_size=big is invalid: expected an integer"),
@@ -595,9 +613,12 @@ def test_an_export_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(cli, "export_ema", half_then_fail)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match=f"the disk holding {tmp_path / 'a'} is full"):
         cli.run(parse_args([*args, f"out={tmp_path / 'a'}"]))
     assert not (tmp_path / "a").exists() and not list(tmp_path.glob(".a.*"))
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(WriteError, match=f"could not write ema.safetensors in {tmp_path / 'file' / 'a'}"):
+        cli.run(parse_args([*args, f"out={tmp_path / 'file' / 'a'}"]))  # a parent that is a file
     monkeypatch.undo()
     written = cli.run(parse_args([*args, f"out={tmp_path / 'a'}"]))
     assert sorted(p.name for p in written.parent.iterdir()) == [EXPORT_CONFIG, EXPORT_WEIGHTS]
