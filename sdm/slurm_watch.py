@@ -4,8 +4,9 @@ submitit learns that a job ended from its result file or from `sacct`. On a clus
 accounting (many small clusters, and the local one of `python -m sdm.slurm`) `sacct` answers
 nothing; a task killed by srun's --kill-on-bad-exit writes no result file, so the submitting
 `train.py -m` would wait for it forever. Here every job `sacct` says nothing of is looked up in
-`squeue --states=all`, which keeps ended jobs for MinJobAge (300 s by default); a job that is in
-neither any more has left the cluster and counts as ended. Jobs `sacct` knows are left alone, and
+`squeue --states=all`, which keeps ended jobs for MinJobAge (300 s by default); a job that squeue
+listed once and lists no more has left the cluster and counts as ended (one it never listed, e.g.
+on another cluster of a federation, is waited for as before). Jobs `sacct` knows are left alone, and
 on a cluster configured without accounting `sacct` is not called at all.
 """
 
@@ -18,8 +19,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-# squeue's states after which a job never runs again (others: pending, running, requeued, ...)
+# squeue's states after which a job never runs again; submitit's own names for states of a job
+# that may still run pass through, and any other (SUSPENDED, REQUEUE_HOLD, ...) reads RUNNING
 ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT"}
+WAITING = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "PREEMPTED"}
 GONE = "ENDED (known to neither sacct nor squeue any more)"
 
 
@@ -48,7 +51,7 @@ def queue_states(job_ids: Iterable[str]) -> dict[str, str]:
         if state is None:
             states[job] = GONE
         else:
-            states[job] = state if state in ENDED else "RUNNING"
+            states[job] = state if state in ENDED | WAITING else "RUNNING"
     return states
 
 
@@ -59,7 +62,8 @@ def accounting_off() -> bool:
         done = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return False
-    return re.search(r"^AccountingStorageType\s*=\s*accounting_storage/none\s*$", done.stdout, re.M) is not None
+    found = re.search(r"^AccountingStorageType\s*=\s*(\S*)\s*$", done.stdout, re.M)
+    return found is not None and found.group(1) in ("accounting_storage/none", "(null)", "")
 
 
 def install_queue_fallback() -> None:
@@ -77,7 +81,11 @@ def install_queue_fallback() -> None:
             original(self)
         unknown = [job for job in self._registered - self._finished
                    if not self._info_dict.get(job) or self._info_dict[job].get("Source") == "squeue"]
+        seen = self.__dict__.setdefault("_seen_in_queue", set())
         for job, state in queue_states(unknown).items():
+            if state == GONE and job not in seen:
+                continue  # never listed: not visible yet, or on another cluster (sbatch -M): keep waiting
+            seen.add(job)
             self._info_dict[job] = {"JobID": job, "State": state, "Source": "squeue"}
             if self.is_done(job, mode="cache"):
                 self._finished.add(job)

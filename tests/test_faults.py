@@ -374,11 +374,13 @@ def test_a_job_that_sacct_does_not_know_is_judged_by_squeue(tmp_path, monkeypatc
     accounting_off.cache_clear()
     request.addfinalizer(accounting_off.cache_clear)  # the real cluster's answer for later tests
     fake_command(bin_dir, "sacct", "", "Slurm accounting storage is disabled\n", code=1)
-    fake_command(bin_dir, "squeue", "12_0|FAILED\n12_1|RUNNING\n13|PENDING\n14|CANCELLED by 0\n")
+    fake_command(bin_dir, "squeue", "12_0|FAILED\n12_1|RUNNING\n13|PENDING\n14|CANCELLED by 0\n15|SUSPENDED\n")
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert queue_states(["15"]) == {"15": "RUNNING"}  # a state submitit does not know: still to come
+    fake_command(bin_dir, "squeue", "12_0|FAILED\n12_1|RUNNING\n13|PENDING\n14|CANCELLED by 0\n")
     assert queue_states(["12_0", "12_1", "13", "14", "15"]) == {
-        "12_0": "FAILED", "12_1": "RUNNING", "13": "RUNNING", "14": "CANCELLED", "15": GONE}
-    assert (bin_dir / "squeue.calls").read_text().split() == [  # one call, main ids, one line per array task
+        "12_0": "FAILED", "12_1": "RUNNING", "13": "PENDING", "14": "CANCELLED", "15": GONE}
+    assert (bin_dir / "squeue.calls").read_text().splitlines()[-1].split() == [  # one call, main ids, each task
         "-h", "-r", "--states=all", "-o", "%i|%T", "-j", "12,13,14,15"]
 
     # from submitit's own update (another test may have installed the fallback), restored afterwards
@@ -393,7 +395,12 @@ def test_a_job_that_sacct_does_not_know_is_judged_by_squeue(tmp_path, monkeypatc
     assert watcher.is_done("12_0", mode="force") and watcher.get_state("12_0", mode="cache") == "FAILED"
     assert watcher._info_dict["12_0"] == {"JobID": "12_0", "State": "FAILED", "Source": "squeue"}
     assert not watcher.is_done("12_1", mode="force") and not watcher.is_done("13", mode="force")
-    assert watcher.is_done("15", mode="force")  # purged from squeue, unknown to sacct: ended
+    assert not watcher.is_done("15", mode="force")  # never listed (another cluster's?): waited for
+    assert not watcher.is_done("14_0", mode="force") and "14_0" not in watcher._finished  # listed as 14, not 14_0
+    fake_command(bin_dir, "squeue", "12_1|RUNNING\n13|RUNNING\n15|RUNNING\n")
+    assert not watcher.is_done("15", mode="force")
+    fake_command(bin_dir, "squeue", "12_1|RUNNING\n13|RUNNING\n")
+    assert watcher.is_done("15", mode="force")  # listed once, then purged from squeue, unknown to sacct: ended
     fake_command(bin_dir, "squeue", "12_1|FAILED\n13|RUNNING\n")  # the same jobs, later: asked again
     assert watcher.is_done("12_1", mode="force") and not watcher.is_done("13", mode="force")
 
@@ -410,7 +417,8 @@ def test_a_job_that_sacct_does_not_know_is_judged_by_squeue(tmp_path, monkeypatc
     calls.unlink()
     assert not SlurmInfoWatcher(delay_s=1).is_done("17", mode="force") and not calls.exists()
     fake_command(bin_dir, "sacct", "JobID|State|NodeList\n13|RUNNING|n1\n")  # sacct catches up on job 13:
-    assert not watcher.is_done("13", mode="force") and not calls.exists()  # its word replaces squeue's
+    assert not watcher.is_done("13", mode="force")  # its word replaces squeue's: only 14_0 is asked about
+    assert [line.split()[-1] for line in calls.read_text().splitlines()] == ["14"]
 
     # a cluster configured without accounting: sacct is not called (it would print an error at every poll)
     fake_command(bin_dir, "scontrol", "AccountingStorageType   = accounting_storage/none\n")
@@ -418,6 +426,12 @@ def test_a_job_that_sacct_does_not_know_is_judged_by_squeue(tmp_path, monkeypatc
     (bin_dir / "sacct.calls").unlink()
     fake_command(bin_dir, "squeue", "18|TIMEOUT\n")
     quiet = SlurmInfoWatcher(delay_s=1)
+    for line in ("AccountingStorageType = (null)\n", "AccountingStorageType = accounting_storage/slurmdbd\n"):
+        fake_command(bin_dir, "scontrol", line)  # newer Slurm says (null) where 22.05 says .../none
+        accounting_off.cache_clear()
+        assert accounting_off() is ("null" in line)
+    fake_command(bin_dir, "scontrol", "AccountingStorageType   = accounting_storage/none\n")
+    accounting_off.cache_clear()
     assert quiet.is_done("18", mode="force") and quiet.is_done("18", mode="force")  # polled again: same answer
     assert not (bin_dir / "sacct.calls").exists()
 
