@@ -74,7 +74,7 @@ def check_config(run_dir: Path, overrides: list[str]) -> None:
         got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
         if got != override.value():
             sys.exit(f"error: {run_dir} trained with {override.key_or_group}={got!r}, not {override.value()!r} as "
-                     "its arm says")
+                     "its arm says (trained under older settings? delete the folder to train it again)")
 
 
 def train(run_dir: Path, arm: list[str], steps: int, seed: int) -> None:

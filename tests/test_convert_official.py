@@ -37,7 +37,7 @@ from sdm.convert_official import (
     parse_args,
     write_export,
 )
-from sdm.errors import CheckpointError, ConfigError
+from sdm.errors import CheckpointError, ConfigError, DataError
 from sdm.generation import folder_masks, generate, load_model
 from sdm.models import label_to_condition
 from sdm.models.attention import AttentionBlock
@@ -716,6 +716,9 @@ def test_every_sampler_runs_the_export(tmp_path, capsys):
         image = np.asarray(Image.open(tmp_path / sampler / "images" / "m_0.png"))
         assert image.shape == (16, 16, 3) and image.std() > 0, sampler
     assert (tmp_path / "ddim" / "colored_masks" / "m.png").is_file()
+    with pytest.raises(ConfigError, match=r"masks=val: the run's data is data.name=coco, which this project cannot "
+                                          r"load \(only sidewalk and scenes\); pass masks=<folder of label PNGs>"):
+        generate(sample_cfg(f"weights={out}", "masks=val", f"out_dir={tmp_path / 'val'}"))
 
 
 def test_sample_py_samples_and_evaluates_with_the_models_classes(tmp_path):
@@ -757,6 +760,10 @@ def test_the_edge_channel_comes_from_instance_maps_beside_the_labels(tmp_path, c
     masks = folder_masks(root / "labels", (8, 8), 5, None, instances=True)
     assert masks[0].instance.shape == (8, 8) and set(np.unique(masks[0].instance)) == {0, 300}
     assert masks[1].instance is None and folder_masks(root / "labels", (8, 8), 5, None)[0].instance is None
+    Image.fromarray(instance[:, :12]).save(root / "instances" / "cars.png")  # another size than its label
+    with pytest.raises(DataError, match=r"instance map '.*cars\.png' cannot be used: it is 12x16 but its label map "
+                                        r"is 16x16"):
+        folder_masks(root / "labels", (8, 8), 5, None, instances=True)
 
 
 def test_instance_edges_differ_from_label_edges_where_instances_of_one_class_touch():

@@ -421,3 +421,19 @@ def test_a_bad_device_is_refused_before_anything_is_read(tmp_path):
     with pytest.raises(ConfigError, match=r"device='tpu' is invalid: expected auto, cpu, cuda or cuda:N"):
         evaluate_set(from_sample_folder(root), root, settings(device="tpu"), nets=oracle())
     assert not (root / JSON_FILE).exists()
+
+
+def test_the_class_count_is_the_model_s_unless_given(tmp_path):
+    """A converted official ADE20K model's samples hold ids up to 150: read with 35 classes they
+    would be refused."""
+    from sdm.metrics.evaluation import class_count
+
+    def cfg(**kw):
+        return OmegaConf.create({"samples": None, "images": None, "labels": None, "num_classes": None, **kw})
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"train_data": {"name": "ade20k", "num_classes": 151}}))
+    assert class_count(cfg(samples=str(tmp_path))) == 151
+    assert class_count(cfg(samples=str(tmp_path), num_classes=19)) == 19
+    assert class_count(cfg(images="i", labels="l")) == 35
+    (tmp_path / "manifest.json").write_text("{}")
+    assert class_count(cfg(samples=str(tmp_path))) == 35

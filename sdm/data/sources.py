@@ -105,6 +105,9 @@ def load_scenes(num: int, height: int, width: int, seed: int = 0) -> datasets.Da
     return undecoded(scenes_dataset(num, height, width, seed=seed, show_progress=True), "scenes")
 
 
+SOURCES = ("sidewalk", "scenes")  # the data.name values this project can load and prepare
+
+
 def load_source(cfg: Any) -> datasets.Dataset | datasets.IterableDataset:
     """Rows for the configured `data` group (`cfg.name` is 'sidewalk' or 'scenes')."""
     if cfg.name == "scenes":

@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from sdm.data.prepare import decode_row, prepare_data, split_indices
 from sdm.data.rows import label_to_ids, read_rgb_file
-from sdm.data.sources import overlay_source
+from sdm.data.sources import SOURCES, overlay_source
 from sdm.errors import ConfigError, DataError
 from sdm.generation.weights import Model
 
@@ -68,6 +68,9 @@ def split_masks(train_cfg: dict[str, Any], split: str, limit: int | None,
     """Rows of one split of the run's data (same cache, same split seed), with their photos."""
     data = source_data(train_cfg, source)
     where = "mask_source" if source else "the run's data"
+    if data.get("name") not in SOURCES:  # e.g. a model converted from the official code (ADE20K, COCO)
+        raise ConfigError(f"masks={split}: {where} is data.name={data.get('name')}, which this project cannot load "
+                          f"(only {' and '.join(SOURCES)}); pass masks=<folder of label PNGs>")
     if data.get("streaming"):
         raise ConfigError(f"masks={split}: {where} is streamed (data.streaming=true), split by a hash of each "
                           "label, with no prepared cache to read; take the masks from a prepared copy with "
@@ -147,12 +150,16 @@ def read_real(path: Path, size: tuple[int, int]) -> np.ndarray | None:
     return read_rgb_file(path, size, "real image (beside the masks)") if path.is_file() else None
 
 
-def read_instance(path: Path, size: tuple[int, int]) -> np.ndarray:
+def read_instance(path: Path, size: tuple[int, int], label_size: tuple[int, int] | None = None) -> np.ndarray:
     """Instance ids (H x W int32) of an instance PNG at `size`, resized like the labels (nearest):
-    grey, palette and 16/32-bit values are ids, each RGB colour is one id."""
+    grey, palette and 16/32-bit values are ids, each RGB colour is one id. It must be as large as
+    its label map (`label_size`, H x W), or its edges would not fall on the label's."""
     try:
         with Image.open(path) as image:
             image.load()
+            if label_size is not None and image.size != (label_size[1], label_size[0]):
+                raise ValueError(f"it is {image.size[0]}x{image.size[1]} but its label map is "
+                                 f"{label_size[1]}x{label_size[0]}")
             if image.mode.startswith("I;16"):
                 image = image.convert("I")
             elif image.mode == "RGBA":
@@ -185,7 +192,7 @@ def folder_masks(folder: Path, size: tuple[int, int], num_classes: int, limit: i
         real = read_real(photos / path.name, size) if photos.resolve() != folder.resolve() else None
         instance_file = instance_dir / path.name
         use_instance = instances and instance_dir.resolve() != folder.resolve() and instance_file.is_file()
-        instance = read_instance(instance_file, size) if use_instance else None
+        instance = read_instance(instance_file, size, original or size) if use_instance else None
         masks.append(Mask(path.stem, position, label, real, instance))
     if resized:
         print(f"resized {len(resized)} of {len(masks)} masks to the training size {size[1]}x{size[0]} "

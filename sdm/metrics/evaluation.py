@@ -7,13 +7,17 @@ conf/evaluation/default.yaml).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sdm.data.classes import NUM_CLASSES
+from sdm.data.sources import SOURCES
 from sdm.errors import ConfigError
 from sdm.hardware import resolve_device
 from sdm.metrics.image_sets import ImageSet, from_folders, from_sample_folder
@@ -37,7 +41,6 @@ from sdm.viz import save_png
 
 SEGMENTER_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "segmenter.yaml"
 RANKED = 4  # masks shown in each of the best and worst grids
-PREPARABLE = ("sidewalk", "scenes")  # the data.name values sdm.data.sources can load
 
 
 def default_segmenter_settings() -> dict[str, Any]:
@@ -66,7 +69,7 @@ def find_segmenter(spec: str, image_set: ImageSet, train: bool, notes: list[str]
         notes.append("semantic consistency skipped: these folders do not say which data trained their model; "
                      "pass evaluation.segmenter=<folder> (python -m sdm.metrics.segmenter data=...)")
         return None
-    if image_set.train_data.get("name") not in PREPARABLE:  # e.g. a model converted from the official code
+    if image_set.train_data.get("name") not in SOURCES:  # e.g. a model converted from the official code
         notes.append(f"semantic consistency skipped: the model was trained on data.name="
                      f"{image_set.train_data.get('name')}, which this project cannot prepare to train a segmenter "
                      "on; pass evaluation.segmenter=<folder of a segmenter of that data>")
@@ -119,9 +122,21 @@ def load_networks(ecfg: DictConfig, image_set: ImageSet) -> tuple[Networks, dict
     return nets, used
 
 
+def class_count(cfg: DictConfig) -> int:
+    """num_classes=, else the model's (samples= folders name their run's data; a converted official
+    ADE20K model has 151), else sidewalk's 35."""
+    if cfg.num_classes is not None:
+        return int(cfg.num_classes)
+    manifest = Path(str(cfg.samples)) / "manifest.json" if cfg.samples else None
+    if manifest is not None and manifest.is_file():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            return int(json.loads(manifest.read_text())["train_data"]["num_classes"])
+    return NUM_CLASSES
+
+
 def open_set(cfg: DictConfig) -> tuple[ImageSet, Path]:
     """The image set named by samples= or images=/labels=, and the folder the report goes to."""
-    num_classes = int(cfg.num_classes)
+    num_classes = class_count(cfg)
     if cfg.samples:
         if cfg.images or cfg.labels:
             raise ConfigError("pass either samples=<sample.py folder> or images=<dir> labels=<dir>, not both")
@@ -186,4 +201,4 @@ def evaluate_set(image_set: ImageSet, out_dir: Path, ecfg: DictConfig, num_class
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """The `python -m sdm.evaluate` job (conf/evaluate.yaml)."""
     image_set, out_dir = open_set(cfg)
-    return evaluate_set(image_set, out_dir, cfg.evaluation, int(cfg.num_classes))
+    return evaluate_set(image_set, out_dir, cfg.evaluation, class_count(cfg))
