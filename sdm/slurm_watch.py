@@ -28,7 +28,7 @@ GONE = "ENDED (known to neither sacct nor squeue any more)"
 
 def queue_states(job_ids: Iterable[str]) -> dict[str, str]:
     """job id (as submitit names it: 12 or 12_3) -> state, for the jobs asked about. Ended jobs
-    keep squeue's state, others read RUNNING (submitit waits on them) and absent ones GONE.
+    and waiting ones keep squeue's state, others read RUNNING (submitit waits on them), absent ones GONE.
     Empty when squeue cannot answer (no command, controller down): nothing is concluded then."""
     wanted = sorted(set(job_ids))
     if not wanted:
