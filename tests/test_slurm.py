@@ -45,8 +45,11 @@ def run(command: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def queued() -> set[str]:
-    return set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split())
+def known_jobs() -> set[str]:
+    """Every job the controller knows, ended ones included (kept for MinJobAge), so that a job
+    submitted and already gone still shows, while jobs of earlier tests may leave meanwhile."""
+    listed = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i"], capture_output=True, text=True)
+    return set(listed.stdout.split())
 
 
 def sweep_of(tmp_path: Path) -> Path:
@@ -84,11 +87,11 @@ def test_a_two_job_sweep_then_sharded_generation_run_on_the_cluster(cluster, tmp
      (["trainer.accelerator=gpu"], "gpus_per_node=1 but the nodes of partition 'local' have no GPUs")],
 )
 def test_misconfiguration_fails_before_anything_is_queued(cluster, tmp_path, overrides, message):
-    before = queued()
+    before = known_jobs()
     done = run(submit(tmp_path, *overrides), timeout=120)
     assert done.returncode == 2 and "error: nothing was submitted" in done.stderr and message in done.stderr, \
         done.stderr[-2000:]
-    assert queued() == before and not list(tmp_path.glob("multirun/*/*"))  # no sweep dir left either
+    assert not known_jobs() - before and not list(tmp_path.glob("multirun/*/*"))  # no sweep dir left either
 
 
 def test_ddp_over_two_tasks_trains_as_one_run(cluster, tmp_path):
