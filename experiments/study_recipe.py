@@ -127,6 +127,27 @@ def table(results: dict[tuple[str, int], list[dict]], budgets: list[int]) -> str
     return head + "".join(rows)
 
 
+# paired comparisons: arm -> the arm it is measured against, seed by seed
+BASELINES = {arm: "paper" for arm in ARMS if arm != "paper"} | {"fast (all four)": "+ v-prediction"}
+
+
+def paired_table(results: dict[tuple[str, int], list[dict]], budgets: list[int]) -> str:
+    """Differences within a seed: both runs share the initial weights and the batch order, so the
+    difference is far less noisy than the spread of either arm over seeds."""
+    head = "| arm vs baseline | " + " | ".join(f"Δ ratio @ {b} | Δ distance @ {b}" for b in budgets) + " |\n"
+    head += "|---|" + "---|---|" * len(budgets) + "\n"
+    rows = []
+    for arm, baseline in BASELINES.items():
+        cells = []
+        for budget in budgets:
+            runs, baseline_runs = results.get((arm, budget), []), results.get((baseline, budget), [])
+            for metric in ("ratio", "distance"):  # both lists hold the same seeds, in order
+                cells.append(summary([a[metric] - b[metric] for a, b in zip(runs, baseline_runs, strict=True)])
+                             if runs and baseline_runs else "-")
+        rows.append(f"| {arm} vs {baseline} | " + " | ".join(cells) + " |\n")
+    return head + "".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budgets", type=int, nargs="+", default=[600, 1800], help="training steps")
@@ -157,7 +178,10 @@ def main() -> None:
     body = (f"`{command}` on {machine()}.\n\nEvery arm: `{' '.join(COMMON)}` plus its overrides; "
             f"{args.masks} validation masks x {args.per_mask} samples (UniPC 15, s = 1.5); mean ± standard deviation "
             f"over seeds {', '.join(map(str, args.seeds))}. Consistency ratio: higher is better; segmenter Fréchet "
-            "distance: lower is better.\n\n" + table(results, args.budgets))
+            "distance: lower is better.\n\n" + table(results, args.budgets)
+            + "\nThe same, as differences within a seed (mean ± standard deviation of the per-seed "
+            "differences; the runs of one seed share initial weights and batch order):\n\n"
+            + paired_table(results, args.budgets))
     out = Path(__file__).with_name("results_recipe.md")
     notes = ""
     if out.is_file() and "<!-- notes -->" in out.read_text():
