@@ -48,7 +48,7 @@ def run(command: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
 def known_jobs() -> set[str]:
     """Every job the controller knows, ended ones included (kept for MinJobAge), so that a job
     submitted and already gone still shows, while jobs of earlier tests may leave meanwhile."""
-    listed = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i"], capture_output=True, text=True)
+    listed = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i"], capture_output=True, text=True, check=True)
     return set(listed.stdout.split())
 
 
