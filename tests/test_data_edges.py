@@ -203,6 +203,26 @@ def test_augmentation_keeps_the_aspect_ratio_within_ten_percent():
             train_transform((16, 16), bad)
 
 
+def test_a_scale_of_one_keeps_every_pixel_and_only_flips():
+    """scale [1, 1] is no crop at all: no resize that would blur the image against its mask."""
+    from sdm.data.transforms import train_transform
+
+    rng = np.random.default_rng(0)
+    image, label = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), rng.integers(0, 35, (32, 32), dtype=np.uint8)
+    transform = train_transform((32, 32), (1.0, 1.0), hflip=0.5)
+    seen = set()
+    for seed in range(8):
+        transform.set_random_seed(seed)
+        out = transform(image=image, mask=label)
+        flipped = np.array_equal(out["image"], image[:, ::-1])
+        assert flipped or np.array_equal(out["image"], image)
+        assert np.array_equal(out["mask"], label[:, ::-1] if flipped else label)
+        seen.add(flipped)
+    assert seen == {True, False}
+    blurry = train_transform((32, 32), (0.99, 1.0), hflip=0.0)  # any crop resizes
+    assert len(blurry.transforms) == 2
+
+
 # --- preparation: defaults, keys, counting --------------------------------------------------
 
 
@@ -382,8 +402,8 @@ def test_streaming_defaults_and_loaders(tmp_path, data_cfg):
     cfg.augment = None
     dm = SidewalkDataModule(cfg)
     dm.setup("fit")
-    crop, flip = dm.train_set.transform.transforms
-    assert (tuple(crop.scale), flip.p) == ((1.0, 1.0), 0.0)
+    (flip,) = dm.train_set.transform.transforms  # no augment group: no crop, no flip
+    assert flip.p == 0.0
     assert (dm.train_set.rank, dm.train_set.world_size, dm.val_set.world_size) == (0, 1, 1)
     assert dm.train_dataloader().drop_last and not dm.val_dataloader().drop_last
 

@@ -13,11 +13,15 @@ import numpy as np
 import pytest
 import torch
 from evaluation_helpers import (
+    ConfusedReader,
+    DetailReader,
     MeanColour,
     PaletteReader,
+    SmoothReader,
     coloured_set,
     save,
     stripes,
+    textured_set,
     write_sample_folder,
 )
 from omegaconf import OmegaConf
@@ -98,9 +102,70 @@ def test_without_real_photos_the_ceiling_comes_from_the_segmenters_held_out_spli
     assert m["real_miou"] == 0.8 and m["consistency_ratio"] == pytest.approx(1 / 0.8)
     assert "held-out" in result["sources"]["real_miou"]
     assert "fid" not in m and any(n.startswith("FID/KID skipped") for n in result["notes"])
-    nets.segmenter_info["real_val_miou"] = 0.1
-    low = score_set(from_sample_folder(root), nets, progress=False)
-    assert any("too low to judge" in n for n in low["notes"])
+    assert result["instrument"]["reasons"] == ["no blur control: neither real photos nor a stored calibration"]
+    nets.segmenter_info.update(real_val_miou=0.95, calibration={"blur_miou": 0.9})  # stored at its training
+    stored = score_set(from_sample_folder(root), nets, progress=False)
+    assert stored["metrics"]["blur_control_ratio"] == pytest.approx(0.9 / 0.95)
+    assert "held-out split, blurred" in stored["sources"]["blur_control_miou"]
+    assert not stored["instrument"]["reliable"] and "blurred photos at 95%" in stored["instrument"]["reasons"][0]
+    nets.segmenter_info.update(real_val_miou=0.1, calibration={"blur_miou": 0.01})
+    low = score_set(from_sample_folder(root), nets, progress=False)["instrument"]
+    assert not low["reliable"] and low["reasons"] == ["its ceiling (mIoU 0.10 on real photos) is below 0.80"]
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def test_an_instrument_that_sees_detail_is_trusted_and_places_generated_images_on_its_scale(tmp_path):
+    real_as_generated = textured_set(tmp_path / "real")
+    report = evaluate_set(from_sample_folder(real_as_generated), real_as_generated, settings(tensorboard=False),
+                          nets=Networks(segmenter=DetailReader()))
+    m = report["metrics"]
+    assert m["real_miou"] > 0.9 and m["consistency_ratio"] == pytest.approx(1.0)
+    assert m["blur_control_ratio"] < 0.2 and m["other_mask_miou"] < 0.2 * m["real_miou"]
+    assert report["instrument"]["reliable"] and report["instrument"]["reasons"] == []
+    text = (real_as_generated / "evaluation_report.txt").read_text().splitlines()
+    assert text[0] == "instrument: the instrument can judge detail: consistency ratio reliable"
+    assert not any("UNRELIABLE" in line for line in text)
+    assert (real_as_generated / "evaluation" / "calibration.png").is_file()
+    blurred = textured_set(tmp_path / "blurred", blur_samples=True)  # a generator that only gets the layout
+    b = evaluate_set(from_sample_folder(blurred), blurred, settings(tensorboard=False),
+                     nets=Networks(segmenter=DetailReader()))["metrics"]
+    assert b["consistency_ratio"] == pytest.approx(b["blur_control_ratio"], abs=0.01) and b["consistency_ratio"] < 0.2
+    scale = next(line for line in (blurred / "evaluation_report.txt").read_text().splitlines() if "scale" in line)
+    assert scale.index("real 1") > scale.index("generated") and scale.index("real 1") > scale.index("blur control")
+
+
+@pytest.mark.parametrize("reader, reason", [(SmoothReader, "it rates blurred photos at"), (ConfusedReader, "its ceiling")])
+def test_an_instrument_blind_to_detail_flags_the_ratio_in_every_report(tmp_path, reader, reason):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    root = textured_set(run / "samples" / "s", run_dir=run)
+    report = evaluate_set(from_sample_folder(root), root, settings(), nets=Networks(segmenter=reader()))
+    saved = json.loads((root / JSON_FILE).read_text())["instrument"]
+    assert saved["reliable"] is False and len(saved["reasons"]) == 1 and saved["reasons"][0].startswith(reason)
+    text = (root / "evaluation_report.txt").read_text().splitlines()
+    assert text[0].startswith("WARNING: UNRELIABLE consistency ratio: the instrument cannot judge detail (" + reason)
+    assert next(line for line in text if "consistency ratio (generated" in line).endswith("UNRELIABLE")
+    html = (root / "evaluation.html").read_text()
+    assert "data-reliable='false'" in html and "(unreliable)</td>" in html
+    assert html.index("id='instrument'") < html.index("<h1>")  # the page leads with it
+    events = EventAccumulator(report["files"]["tensorboard"])
+    events.Reload()
+    assert events.Scalars("eval/instrument_reliable")[0].value == 0.0
+
+
+def test_calibration_settings_are_checked(tmp_path):
+    root = textured_set(tmp_path / "s")
+    with pytest.raises(ConfigError, match=r"evaluation.calibration.blur_factor=1 is invalid"):
+        evaluate_set(from_sample_folder(root), root, settings(calibration={"blur_factor": 1}), nets=oracle())
+    with pytest.raises(ConfigError, match=r"evaluation.calibration.blur is not a setting"):
+        evaluate_set(from_sample_folder(root), root, settings(calibration={"blur": 2}), nets=oracle())
+    assert not (root / JSON_FILE).exists()
+    strict = settings(calibration={"max_blur_ratio": 0.05})
+    report = evaluate_set(from_sample_folder(root), root, strict, nets=Networks(segmenter=DetailReader()))
+    assert report["instrument"]["max_blur_ratio"] == 0.05 and not report["instrument"]["reliable"]
 
 
 # ----------------------------------------------------------------------------- sets
@@ -266,13 +331,14 @@ def test_the_page_opens_in_headless_chromium_with_its_table_and_every_image(tmp_
                            "--dump-dom", (root / "evaluation.html").as_uri()],
                           capture_output=True, text=True, timeout=120)
     dom = done.stdout
-    assert 'data-images-loaded="2/2"' in dom, dom[:500]  # best and worst grids decoded
+    assert 'data-images-loaded="3/3"' in dom, dom[:500]  # best, worst and calibration grids decoded
     assert "<table id=\"metrics\">" in dom and "data-metric=\"miou\"" in dom and "<svg id=\"per-class\"" in dom
+    assert "<svg id=\"calibration\"" in dom and 'id="instrument"' in dom
     (root / "evaluation" / "worst.png").unlink()
     dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
                           "--dump-dom", (root / "evaluation.html").as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
-    assert 'data-images-loaded="1/2"' in dom  # the check sees a missing picture
+    assert 'data-images-loaded="2/3"' in dom  # the check sees a missing picture
 
 
 # ----------------------------------------------------------------------------- validation
@@ -348,7 +414,8 @@ def test_the_record_of_a_set_names_every_part(tmp_path):
     assert [set(row) for row in result["per_mask"]] == [{"mask", "images", "miou", "real_miou", "diversity_ms_ssim"}] * 2
     assert [row["mask"] for row in result["per_mask"]] == ["000000", "000001"] and result["per_mask"][0]["images"] == 2
     assert result["metrics"]["real_pixel_accuracy"] == 1.0 and "other_mask_miou" in result["metrics"]  # two masks
-    assert result["sources"] == {"real_miou": "the segmenter on the real photos of these masks"}
+    assert result["sources"] == {"real_miou": "the segmenter on the real photos of these masks",
+                                 "blur_control_miou": "the same photos blurred (down and up), the same segmenter"}
     real = result["per_class_iou"]["real"]
     assert set(real) == {str(c) for c in range(1, 35)} and all(v in (None, 1.0) for v in real.values())
     assert result["notes"] == []

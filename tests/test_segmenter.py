@@ -24,7 +24,7 @@ from sdm.metrics.segmenter import (
 def segmenter_cfg(tmp_path, *overrides: str):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("segmenter", overrides=[
-            "data.size=[32,32]", "data.scenes.num=24", "data.batch_size=4", "data.num_workers=0",
+            "data.size=[32,32]", "data.scenes.num=24", "data.batch_size=4", "segmenter.batch_size=4", "data.num_workers=0",
             "data.export_png=false", f"data.cache_dir={tmp_path / 'data'}", "segmenter.max_steps=6",
             "segmenter.val_every=3", "segmenter.precision=32-true", "segmenter.progress_bar=false",
             f"segmenter.cache_dir={tmp_path / 'segmenters'}", "segmenter.accelerator=cpu", *overrides,
@@ -35,9 +35,13 @@ def segmenter_cfg(tmp_path, *overrides: str):
 
 def test_trains_caches_and_reloads(tmp_path):
     folder = train_segmenter(segmenter_cfg(tmp_path))
-    assert folder.parent == tmp_path / "segmenters" and folder.name.endswith("-small-w16")
+    assert folder.parent == tmp_path / "segmenters" and folder.name.endswith("-unet-w32")
     info = json.loads((folder / INFO_FILE).read_text())
     assert info["steps"] == 6 and info["size"] == [32, 32] and info["num_classes"] == 35
+    calibration = info["calibration"]  # the instrument's own controls, on its validation split
+    assert calibration["rows"] == 1 and calibration["blur_factor"] == 2
+    assert calibration["real_miou"] == pytest.approx(info["real_val_miou"])
+    assert calibration["blur_ratio"] == pytest.approx(calibration["blur_miou"] / calibration["real_miou"])
     assert 0 <= info["real_val_miou"] <= 1 and info["data_key"] in folder.name
     assert list((tmp_path / "run" / "tb").glob("events.*"))
     stamp = (folder / WEIGHTS_FILE).stat().st_mtime_ns
@@ -47,14 +51,14 @@ def test_trains_caches_and_reloads(tmp_path):
     assert loaded == info and not network.training
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     logits = network(images)
-    assert logits.shape == (2, 35, 32, 32) and network.features(images).shape == (2, 64)
+    assert logits.shape == (2, 35, 32, 32) and network.features(images).shape == (2, 128)
     train_segmenter(segmenter_cfg(tmp_path, "segmenter.retrain=true"))
     assert (folder / WEIGHTS_FILE).stat().st_mtime_ns != stamp
 
 
 def test_bad_settings_and_files_are_refused(tmp_path):
-    with pytest.raises(ConfigError, match=r"segmenter.arch='unet' is invalid: expected one of \['small', 'lraspp'"):
-        build_segmenter("unet", 35)
+    with pytest.raises(ConfigError, match=r"segmenter.arch='resnet' is invalid: expected one of \['unet', 'small', "):
+        build_segmenter("resnet", 35)
     with pytest.raises(ConfigError, match="segmenter.max_steps=0 is invalid"):
         train_segmenter(segmenter_cfg(tmp_path, "segmenter.max_steps=0"))
     with pytest.raises(CheckpointError, match="holds no trained segmenter"):
@@ -93,11 +97,17 @@ def test_held_out_test_set_is_scored_on_every_row_and_recorded(tmp_path):
 
     from sdm.data.prepare import decode_row, prepare_data
     from sdm.data.transforms import to_item
-    from sdm.metrics.held_out import held_out_scores, score_held_out, test_data_cfg
+    from sdm.metrics.controls import blur_control
+    from sdm.metrics.held_out import (
+        calibration_scores,
+        held_out_scores,
+        score_held_out,
+        test_data_cfg,
+    )
 
     cfg = segmenter_cfg(tmp_path, "seed=3")
     folder = train_segmenter(cfg)
-    assert folder.name.endswith("-small-w16-seed3")  # another seed is another segmenter
+    assert folder.name.endswith("-unet-w32-seed3")  # another seed is another segmenter
     info = json.loads((folder / INFO_FILE).read_text())
     assert info["seed"] == 3 and info["extra"] is None
     test = test_data_cfg(cfg.data, {"scenes": {"seed": 99, "num": 11}, "extra": "/ignored"})
@@ -110,6 +120,15 @@ def test_held_out_test_set_is_scored_on_every_row_and_recorded(tmp_path):
         predictions = [network(r["image"][None]).argmax(1)[0].numpy() for r in rows]
     assert scores["rows"] == 11 and scores["data_key"] == prepared.root.name != info["data_key"]
     assert scores["miou"] == pytest.approx(reference_miou(predictions, [r["label"].numpy() for r in rows]))
+    calibration = calibration_scores(network, test, batch_size=4)  # the instrument's controls, against the textbook count
+    with torch.no_grad():
+        blurred = [network(blur_control(r["image"][None])).argmax(1)[0].numpy() for r in rows]
+    labels = [r["label"].numpy() for r in rows]
+    assert calibration["rows"] == 11 and calibration["real_miou"] == pytest.approx(scores["miou"])
+    assert calibration["blur_miou"] == pytest.approx(reference_miou(blurred, labels))
+    other = [labels[(i + 1) % 4 + 4 * (i // 4)] if i < 8 else labels[8 + (i - 8 + 1) % 3] for i in range(11)]
+    assert calibration["other_mask_miou"] == pytest.approx(reference_miou(predictions, other))  # the next in its batch
+    assert calibration["blur_ratio"] == pytest.approx(calibration["blur_miou"] / calibration["real_miou"])
     recorded = score_held_out(folder, cfg.data, OmegaConf.to_container(OmegaConf.create({"scenes": {"seed": 99, "num": 11}})),
                               INFO_FILE)
     assert recorded == scores and json.loads((folder / INFO_FILE).read_text())["test"] == scores

@@ -21,7 +21,7 @@ from sdm.data.sources import SOURCES
 from sdm.errors import ConfigError
 from sdm.hardware import resolve_device
 from sdm.metrics.image_sets import ImageSet, from_folders, from_sample_folder
-from sdm.metrics.pictures import ranked_masks, ranking_grid
+from sdm.metrics.pictures import calibration_grid, ranked_masks, ranking_grid
 from sdm.metrics.report import (
     HTML_FILE,
     JSON_FILE,
@@ -35,7 +35,7 @@ from sdm.metrics.report import (
     write_text,
 )
 from sdm.metrics.report_html import page
-from sdm.metrics.scoring import Networks, score_set
+from sdm.metrics.scoring import Calibration, Networks, score_set
 from sdm.metrics.weights import missing_message, use_weights_dir
 from sdm.viz import save_png
 
@@ -149,6 +149,20 @@ def open_set(cfg: DictConfig) -> tuple[ImageSet, Path]:
     return image_set, Path(str(cfg.out_dir)) if cfg.out_dir else image_set.root
 
 
+def calibration_settings(ecfg: DictConfig) -> Calibration:
+    """The blur control and the bounds of a reliable instrument (evaluation.calibration.*)."""
+    settings = dict(ecfg.get("calibration") or {})
+    known = set(Calibration.__dataclass_fields__)
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"evaluation.calibration.{unknown[0]} is not a setting: expected {sorted(known)}")
+    calibration = Calibration(**settings)
+    if not isinstance(calibration.blur_factor, int) or calibration.blur_factor < 2:
+        raise ConfigError(f"evaluation.calibration.blur_factor={calibration.blur_factor} is invalid: expected an "
+                          "integer >= 2 (the photo is resized down by it and back up)")
+    return calibration
+
+
 def evaluate_set(image_set: ImageSet, out_dir: Path, ecfg: DictConfig, num_classes: int = 35,
                  nets: Networks | None = None) -> dict[str, Any]:
     """Score a set and write evaluation.json, evaluation_report.txt, evaluation.html (+ pictures).
@@ -160,9 +174,11 @@ def evaluate_set(image_set: ImageSet, out_dir: Path, ecfg: DictConfig, num_class
     segmenter_used: dict[str, Any] = {"folder": "injected"} if nets is not None else {}
     if nets is None:
         nets, segmenter_used = load_networks(ecfg, image_set)
+    calibration = calibration_settings(ecfg)
     scores = score_set(image_set, nets, num_classes=num_classes,
                        images_per_batch=int(ecfg.batch_size), device=device,
-                       kid_subset_size=int(ecfg.kid_subset_size), progress=bool(ecfg.progress))
+                       kid_subset_size=int(ecfg.kid_subset_size), progress=bool(ecfg.progress),
+                       calibration=calibration)
     out_dir.mkdir(parents=True, exist_ok=True)
     pictures = {}
     best, worst = ranked_masks(scores["per_mask"], RANKED)
@@ -170,6 +186,10 @@ def evaluate_set(image_set: ImageSet, out_dir: Path, ecfg: DictConfig, num_class
         if indices:
             save_png(ranking_grid(image_set, indices, nets.segmenter, device), out_dir / PICTURES_DIR / name)
             pictures[caption] = f"{PICTURES_DIR}/{name}"
+    shown = calibration_grid(image_set, list(range(min(RANKED, len(image_set.entries)))), calibration.blur_factor)
+    if shown is not None and nets.segmenter is not None:
+        save_png(shown, out_dir / PICTURES_DIR / "calibration.png")
+        pictures["blur control | generated | real (the ratio's scale)"] = f"{PICTURES_DIR}/calibration.png"
     report = {
         **scores,
         "created": dt.datetime.now().isoformat(timespec="seconds"),

@@ -8,17 +8,19 @@ same generator of scenes with another seed. Every row of it is scored, no split.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sdm.atomic import write_atomically
 from sdm.errors import ConfigError
 from sdm.metrics.consistency import confusion_matrix, segmentation_scores
+from sdm.metrics.controls import BLUR_FACTOR, blur_control
 
 IGNORE = 0
 
@@ -41,22 +43,60 @@ def refuse_training_rows(test: Any, test_key: str, train_key: str) -> None:
 def held_out_scores(network: nn.Module, data: DictConfig, batch_size: int = 64,
                     progress: bool = False) -> dict[str, Any]:
     """mIoU and pixel accuracy (class 0 ignored) of `network` on every row of the prepared `data`."""
+    from sdm.data.prepare import prepare_data
+
+    prepared = prepare_data(data, show_progress=False)
+    num_classes = int(data.num_classes)
+    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    network.eval()
+    batches = tqdm(prepared_batches(data, batch_size), desc="test", unit="batch", disable=not progress,
+                   total=-(-len(prepared) // batch_size))
+    for images, labels in batches:
+        matrix += confusion_matrix(network(images).argmax(1), labels, num_classes, IGNORE)
+    scores = segmentation_scores(matrix, IGNORE)
+    return {"data_key": prepared.root.name, "rows": len(prepared), "miou": scores["miou"],
+            "pixel_accuracy": scores["pixel_accuracy"]}
+
+
+@torch.no_grad()
+def calibrate(network: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_classes: int,
+              blur_factor: int = BLUR_FACTOR) -> dict[str, Any]:
+    """Can `network` judge generated images? mIoU of real photos against their own masks (the
+    ceiling), of their blurred copies (the blur control) and against the next photo's mask in
+    the batch (the other-mask baseline), with the controls' ratios to the ceiling."""
+    matrices = {key: torch.zeros(num_classes, num_classes, dtype=torch.long) for key in ("real", "blur", "other")}
+    rows = 0
+    network.eval()
+    for images, labels in batches:
+        pred = network(images).argmax(1)
+        matrices["real"] += confusion_matrix(pred, labels, num_classes, IGNORE)
+        matrices["blur"] += confusion_matrix(network(blur_control(images, blur_factor)).argmax(1), labels,
+                                             num_classes, IGNORE)
+        if len(labels) > 1:
+            matrices["other"] += confusion_matrix(pred, labels.roll(-1, 0), num_classes, IGNORE)
+        rows += len(labels)
+    real, blur, other = (segmentation_scores(matrices[key], IGNORE)["miou"] for key in ("real", "blur", "other"))
+    return {"rows": rows, "real_miou": real, "blur_miou": blur, "other_mask_miou": other, "blur_factor": blur_factor,
+            "blur_ratio": blur / real if real > 0 else float("nan"),
+            "other_mask_ratio": other / real if real > 0 else float("nan")}
+
+
+def prepared_batches(data: DictConfig, batch_size: int = 64) -> Iterator[tuple[Tensor, Tensor]]:
+    """(images, labels) of every row of the prepared `data`, in order, without augmentation."""
     from sdm.data.prepare import decode_row, prepare_data
     from sdm.data.transforms import to_item
 
     prepared = prepare_data(data, show_progress=False)
     rows = prepared.open()
-    num_classes = int(data.num_classes)
-    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    network.eval()
-    for start in tqdm(range(0, len(prepared), batch_size), desc="test", unit="batch", disable=not progress):
+    for start in range(0, len(prepared), batch_size):
         items = [to_item(*decode_row(rows[i], prepared.size)) for i in range(start, min(start + batch_size, len(prepared)))]
-        images = torch.stack([item["image"] for item in items])
-        labels = torch.stack([item["label"] for item in items])
-        matrix += confusion_matrix(network(images).argmax(1), labels, num_classes, IGNORE)
-    scores = segmentation_scores(matrix, IGNORE)
-    return {"data_key": prepared.root.name, "rows": len(prepared), "miou": scores["miou"],
-            "pixel_accuracy": scores["pixel_accuracy"]}
+        yield torch.stack([item["image"] for item in items]), torch.stack([item["label"] for item in items]).long()
+
+
+def calibration_scores(network: nn.Module, data: DictConfig, blur_factor: int = BLUR_FACTOR,
+                       batch_size: int = 64) -> dict[str, Any]:
+    """`calibrate` on every row of a prepared data source (a held-out test set)."""
+    return calibrate(network, prepared_batches(data, batch_size), int(data.num_classes), blur_factor)
 
 
 def score_held_out(folder: Path, data: DictConfig, test: Any, info_file: str) -> dict[str, Any]:

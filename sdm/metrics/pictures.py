@@ -12,6 +12,7 @@ from PIL import Image
 from torch import nn
 
 from sdm.data.classes import colorize
+from sdm.metrics.controls import blur_control
 from sdm.metrics.image_sets import ImageSet, read_rgb
 from sdm.metrics.scoring import to_tensor
 from sdm.viz import grid
@@ -66,3 +67,20 @@ def ranked_masks(per_mask: Sequence[dict[str, Any]], count: int) -> tuple[list[i
 def ranking_grid(image_set: ImageSet, indices: Sequence[int], segmenter: nn.Module | None, device: torch.device,
                  samples_shown: int = 3, longest: int = 128) -> np.ndarray:
     return grid([mask_row(image_set, i, segmenter, device, samples_shown, longest) for i in indices])
+
+
+def calibration_grid(image_set: ImageSet, indices: Sequence[int], blur_factor: int, samples_shown: int = 2,
+                     longest: int = 128) -> np.ndarray | None:
+    """Rows of mask | blur control | samples | real photo: what the ratio's two ends look like beside
+    the generated images (None when the set has no real photos)."""
+    rows = []
+    for index in indices:
+        entry = image_set.entries[index]
+        if entry.real is None:
+            continue
+        real = read_rgb(entry.real, image_set.size)
+        blurred = blur_control(to_tensor([real]), blur_factor)[0]
+        blurred = ((blurred.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        samples = [read_rgb(p, image_set.size) for p in entry.samples[:samples_shown]]
+        rows.append([fit(tile, longest) for tile in (colorize(entry.label), blurred, *samples, real)])
+    return grid(rows) if rows else None

@@ -43,7 +43,11 @@ METRIC_ROWS = (
     MetricRow("miou", "consistency: mIoU of the segmenter vs the input mask", "higher",
               "paper (own segmenters): ADE20K 39.2, COCO-Stuff 40.2; seed's promise: 0.6-0.8"),
     MetricRow("real_miou", "ceiling: the same segmenter on real photos", "higher", ""),
+    MetricRow("blur_control_miou", "blur control: the real photos blurred (down, up)", "lower",
+              "an instrument that sees detail scores it clearly below the ceiling"),
     MetricRow("consistency_ratio", "consistency ratio (generated / real mIoU)", "higher", "1.0 = as good as real"),
+    MetricRow("blur_control_ratio", "blur control ratio (blurred / real mIoU)", "lower",
+              "a generator should beat it; near 1 = the instrument cannot see detail"),
     MetricRow("other_mask_miou", "baseline: mIoU vs a different mask", "lower", "far below mIoU = the mask is followed"),
     MetricRow("pixel_accuracy", "pixel accuracy vs the input mask", "higher", ""),
 )
@@ -96,11 +100,35 @@ def history_row(report: dict[str, Any], folder: str) -> dict[str, Any]:
             **{key: metrics.get(key) for key in HISTORY_KEYS}}
 
 
+def instrument_line(report: dict[str, Any]) -> str | None:
+    """The verdict on the consistency segmenter, the first line of every report (None: no segmenter)."""
+    instrument = report.get("instrument")
+    if not instrument:
+        return None
+    return ("instrument: " if instrument["reliable"] else "WARNING: ") + instrument["summary"]
+
+
+def calibration_scale(metrics: dict[str, Any]) -> str | None:
+    """Where the generated images stand between the blur control and the real photos, as ratios."""
+    if "consistency_ratio" not in metrics or "blur_control_ratio" not in metrics:
+        return None
+    marks = sorted([(metrics["blur_control_ratio"], "blur control"), (metrics["consistency_ratio"], "generated"),
+                    (1.0, "real")], key=lambda pair: pair[0])
+    return " < ".join(f"{name} {format_value(value)}" for value, name in marks)
+
+
+def ratio_flag(report: dict[str, Any], key: str) -> str:
+    instrument = report.get("instrument")
+    return "  UNRELIABLE" if key == "consistency_ratio" and instrument and not instrument["reliable"] else ""
+
+
 def text_report(report: dict[str, Any]) -> str:
-    """The plain-text summary: the metric table, notes, and where everything is."""
+    """The plain-text summary: the instrument's verdict, the metric table, notes, and where everything is."""
     metrics = report["metrics"]
     counts = report["counts"]
-    lines = [f"evaluation of {report['set']['root']} ({counts['masks']} masks, {counts['images']} images, "
+    verdict = instrument_line(report)
+    lines = [verdict] if verdict else []
+    lines += [f"evaluation of {report['set']['root']} ({counts['masks']} masks, {counts['images']} images, "
              f"{counts['real']} real photos, {report['set']['size'][0]}x{report['set']['size'][1]})"]
     settings = report.get("settings", {}).get("sampler")
     if settings:
@@ -111,10 +139,14 @@ def text_report(report: dict[str, Any]) -> str:
         if row.key in metrics:
             arrow = "(lower is better)" if row.better == "lower" else "(higher is better)"
             reference = f"   [{row.reference}]" if row.reference else ""
-            lines.append(f"  {row.title:<{width}}  {format_value(metrics[row.key]):>8}  {arrow}{reference}")
+            lines.append(f"  {row.title:<{width}}  {format_value(metrics[row.key]):>8}  {arrow}{reference}"
+                         f"{ratio_flag(report, row.key)}")
     source = report.get("sources", {}).get("real_miou")
     if source:
         lines.append(f"  (ceiling from {source})")
+    scale = calibration_scale(metrics)
+    if scale:
+        lines.append(f"  consistency on the instrument's scale: {scale}")
     if report["notes"]:
         lines += ["", "notes:"] + [f"  - {note}" for note in report["notes"]]
     lines += ["", f"every number: {report['files']['json']}", f"the page: {report['files']['html']}"]
@@ -134,5 +166,10 @@ def log_to_tensorboard(report: dict[str, Any], logdir: Path) -> None:
     hparams.update({f"sampler/{k}": v for k, v in sampler.items() if isinstance(v, int | float | str | bool)})
     metrics = {f"eval/{k}": float(v) for k, v in report["metrics"].items()
                if isinstance(v, int | float) and math.isfinite(v)}
+    instrument = report.get("instrument")
+    if instrument:
+        metrics["eval/instrument_reliable"] = float(instrument["reliable"])
     with SummaryWriter(log_dir=str(logdir)) as writer:
         writer.add_hparams(hparams, metrics, run_name=".")
+        if instrument:
+            writer.add_text("eval/instrument", instrument_line(report) or "")

@@ -12,7 +12,7 @@ from html import escape
 from typing import Any
 
 from sdm.data.classes import CLASS_NAMES, PALETTE
-from sdm.metrics.report import HISTORY_KEYS, METRIC_ROWS, format_value
+from sdm.metrics.report import HISTORY_KEYS, METRIC_ROWS, format_value, instrument_line
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
@@ -22,6 +22,10 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .note { color: #a40; }
 img { image-rendering: pixelated; max-width: 100%; border: 1px solid #ddd; }
 .legend span { display: inline-block; margin-right: 1.5em; }
+.verdict { padding: 0.6em 1em; border-radius: 4px; }
+.verdict.unreliable { background: #fde2dd; border: 2px solid #b3261e; font-weight: bold; }
+.verdict.reliable { background: #e3f4e1; border: 1px solid #2e7d32; }
+td.unreliable { color: #b3261e; text-decoration: line-through; }
 """
 SCRIPT = """
 window.addEventListener('load', () => {
@@ -38,11 +42,40 @@ def metric_table(report: dict[str, Any]) -> str:
     for row in METRIC_ROWS:
         if row.key not in metrics:
             continue
+        flagged = row.key == "consistency_ratio" and not (report.get("instrument") or {}).get("reliable", True)
+        value = format_value(metrics[row.key]) + (" (unreliable)" if flagged else "")
         rows.append(f"<tr data-metric='{row.key}'><td>{escape(row.title)}</td>"
-                    f"<td class='num'>{format_value(metrics[row.key])}</td><td>{row.better}</td>"
+                    f"<td class='num{' unreliable' if flagged else ''}'>{value}</td><td>{row.better}</td>"
                     f"<td>{escape(row.reference)}</td></tr>")
     head = "<tr><th>metric</th><th>value</th><th>better</th><th>compare with</th></tr>"
     return f"<table id='metrics'>{head}{''.join(rows)}</table>"
+
+
+def verdict_banner(report: dict[str, Any]) -> str:
+    instrument = report.get("instrument")
+    if not instrument:
+        return ""
+    kind = "reliable" if instrument["reliable"] else "unreliable"
+    return f"<p id='instrument' class='verdict {kind}' data-reliable='{str(instrument['reliable']).lower()}'>" \
+           f"{escape(instrument_line(report) or '')}</p>"
+
+
+def calibration_bar(metrics: dict[str, Any]) -> str:
+    """The consistency ratio on a 0..1 line between the blur control and the real photos."""
+    if "consistency_ratio" not in metrics or "blur_control_ratio" not in metrics:
+        return ""
+    width, pad = 600, 10
+    marks = [(metrics["blur_control_ratio"], "blur control", "#888"), (1.0, "real", "#2e7d32"),
+             (metrics["consistency_ratio"], "generated", "#1565c0")]
+    parts = [f"<line x1='{pad}' y1='30' x2='{pad + width}' y2='30' stroke='#999'/>"]
+    for i, (value, name, colour) in enumerate(marks):
+        x = pad + width * min(max(value, 0.0), 1.2) / 1.2
+        y = 14 if i % 2 == 0 else 52
+        parts.append(f"<circle cx='{x:.1f}' cy='30' r='6' fill='{colour}'><title>{name} {format_value(value)}</title></circle>"
+                     f"<text x='{x:.1f}' y='{y}' font-size='12' text-anchor='middle' fill='{colour}'>"
+                     f"{name} {format_value(value)}</text>")
+    return (f"<svg id='calibration' xmlns='http://www.w3.org/2000/svg' width='{width + 2 * pad}' height='60'>"
+            f"{''.join(parts)}</svg>")
 
 
 def class_chart(per_class: dict[str, dict[str, Any]], names: tuple[str, ...] = CLASS_NAMES) -> str:
@@ -108,9 +141,11 @@ def page(report: dict[str, Any], pictures: dict[str, str], history_rows: list[di
 <html lang="en"><head><meta charset="utf-8"><title>sdm evaluation: {escape(str(info['root']))}</title>
 <style>{STYLE}</style></head>
 <body>
+{verdict_banner(report)}
 <h1>Evaluation of {escape(str(info['root']))}</h1>
 <p>{escape(subtitle)}. Created {escape(report['created'])}.</p>
 {metric_table(report)}
+{calibration_bar(report['metrics'])}
 <p>Segmenter: {escape(str(segmenter.get('folder', 'none')))}
 {escape(f"({segmenter['arch']}, real held-out mIoU {format_value(segmenter.get('real_val_miou'))})")
  if segmenter.get('arch') else ''}</p>

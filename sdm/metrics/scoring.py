@@ -6,10 +6,16 @@ ceiling); segmenter features of both (the weight-free Fréchet distance); divers
 pairs of each mask's samples (1 - MS-SSIM always, LPIPS when its weights are there); and the
 Inception statistics of FID / KID when theirs are. A metric whose network is missing is
 skipped with one line in `notes`; the others still run.
+
+The segmenter also reads a blurred copy of each real photo (the blur control). The consistency
+ratio counts only when the instrument can tell detail: a ceiling of at least `min_ceiling` and
+the blur control at most `max_blur_ratio` of it; otherwise the verdict says why, and every
+report leads with it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,11 +26,22 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sdm.metrics.consistency import ConfusionMatrix, confusion_matrix, segmentation_scores
+from sdm.metrics.controls import BLUR_FACTOR, blur_control
 from sdm.metrics.distances import InceptionDistances, frechet_distance, gaussian_of
 from sdm.metrics.diversity import lpips_distance, mean_pairwise, ssim_distance
 from sdm.metrics.image_sets import ImageSet, MaskEntry, read_rgb
 
-LOW_REAL_MIOU = 0.3  # below this the segmenter is too weak for its consistency to mean much
+MIN_CEILING = 0.8  # a segmenter below this on real photos is too weak to judge consistency by
+MAX_BLUR_RATIO = 0.8  # ... and one that rates blurred photos above this share of real cannot see detail
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How a consistency figure is judged: the blur control's factor and the two bounds."""
+
+    blur_factor: int = BLUR_FACTOR
+    min_ceiling: float = MIN_CEILING
+    max_blur_ratio: float = MAX_BLUR_RATIO
 
 
 @dataclass
@@ -62,7 +79,7 @@ class Accumulators:
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.own, self.other, self.real = (ConfusionMatrix(num_classes) for _ in range(3))
+        self.own, self.other, self.real, self.blur = (ConfusionMatrix(num_classes) for _ in range(4))
         self.fake_features: list[Tensor] = []
         self.real_features: list[Tensor] = []
         self.per_mask: list[dict[str, Any]] = []
@@ -77,7 +94,7 @@ def segment(network: nn.Module, images: Tensor, device: torch.device) -> tuple[T
 
 
 def score_batch(image_set: ImageSet, indices: list[int], nets: Networks, acc: Accumulators,
-                inception: InceptionDistances | None, device: torch.device) -> None:
+                inception: InceptionDistances | None, device: torch.device, blur_factor: int = BLUR_FACTOR) -> None:
     entries = image_set.entries
     size = image_set.size
     for i in indices:
@@ -100,6 +117,8 @@ def score_batch(image_set: ImageSet, indices: list[int], nets: Networks, acc: Ac
                 real_pred, real_features = segment(nets.segmenter, real, device)
                 acc.real.update(real_pred, label[None])
                 acc.real_features.append(real_features)
+                blur_pred, _ = segment(nets.segmenter, blur_control(real, blur_factor), device)
+                acc.blur.update(blur_pred, label[None])
                 row["real_miou"] = segmentation_scores(confusion_matrix(real_pred, label[None], acc.num_classes))["miou"]
         if len(samples) > 1:
             row["diversity_ms_ssim"] = mean_pairwise([samples], ssim_distance)
@@ -115,14 +134,15 @@ def score_batch(image_set: ImageSet, indices: list[int], nets: Networks, acc: Ac
 
 
 def score_set(image_set: ImageSet, nets: Networks, *, num_classes: int = 35, images_per_batch: int = 32,
-              device: str | torch.device = "cpu", kid_subset_size: int = 1000, progress: bool = True
-              ) -> dict[str, Any]:
+              device: str | torch.device = "cpu", kid_subset_size: int = 1000, progress: bool = True,
+              calibration: Calibration | None = None) -> dict[str, Any]:
     """Every metric the networks allow, over one image set (see module doc)."""
     device = torch.device(device)
     notes = list(nets.notes)
     for network in (nets.segmenter, nets.lpips):
         if network is not None:
             network.to(device).eval()
+    calibration = calibration or Calibration()
     acc = Accumulators(num_classes)
     n_real = sum(e.real is not None for e in image_set.entries)
     inception = None
@@ -133,10 +153,10 @@ def score_set(image_set: ImageSet, nets: Networks, *, num_classes: int = 35, ima
     bar = tqdm(total=len(image_set.entries), desc="evaluate", unit="mask", disable=not progress)
     with torch.no_grad():
         for indices in batches_of_masks(image_set.entries, images_per_batch):
-            score_batch(image_set, indices, nets, acc, inception, device)
+            score_batch(image_set, indices, nets, acc, inception, device, calibration.blur_factor)
             bar.update(len(indices))
     bar.close()
-    return summarise(image_set, nets, acc, inception, notes)
+    return summarise(image_set, nets, acc, inception, notes, calibration)
 
 
 def consistency(image_set: ImageSet, nets: Networks, acc: Accumulators, notes: list[str]
@@ -151,18 +171,24 @@ def consistency(image_set: ImageSet, nets: Networks, acc: Accumulators, notes: l
         metrics["other_mask_miou"] = acc.other.scores()["miou"]
     if acc.real_features:
         real = acc.real.scores()
-        metrics.update(real_miou=real["miou"], real_pixel_accuracy=real["pixel_accuracy"])
+        metrics.update(real_miou=real["miou"], real_pixel_accuracy=real["pixel_accuracy"],
+                       blur_control_miou=acc.blur.scores()["miou"])
         per_class["real"] = {str(c): v for c, v in real["per_class_iou"].items()}
         sources["real_miou"] = "the segmenter on the real photos of these masks"
-    elif nets.segmenter_info.get("real_val_miou") is not None:
-        metrics["real_miou"] = float(nets.segmenter_info["real_val_miou"])
-        sources["real_miou"] = "the segmenter's own held-out split (this set has no real photos)"
+        sources["blur_control_miou"] = "the same photos blurred (down and up), the same segmenter"
+    else:
+        stored = nets.segmenter_info.get("calibration") or {}
+        if nets.segmenter_info.get("real_val_miou") is not None:
+            metrics["real_miou"] = float(nets.segmenter_info["real_val_miou"])
+            sources["real_miou"] = "the segmenter's own held-out split (this set has no real photos)"
+        if stored.get("blur_miou") is not None:
+            metrics["blur_control_miou"] = float(stored["blur_miou"])
+            sources["blur_control_miou"] = "the segmenter's own held-out split, blurred (this set has no real photos)"
     if "real_miou" in metrics:
         ceiling = metrics["real_miou"]
         metrics["consistency_ratio"] = own["miou"] / ceiling if ceiling > 0 else float("nan")
-        if ceiling < LOW_REAL_MIOU:
-            notes.append(f"the segmenter reaches only mIoU {ceiling:.2f} on real images: too low to judge "
-                         "consistency by; train it longer, or use segmenter.arch=lraspp on a GPU")
+        if "blur_control_miou" in metrics:
+            metrics["blur_control_ratio"] = metrics["blur_control_miou"] / ceiling if ceiling > 0 else float("nan")
     if sum(len(f) for f in acc.real_features) >= 2:
         real_gaussian = gaussian_of(torch.cat(acc.real_features))
         metrics["segmenter_frechet_distance"] = frechet_distance(*real_gaussian,
@@ -172,8 +198,29 @@ def consistency(image_set: ImageSet, nets: Networks, acc: Accumulators, notes: l
     return metrics, per_class, sources
 
 
+def instrument_verdict(metrics: dict[str, float], calibration: Calibration) -> dict[str, Any]:
+    """Can this segmenter judge the generated images? Reliable only with a high ceiling and a
+    blur control clearly below it; the reasons name the bound each figure missed."""
+    ceiling, blur = metrics.get("real_miou"), metrics.get("blur_control_ratio")
+    reasons = []
+    if ceiling is None or not math.isfinite(ceiling):
+        reasons.append("no ceiling: neither real photos nor the segmenter's held-out score")
+    elif ceiling < calibration.min_ceiling:
+        reasons.append(f"its ceiling (mIoU {ceiling:.2f} on real photos) is below {calibration.min_ceiling:.2f}")
+    if blur is None or not math.isfinite(blur):
+        reasons.append("no blur control: neither real photos nor a stored calibration")
+    elif blur > calibration.max_blur_ratio:
+        reasons.append(f"it rates blurred photos at {blur:.0%} of real (the bound is {calibration.max_blur_ratio:.0%})")
+    verdict = {"reliable": not reasons, "reasons": reasons, "min_ceiling": calibration.min_ceiling,
+               "max_blur_ratio": calibration.max_blur_ratio, "blur_factor": calibration.blur_factor}
+    verdict["summary"] = ("the instrument can judge detail: consistency ratio reliable" if not reasons else
+                          "UNRELIABLE consistency ratio: the instrument cannot judge detail (" + "; ".join(reasons)
+                          + "); train a stronger segmenter (python -m sdm.metrics.segmenter)")
+    return verdict
+
+
 def summarise(image_set: ImageSet, nets: Networks, acc: Accumulators, inception: InceptionDistances | None,
-              notes: list[str]) -> dict[str, Any]:
+              notes: list[str], calibration: Calibration | None = None) -> dict[str, Any]:
     metrics: dict[str, float] = {}
     per_class: dict[str, dict[str, float | None]] = {}
     sources: dict[str, str] = {}
@@ -191,8 +238,10 @@ def summarise(image_set: ImageSet, nets: Networks, acc: Accumulators, inception:
     else:
         notes.append("semantic consistency skipped: no segmenter (train one with `python -m sdm.metrics.segmenter "
                      "data=...`, then pass evaluation.segmenter=<its folder>)")
+    instrument = instrument_verdict(metrics, calibration or Calibration()) if nets.segmenter is not None else None
     return {
         "metrics": metrics,
+        "instrument": instrument,
         "per_class_iou": per_class,
         "per_mask": acc.per_mask,
         "notes": notes,

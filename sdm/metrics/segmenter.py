@@ -29,8 +29,9 @@ from sdm.atomic import write_atomically
 from sdm.checkpoints import load_safetensors, save_safetensors
 from sdm.errors import CheckpointError, ConfigError
 from sdm.metrics.consistency import segmentation_scores
+from sdm.metrics.held_out import calibrate
 
-ARCHS = ("small", "lraspp", "deeplabv3")
+ARCHS = ("unet", "small", "lraspp", "deeplabv3")
 WEIGHTS_FILE = "segmenter.safetensors"
 INFO_FILE = "segmenter.json"
 IGNORE = 0  # unlabeled pixels carry no target
@@ -74,6 +75,41 @@ class SmallSegmenter(nn.Module):
         return self.encode(images)[-1].mean((2, 3))
 
 
+class UNetSegmenter(nn.Module):
+    """A four-level U-Net (channels width, 2, 4, 4 x width; bilinear up-sampling): the default
+    instrument. The three-level `small` network cannot separate a photo from a blurred copy of
+    it (experiments/results_segmenter.md); this one reaches >= 0.9 mIoU on held-out scenes."""
+
+    def __init__(self, num_classes: int = 35, width: int = 32) -> None:
+        super().__init__()
+        widths = (width, 2 * width, 4 * width, 4 * width)
+        self.down = nn.ModuleList([conv_block(3, widths[0])] + [
+            conv_block(widths[i - 1], widths[i], stride=2) for i in range(1, len(widths))])
+        self.up = nn.ModuleList([conv_block(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(len(widths) - 1))])
+        self.head = nn.Conv2d(width, num_classes, 1)
+        self.num_features = widths[-1]
+
+    def encode(self, images: Tensor) -> list[Tensor]:
+        skips = []
+        for block in self.down:
+            images = block(images)
+            skips.append(images)
+        return skips
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Images in [-1, 1] -> class logits at the same size."""
+        skips = self.encode(images)
+        x = skips.pop()
+        for block in self.up:
+            skip = skips.pop()
+            x = block(torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], 1))
+        return self.head(x)
+
+    def features(self, images: Tensor) -> Tensor:
+        """(B, 4 x width) pooled bottleneck features: the space of the weight-free Fréchet distance."""
+        return self.encode(images)[-1].mean((2, 3))
+
+
 class TorchvisionSegmenter(nn.Module):
     """A torchvision segmentation model behind the same interface (images in [-1, 1])."""
 
@@ -103,9 +139,11 @@ class TorchvisionSegmenter(nn.Module):
         return stages.get("out", stages.get("high")).mean((2, 3))
 
 
-def build_segmenter(arch: str, num_classes: int, width: int = 16, pretrained_backbone: bool = False) -> nn.Module:
+def build_segmenter(arch: str, num_classes: int, width: int = 32, pretrained_backbone: bool = False) -> nn.Module:
     if arch not in ARCHS:
         raise ConfigError(f"segmenter.arch={arch!r} is invalid: expected one of {list(ARCHS)}")
+    if arch == "unet":
+        return UNetSegmenter(num_classes, width)
     if arch == "small":
         return SmallSegmenter(num_classes, width)
     try:
@@ -126,6 +164,10 @@ class SegmenterTask(L.LightningModule):
                                        bool(settings["pretrained_backbone"]))
         self.confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE)
         self.last_scores: dict[str, Any] = {}
+
+    def setup(self, stage: str) -> None:
+        if self.settings.get("channels_last"):  # faster convolutions on CPU, bf16 above all
+            self.network.to(memory_format=torch.channels_last)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits = self.network(batch["image"])
@@ -152,7 +194,7 @@ class SegmenterTask(L.LightningModule):
 
 def cache_folder(data_key: str, settings: dict[str, Any], seed: int = 0) -> Path:
     """One folder per prepared dataset (source, size, resize), architecture and seed."""
-    name = f"{data_key}-{settings['arch']}" + (f"-w{settings['width']}" if settings["arch"] == "small" else "")
+    name = f"{data_key}-{settings['arch']}" + (f"-w{settings['width']}" if settings["arch"] in ("unet", "small") else "")
     name += f"-seed{seed}" if seed else ""
     return Path(str(settings["cache_dir"])).expanduser() / name
 
@@ -194,6 +236,19 @@ def mix_info(data: DictConfig, datamodule: Any) -> dict[str, Any] | None:
     return {"path": str(data.extra), "ratio": ratio, "rows": synthetic, "real_rows": real}
 
 
+def training_precision(settings: dict[str, Any]) -> str:
+    """`auto`: bf16 autocast where the hardware computes bf16 natively (GPU, AVX-512 BF16 / AMX
+    CPUs: 2.5-4x faster here), float32 elsewhere (emulated bf16 is slower than float32)."""
+    precision = str(settings["precision"])
+    if precision != "auto":
+        return precision
+    from sdm.hardware import cpu_has_bf16
+
+    on_gpu = settings.get("accelerator", "auto") != "cpu" and torch.cuda.is_available()
+    native = torch.cuda.is_bf16_supported() if on_gpu else cpu_has_bf16()
+    return "bf16-mixed" if native else "32-true"
+
+
 def train_segmenter(cfg: DictConfig) -> Path:
     """Train (or reuse) the segmenter of `cfg.data`; returns its cache folder."""
     from sdm.data.datamodule import SidewalkDataModule
@@ -215,11 +270,16 @@ def train_segmenter(cfg: DictConfig) -> Path:
     started = time.perf_counter()
     L.seed_everything(int(cfg.seed), workers=True)
     task = SegmenterTask(settings, int(cfg.data.num_classes))
-    datamodule = SidewalkDataModule(cfg.data)
+    data = cfg.data.copy()
+    if settings.get("batch_size"):  # the segmenter's own batch, not the diffusion model's
+        data.batch_size = int(settings["batch_size"])
+    if settings.get("augment") is not None:  # and its own augmentations
+        data.augment = settings["augment"]
+    datamodule = SidewalkDataModule(data)
     logger = L.pytorch.loggers.TensorBoardLogger(str(cfg.output_dir), name="tb", version="", default_hp_metric=False)
     every = min(int(settings["val_every"]), int(settings["max_steps"]))
     trainer = L.Trainer(
-        max_steps=int(settings["max_steps"]), max_epochs=-1, precision=settings["precision"], logger=logger,
+        max_steps=int(settings["max_steps"]), max_epochs=-1, precision=training_precision(settings), logger=logger,
         val_check_interval=every, check_val_every_n_epoch=None, num_sanity_val_steps=0, use_distributed_sampler=False,
         enable_checkpointing=False, enable_progress_bar=bool(settings.get("progress_bar", True)),
         log_every_n_steps=10, accelerator=settings.get("accelerator", "auto"), devices=1,
@@ -227,19 +287,24 @@ def train_segmenter(cfg: DictConfig) -> Path:
     trainer.fit(task, datamodule=datamodule)
     trainer.validate(task, datamodule=datamodule, verbose=False)
     scores = task.last_scores
+    network = task.network.float().to(memory_format=torch.contiguous_format).cpu().eval()
+    calibration = calibrate(network, ((b["image"], b["label"].long()) for b in datamodule.val_dataloader()),
+                            int(cfg.data.num_classes))
     info = {
         "arch": settings["arch"], "width": int(settings["width"]), "num_classes": int(cfg.data.num_classes),
         "data_key": key, "size": list(prepared.size), "steps": int(trainer.global_step), "seed": int(cfg.seed),
         "extra": mix_info(cfg.data, datamodule),
         "real_val_miou": scores["miou"], "real_val_pixel_accuracy": scores["pixel_accuracy"],
         "real_val_per_class_iou": {str(k): v for k, v in scores["per_class_iou"].items()},
+        "calibration": calibration,  # the validation split: ceiling, blur control, other masks
         "seconds": round(time.perf_counter() - started, 1), "tensorboard": str(Path(str(cfg.output_dir)) / "tb"),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in task.network.state_dict().items()}
     save_safetensors(state, folder / WEIGHTS_FILE)
     write_atomically(folder / INFO_FILE, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
     print(f"segmenter: mIoU {scores['miou']:.3f}, pixel accuracy {scores['pixel_accuracy']:.3f} on the real "
-          f"held-out split after {info['steps']} steps ({info['seconds']:.0f} s) -> {folder}")
+          f"held-out split after {info['steps']} steps ({info['seconds']:.0f} s), blurred photos at "
+          f"{calibration['blur_ratio']:.0%} of that -> {folder}")
     return folder
 
 

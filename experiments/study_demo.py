@@ -1,0 +1,118 @@
+"""The demo model's levers, measured with the strong instrument: what makes `make demo` good?
+
+    python experiments/study_demo.py --arms baseline no-crop no-crop-2k [--seeds 0 1] [--masks 64]
+
+Each arm is `make demo` (python -m sdm.pipeline conf/pipeline/demo.yaml) with a few overrides,
+run into its own folder under --root with the data and the consistency segmenter shared
+(the default instrument, cached per data and size). Every arm samples the same --masks
+validation masks (x --per-mask, UniPC 15, s = 1.5) and is scored by the same segmenter:
+consistency ratio, the blur control, the other-mask baseline, the segmenter-feature distance
+and 1 - MS-SSIM diversity. Results go to a ledger (results_demo.json, so an interrupted
+study resumes) and a table (results_demo.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from statistics import mean, stdev
+
+from _common import machine, markdown_table
+
+REPO = Path(__file__).resolve().parents[1]
+NO_CROP = "data.augment.scale=[1.0,1.0]"
+ARMS: dict[str, list[str]] = {
+    "baseline": [],  # the quickstart as it was: 32x32, 600 steps, scale-crop augmentation
+    "no-crop": [NO_CROP],
+    "no-crop-2k": [NO_CROP, "train.trainer.max_steps=2000"],
+    "no-crop-3k": [NO_CROP, "train.trainer.max_steps=3000"],
+    "no-crop-2k-wide": [NO_CROP, "train.trainer.max_steps=2000", "train.model.model_channels=48"],
+    "no-crop-3k-wide": [NO_CROP, "train.trainer.max_steps=3000", "train.model.model_channels=48"],
+    "64px-no-crop-1.5k": [NO_CROP, "data.size=[64,64]", "train.trainer.max_steps=1500"],
+    "demo": [],  # the shipped conf/pipeline/demo.yaml, whatever it holds now
+}
+METRICS = ("real_miou", "blur_control_ratio", "consistency_ratio", "other_mask_miou", "segmenter_frechet_distance",
+           "ms_ssim_diversity")
+
+
+def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict:
+    root = Path(args.root) / f"{arm}-seed{seed}"
+    command = [sys.executable, "-m", "sdm.pipeline", "conf/pipeline/demo.yaml", f"root={root}", *ARMS[arm],
+               f"train.seed={seed}", "train.trainer.enable_progress_bar=false", f"sample.limit={args.masks}",
+               f"sample.num_per_mask={args.per_mask}", f"sample.seed={seed}", "segmenter.segmenter.progress_bar=false",
+               "evaluate.evaluation.fid=false", "evaluate.evaluation.lpips=false"]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{arm} seed {seed} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    minutes = {line.split()[0]: float(line.split()[-1]) for line in done.stdout.splitlines()
+               if line.split() and line.split()[0] in ("prepare", "segmenter", "train", "sample", "evaluate")
+               and line.split()[-1].replace(".", "").isdigit()}
+    report = json.loads((root / "samples" / "evaluation.json").read_text())
+    return {"arm": arm, "seed": seed, "overrides": ARMS[arm], "train_minutes": minutes.get("train"),
+            "pipeline_minutes": round((time.perf_counter() - started) / 60, 2), "reliable": report["instrument"]["reliable"],
+            "masks": report["counts"]["masks"], "images": report["counts"]["images"],
+            **{key: report["metrics"].get(key) for key in METRICS}}
+
+
+def spread(runs: list[dict], key: str, digits: int = 3) -> str:
+    """Mean ± sd over the runs (the mean alone for one run)."""
+    values = [row[key] for row in runs if row.get(key) is not None]
+    if not values:
+        return "n/a"
+    return f"{mean(values):.{digits}f}" + (f" ± {stdev(values):.{digits}f}" if len(values) > 1 else "")
+
+
+def table(ledger: list[dict]) -> str:
+    rows = []
+    for arm in dict.fromkeys(row["arm"] for row in ledger):
+        runs = [row for row in ledger if row["arm"] == arm]
+        rows.append({"arm": arm, "seeds": len(runs), "train min": spread(runs, "train_minutes", 1),
+                     "ceiling": spread(runs, "real_miou"), "blur control ratio": spread(runs, "blur_control_ratio", 2),
+                     "consistency ratio": spread(runs, "consistency_ratio"),
+                     "other-mask mIoU": spread(runs, "other_mask_miou"),
+                     "seg. distance": spread(runs, "segmenter_frechet_distance", 2),
+                     "1 - MS-SSIM": spread(runs, "ms_ssim_diversity")})
+    return markdown_table(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arms", nargs="+", default=["baseline", "no-crop"], choices=list(ARMS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--masks", type=int, default=64)
+    parser.add_argument("--per-mask", type=int, default=2)
+    parser.add_argument("--root", default=os.environ.get("SDM_STUDY_DIR", "/tmp/study_demo"))
+    parser.add_argument("--ledger", default=str(REPO / "experiments/results_demo.json"))
+    args = parser.parse_args()
+    ledger_path = Path(args.ledger)
+    ledger = json.loads(ledger_path.read_text()) if ledger_path.is_file() else []
+    header = machine()
+    for arm in args.arms:
+        for seed in args.seeds:
+            if any(row["arm"] == arm and row["seed"] == seed and row["masks"] == args.masks for row in ledger):
+                continue
+            row = run_arm(arm, seed, args)
+            row["machine"] = header
+            ledger.append(row)
+            ledger_path.write_text(json.dumps(ledger, indent=1))
+            print(table(ledger), flush=True)
+    text = table(ledger)
+    (ledger_path.with_suffix(".md")).write_text(
+        "# The demo model's levers, judged by the strong instrument\n\n"
+        f"`python experiments/study_demo.py --arms {' '.join(args.arms)} --seeds {' '.join(map(str, args.seeds))} "
+        f"--masks {args.masks} --per-mask {args.per_mask}` on {header}.\n\n"
+        f"Each arm: `make demo`'s pipeline with its overrides (see the script), {args.masks} validation masks x "
+        f"{args.per_mask} samples, UniPC 15 steps, s = 1.5, scored by the default consistency segmenter of the "
+        "data (experiments/results_segmenter.md); mean ± sd over seeds (training and sampling seed).\n\n"
+        + text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
