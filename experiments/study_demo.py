@@ -2,10 +2,12 @@
 
     python experiments/study_demo.py --arms baseline no-crop no-crop-2k [--seeds 0 1] [--masks 64]
 
-Each arm is `make demo` (python -m sdm.pipeline conf/pipeline/demo.yaml) with a few overrides,
+Each arm is `make demo` (python -m sdm.pipeline conf/pipeline/demo.yaml) with a few overrides
+(`no-crop-2k` is the demo as shipped),
 run into its own folder under --root with the data and the consistency segmenter shared
 (the default instrument, cached per data and size). Every arm samples the same --masks
-validation masks (x --per-mask, UniPC 15, s = 1.5) and is scored by the same segmenter:
+validation masks (x --per-mask, with --sampler at its default steps, s = 1.5) and is scored by
+the same segmenter:
 consistency ratio, the blur control, the other-mask baseline, the segmenter-feature distance
 and 1 - MS-SSIM diversity. Results go to a ledger (results_demo.json, so an interrupted
 study resumes) and a table (results_demo.md).
@@ -25,16 +27,14 @@ from statistics import mean, stdev
 from _common import machine, markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
-NO_CROP = "data.augment.scale=[1.0,1.0]"
-ARMS: dict[str, list[str]] = {
-    "baseline": [],  # the quickstart as it was: 32x32, 600 steps, scale-crop augmentation
-    "no-crop": [NO_CROP],
-    "no-crop-2k": [NO_CROP, "train.trainer.max_steps=2000"],
-    "no-crop-3k": [NO_CROP, "train.trainer.max_steps=3000"],
-    "no-crop-2k-wide": [NO_CROP, "train.trainer.max_steps=2000", "train.model.model_channels=48"],
-    "no-crop-3k-wide": [NO_CROP, "train.trainer.max_steps=3000", "train.model.model_channels=48"],
-    "64px-no-crop-1.5k": [NO_CROP, "data.size=[64,64]", "train.trainer.max_steps=1500"],
-    "demo": [],  # the shipped conf/pipeline/demo.yaml, whatever it holds now
+CROP = "data.augment.scale=[0.6,1.0]"  # the diffusion model's scale crop before this study
+ARMS: dict[str, list[str]] = {  # overrides of conf/pipeline/demo.yaml as it is now (no crop, 2,000 steps)
+    "baseline": [CROP, "train.trainer.max_steps=600"],  # the demo before: 32x32, 600 steps, scale crop
+    "no-crop": ["train.trainer.max_steps=600"],
+    "no-crop-2k": [],  # the demo now
+    "no-crop-3k": ["train.trainer.max_steps=3000"],
+    "no-crop-2k-wide": ["train.model.model_channels=48"],
+    "64px-1.5k": ["data.size=[64,64]", "train.trainer.max_steps=1500"],
 }
 METRICS = ("real_miou", "blur_control_ratio", "consistency_ratio", "other_mask_miou", "segmenter_frechet_distance",
            "ms_ssim_diversity")
@@ -44,7 +44,8 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict:
     root = Path(args.root) / f"{arm}-seed{seed}"
     command = [sys.executable, "-m", "sdm.pipeline", "conf/pipeline/demo.yaml", f"root={root}", *ARMS[arm],
                f"train.seed={seed}", "train.trainer.enable_progress_bar=false", f"sample.limit={args.masks}",
-               f"sample.num_per_mask={args.per_mask}", f"sample.seed={seed}", "segmenter.segmenter.progress_bar=false",
+               f"sample.num_per_mask={args.per_mask}", f"sample.seed={seed}", f"sample.sampler={args.sampler}",
+               "segmenter.segmenter.progress_bar=false",
                "evaluate.evaluation.fid=false", "evaluate.evaluation.lpips=false"]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -54,7 +55,9 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict:
                if line.split() and line.split()[0] in ("prepare", "segmenter", "train", "sample", "evaluate")
                and line.split()[-1].replace(".", "").isdigit()}
     report = json.loads((root / "samples" / "evaluation.json").read_text())
+    sampler = report["settings"]["sampler"]
     return {"arm": arm, "seed": seed, "overrides": ARMS[arm], "train_minutes": minutes.get("train"),
+            "sampler": f"{sampler['name']} {sampler['num_steps']}",
             "pipeline_minutes": round((time.perf_counter() - started) / 60, 2), "reliable": report["instrument"]["reliable"],
             "masks": report["counts"]["masks"], "images": report["counts"]["images"],
             **{key: report["metrics"].get(key) for key in METRICS}}
@@ -70,9 +73,9 @@ def spread(runs: list[dict], key: str, digits: int = 3) -> str:
 
 def table(ledger: list[dict]) -> str:
     rows = []
-    for arm in dict.fromkeys(row["arm"] for row in ledger):
-        runs = [row for row in ledger if row["arm"] == arm]
-        rows.append({"arm": arm, "seeds": len(runs), "train min": spread(runs, "train_minutes", 1),
+    for arm, sampler in dict.fromkeys((row["arm"], row["sampler"]) for row in ledger):
+        runs = [row for row in ledger if (row["arm"], row["sampler"]) == (arm, sampler)]
+        rows.append({"arm": arm, "sampler": sampler, "seeds": len(runs), "train min": spread(runs, "train_minutes", 1),
                      "ceiling": spread(runs, "real_miou"), "blur control ratio": spread(runs, "blur_control_ratio", 2),
                      "consistency ratio": spread(runs, "consistency_ratio"),
                      "other-mask mIoU": spread(runs, "other_mask_miou"),
@@ -87,6 +90,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--masks", type=int, default=64)
     parser.add_argument("--per-mask", type=int, default=2)
+    parser.add_argument("--sampler", default="dpmpp", choices=["dpmpp", "unipc", "ddim", "ddpm"])
     parser.add_argument("--root", default=os.environ.get("SDM_STUDY_DIR", "/tmp/study_demo"))
     parser.add_argument("--ledger", default=str(REPO / "experiments/results_demo.json"))
     args = parser.parse_args()
@@ -95,7 +99,8 @@ def main() -> None:
     header = machine()
     for arm in args.arms:
         for seed in args.seeds:
-            if any(row["arm"] == arm and row["seed"] == seed and row["masks"] == args.masks for row in ledger):
+            if any((row["arm"], row["seed"], row["masks"], row["sampler"].split()[0]) == (arm, seed, args.masks, args.sampler)
+                   for row in ledger):
                 continue
             row = run_arm(arm, seed, args)
             row["machine"] = header
@@ -106,9 +111,10 @@ def main() -> None:
     (ledger_path.with_suffix(".md")).write_text(
         "# The demo model's levers, judged by the strong instrument\n\n"
         f"`python experiments/study_demo.py --arms {' '.join(args.arms)} --seeds {' '.join(map(str, args.seeds))} "
-        f"--masks {args.masks} --per-mask {args.per_mask}` on {header}.\n\n"
+        f"--masks {args.masks} --per-mask {args.per_mask} --sampler {args.sampler}` (the last invocation) on "
+        f"{header}.\n\n"
         f"Each arm: `make demo`'s pipeline with its overrides (see the script), {args.masks} validation masks x "
-        f"{args.per_mask} samples, UniPC 15 steps, s = 1.5, scored by the default consistency segmenter of the "
+        f"{args.per_mask} samples, s = 1.5, scored by the default consistency segmenter of the "
         "data (experiments/results_segmenter.md); mean ± sd over seeds (training and sampling seed).\n\n"
         + text + "\n")
     print(text)

