@@ -125,7 +125,8 @@ def test_an_instrument_that_sees_detail_is_trusted_and_places_generated_images_o
     assert m["blur_control_ratio"] < 0.2 and m["other_mask_miou"] < 0.2 * m["real_miou"]
     assert report["instrument"]["reliable"] and report["instrument"]["reasons"] == []
     text = (real_as_generated / "evaluation_report.txt").read_text().splitlines()
-    assert text[0] == "instrument: the instrument can judge detail: consistency ratio reliable"
+    assert text[0] == (f"the instrument can judge detail (ceiling {m['real_miou']:.2f}, blurred photos at "
+                       f"{m['blur_control_ratio']:.0%} of it): consistency ratio reliable")
     assert not any("UNRELIABLE" in line for line in text)
     assert (real_as_generated / "evaluation" / "calibration.png").is_file()
     blurred = textured_set(tmp_path / "blurred", blur_samples=True)  # a generator that only gets the layout

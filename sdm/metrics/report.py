@@ -105,7 +105,7 @@ def instrument_line(report: dict[str, Any]) -> str | None:
     instrument = report.get("instrument")
     if not instrument:
         return None
-    return ("instrument: " if instrument["reliable"] else "WARNING: ") + instrument["summary"]
+    return ("" if instrument["reliable"] else "WARNING: ") + instrument["summary"]
 
 
 def calibration_scale(metrics: dict[str, Any]) -> str | None:

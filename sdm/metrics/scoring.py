@@ -213,7 +213,8 @@ def instrument_verdict(metrics: dict[str, float], calibration: Calibration) -> d
         reasons.append(f"it rates blurred photos at {blur:.0%} of real (the bound is {calibration.max_blur_ratio:.0%})")
     verdict = {"reliable": not reasons, "reasons": reasons, "min_ceiling": calibration.min_ceiling,
                "max_blur_ratio": calibration.max_blur_ratio, "blur_factor": calibration.blur_factor}
-    verdict["summary"] = ("the instrument can judge detail: consistency ratio reliable" if not reasons else
+    verdict["summary"] = (f"the instrument can judge detail (ceiling {ceiling:.2f}, blurred photos at {blur:.0%} of "
+                          "it): consistency ratio reliable" if not reasons else
                           "UNRELIABLE consistency ratio: the instrument cannot judge detail (" + "; ".join(reasons)
                           + "); train a stronger segmenter (python -m sdm.metrics.segmenter)")
     return verdict
