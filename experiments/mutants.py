@@ -81,6 +81,12 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
         ["tests/test_metrics.py", "tests/test_evaluation.py", "tests/test_pipeline.py"],
         "not cli",
     ),
+    # the instrument's calibration: the blur control and the verdict (a focused re-run of scoring.py)
+    "instrument": (
+        ["sdm/metrics/controls.py", "sdm/metrics/scoring.py"],
+        ["tests/test_evaluation.py"],
+        "not cli and not chromium",
+    ),
     "report": (
         ["sdm/metrics/report.py", "sdm/metrics/report_html.py", "sdm/metrics/pictures.py",
          "sdm/metrics/evaluation.py", "sdm/metrics/weights.py", "sdm/metrics/segmenter.py"],
