@@ -33,7 +33,7 @@ from sdm.metrics.consistency import confusion_matrix, segmentation_scores
 from sdm.metrics.evaluation import evaluate_set, find_segmenter, load_networks, open_set
 from sdm.metrics.image_sets import from_folders, from_sample_folder, mask_of
 from sdm.metrics.report import JSON_FILE
-from sdm.metrics.scoring import Networks, score_set
+from sdm.metrics.scoring import Calibration, Networks, score_set
 from sdm.metrics.segmenter import INFO_FILE, WEIGHTS_FILE, SmallSegmenter
 from sdm.metrics.validation import SegmenterScorer, colour_scorer, other_labels, validation_scorer
 
@@ -434,6 +434,52 @@ def test_single_samples_and_a_zero_ceiling(tmp_path):
     assert "other_mask_miou" not in score_set(from_sample_folder(alone), oracle(), progress=False)["metrics"]
     bare = score_set(from_sample_folder(root), Networks(), progress=False)
     assert bare["metrics"] == {} and any(n.startswith("semantic consistency skipped: no segmenter") for n in bare["notes"])
+    assert bare["instrument"] is None  # no segmenter: nothing to judge
+    nets.segmenter_info["calibration"] = {"blur_miou": 0.3}
+    zero = score_set(from_sample_folder(root), nets, progress=False)["metrics"]
+    assert zero["blur_control_miou"] == 0.3 and np.isnan(zero["blur_control_ratio"])
+
+
+def test_the_blur_control_averages_blocks_and_interpolates_between_their_centres():
+    from sdm.metrics.controls import blur_control
+
+    ramp = torch.tensor([0.0, 0.0, 4.0, 4.0]).expand(1, 1, 2, 4)
+    # 2x2 area means [0, 4]; bilinear back with pixel centres (not corners) aligned: [0, 1, 3, 4]
+    assert blur_control(ramp).tolist() == [[[[0.0, 1.0, 3.0, 4.0]] * 2]]
+    board = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2.0 - 1
+    assert torch.equal(blur_control(board.expand(1, 3, 8, 8)), torch.zeros(1, 3, 8, 8))  # detail gone
+    wide = torch.tensor([0.0, 0.0, 0.0, 0.0, 8.0, 8.0, 8.0, 8.0]).expand(1, 1, 4, 8)
+    assert blur_control(wide, 4)[0, 0, 0].tolist() == [0.0, 0.0, 1.0, 3.0, 5.0, 7.0, 8.0, 8.0]
+    with pytest.raises(ValueError, match="blur factor 1 is invalid"):
+        blur_control(ramp, 1)
+
+
+def test_the_verdict_names_each_bound_and_holds_at_the_bounds():
+    from sdm.metrics.scoring import Calibration, instrument_verdict
+
+    bounds = Calibration(blur_factor=3, min_ceiling=0.8, max_blur_ratio=0.5)
+    at_bounds = instrument_verdict({"real_miou": 0.8, "blur_control_ratio": 0.5}, bounds)
+    assert at_bounds["reliable"] and at_bounds["reasons"] == []
+    assert {k: at_bounds[k] for k in ("min_ceiling", "max_blur_ratio", "blur_factor")} == \
+        {"min_ceiling": 0.8, "max_blur_ratio": 0.5, "blur_factor": 3}
+    assert at_bounds["summary"] == ("the instrument can judge detail (ceiling 0.80, blurred photos at 50% of it): "
+                                    "consistency ratio reliable")
+    past = instrument_verdict({"real_miou": 0.79, "blur_control_ratio": 0.51}, bounds)
+    assert past["reasons"] == ["its ceiling (mIoU 0.79 on real photos) is below 0.80",
+                               "it rates blurred photos at 51% of real (the bound is 50%)"]
+    assert past["summary"] == ("UNRELIABLE consistency ratio: the instrument cannot judge detail (" + "; ".join(past["reasons"])
+                               + "); train a stronger segmenter (python -m sdm.metrics.segmenter)")
+    unknown = instrument_verdict({"real_miou": float("nan")}, bounds)
+    assert unknown["reasons"] == ["no ceiling: neither real photos nor the segmenter's held-out score",
+                                  "no blur control: neither real photos nor a stored calibration"]
+
+
+def test_the_blur_factor_setting_reaches_the_control(tmp_path):
+    root = textured_set(tmp_path / "s")
+    two = score_set(from_sample_folder(root), Networks(segmenter=SmoothReader()), progress=False)["metrics"]
+    four = score_set(from_sample_folder(root), Networks(segmenter=SmoothReader()), progress=False,
+                     calibration=Calibration(blur_factor=4))["metrics"]
+    assert two["blur_control_miou"] > four["blur_control_miou"] + 0.05  # a coarser blur loses more
 
 
 def test_images_of_another_size_are_resized_to_the_labels(tmp_path):
