@@ -103,9 +103,15 @@ def test_without_real_photos_the_ceiling_comes_from_the_segmenters_held_out_spli
     assert "held-out" in result["sources"]["real_miou"]
     assert "fid" not in m and any(n.startswith("FID/KID skipped") for n in result["notes"])
     assert result["instrument"]["reasons"] == ["no blur control: neither real photos nor a stored calibration"]
+    assert any("holds no calibration" in note for note in result["notes"])  # a segmenter.json from before
     nets.segmenter_info.update(real_val_miou=0.95, calibration={"blur_miou": 0.9})  # stored at its training
     stored = score_set(from_sample_folder(root), nets, progress=False)
     assert stored["metrics"]["blur_control_ratio"] == pytest.approx(0.9 / 0.95)
+    nets.segmenter_info["calibration"] = {"blur_miou": 0.45, "blur_ratio": 0.5, "blur_factor": 2}  # one pass's ratio
+    assert score_set(from_sample_folder(root), nets, progress=False)["metrics"]["blur_control_ratio"] == 0.5
+    other = score_set(from_sample_folder(root), nets, progress=False, calibration=Calibration(blur_factor=4))
+    assert "blur_control_miou" not in other["metrics"] and any("blurred by 2x" in n for n in other["notes"])
+    nets.segmenter_info["calibration"] = {"blur_miou": 0.9}
     assert "held-out split, blurred" in stored["sources"]["blur_control_miou"]
     assert not stored["instrument"]["reliable"] and "blurred photos at 95%" in stored["instrument"]["reasons"][0]
     nets.segmenter_info.update(real_val_miou=0.1, calibration={"blur_miou": 0.01})
@@ -163,6 +169,9 @@ def test_calibration_settings_are_checked(tmp_path):
         evaluate_set(from_sample_folder(root), root, settings(calibration={"blur_factor": 1}), nets=oracle())
     with pytest.raises(ConfigError, match=r"evaluation.calibration.blur is not a setting"):
         evaluate_set(from_sample_folder(root), root, settings(calibration={"blur": 2}), nets=oracle())
+    for bad in ({"min_ceiling": None}, {"max_blur_ratio": 1.5}, {"min_ceiling": "high"}):
+        with pytest.raises(ConfigError, match=rf"evaluation.calibration.{next(iter(bad))}=.* expected a number in \[0, 1\]"):
+            evaluate_set(from_sample_folder(root), root, settings(calibration=bad), nets=oracle())
     assert not (root / JSON_FILE).exists()
     strict = settings(calibration={"max_blur_ratio": 0.05})
     report = evaluate_set(from_sample_folder(root), root, strict, nets=Networks(segmenter=DetailReader()))
@@ -458,20 +467,24 @@ def test_the_verdict_names_each_bound_and_holds_at_the_bounds():
     from sdm.metrics.scoring import Calibration, instrument_verdict
 
     bounds = Calibration(blur_factor=3, min_ceiling=0.8, max_blur_ratio=0.5)
-    at_bounds = instrument_verdict({"real_miou": 0.8, "blur_control_ratio": 0.5}, bounds)
+    at_bounds = instrument_verdict({"real_miou": 0.8, "blur_control_miou": 0.4, "blur_control_ratio": 0.5}, bounds)
     assert at_bounds["reliable"] and at_bounds["reasons"] == []
     assert {k: at_bounds[k] for k in ("min_ceiling", "max_blur_ratio", "blur_factor")} == \
         {"min_ceiling": 0.8, "max_blur_ratio": 0.5, "blur_factor": 3}
     assert at_bounds["summary"] == ("the instrument can judge detail (ceiling 0.80, blurred photos at 50% of it): "
                                     "consistency ratio reliable")
-    past = instrument_verdict({"real_miou": 0.79, "blur_control_ratio": 0.51}, bounds)
+    past = instrument_verdict({"real_miou": 0.79, "blur_control_miou": 0.4, "blur_control_ratio": 0.51}, bounds)
     assert past["reasons"] == ["its ceiling (mIoU 0.79 on real photos) is below 0.80",
                                "it rates blurred photos at 51% of real (the bound is 50%)"]
     assert past["summary"] == ("UNRELIABLE consistency ratio: the instrument cannot judge detail (" + "; ".join(past["reasons"])
                                + "); train a stronger segmenter (python -m sdm.metrics.segmenter)")
-    unknown = instrument_verdict({"real_miou": float("nan")}, bounds)
+    unknown = instrument_verdict({}, bounds)
     assert unknown["reasons"] == ["no ceiling: neither real photos nor the segmenter's held-out score",
                                   "no blur control: neither real photos nor a stored calibration"]
+    zero = instrument_verdict({"real_miou": float("nan"), "blur_control_miou": 0.2, "blur_control_ratio": float("nan")},
+                              bounds)
+    assert zero["reasons"] == ["its ceiling (mIoU nan on real photos) is below 0.80",
+                               "no blur control ratio: the ceiling is zero"]
 
 
 def test_the_blur_factor_setting_reaches_the_control(tmp_path):

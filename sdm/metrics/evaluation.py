@@ -160,6 +160,10 @@ def calibration_settings(ecfg: DictConfig) -> Calibration:
     if not isinstance(calibration.blur_factor, int) or calibration.blur_factor < 2:
         raise ConfigError(f"evaluation.calibration.blur_factor={calibration.blur_factor} is invalid: expected an "
                           "integer >= 2 (the photo is resized down by it and back up)")
+    for key in ("min_ceiling", "max_blur_ratio"):
+        value = getattr(calibration, key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise ConfigError(f"evaluation.calibration.{key}={value} is invalid: expected a number in [0, 1]")
     return calibration
 
 
@@ -170,11 +174,11 @@ def evaluate_set(image_set: ImageSet, out_dir: Path, ecfg: DictConfig, num_class
     `nets` replaces the networks the settings would load (tests inject small ones).
     """
     started = time.perf_counter()
+    calibration = calibration_settings(ecfg)  # checked before any network is loaded or trained
     device = resolve_device(str(ecfg.device))
     segmenter_used: dict[str, Any] = {"folder": "injected"} if nets is not None else {}
     if nets is None:
         nets, segmenter_used = load_networks(ecfg, image_set)
-    calibration = calibration_settings(ecfg)
     scores = score_set(image_set, nets, num_classes=num_classes,
                        images_per_batch=int(ecfg.batch_size), device=device,
                        kid_subset_size=int(ecfg.kid_subset_size), progress=bool(ecfg.progress),
@@ -186,7 +190,8 @@ def evaluate_set(image_set: ImageSet, out_dir: Path, ecfg: DictConfig, num_class
         if indices:
             save_png(ranking_grid(image_set, indices, nets.segmenter, device), out_dir / PICTURES_DIR / name)
             pictures[caption] = f"{PICTURES_DIR}/{name}"
-    shown = calibration_grid(image_set, list(range(min(RANKED, len(image_set.entries)))), calibration.blur_factor)
+    with_photos = [i for i, entry in enumerate(image_set.entries) if entry.real is not None][:RANKED]
+    shown = calibration_grid(image_set, with_photos, calibration.blur_factor)
     if shown is not None and nets.segmenter is not None:
         save_png(shown, out_dir / PICTURES_DIR / "calibration.png")
         pictures["blur control | generated | real (the ratio's scale)"] = f"{PICTURES_DIR}/calibration.png"

@@ -82,5 +82,6 @@ def calibration_grid(image_set: ImageSet, indices: Sequence[int], blur_factor: i
         blurred = blur_control(to_tensor([real]), blur_factor)[0]
         blurred = ((blurred.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
         samples = [read_rgb(p, image_set.size) for p in entry.samples[:samples_shown]]
+        samples += [np.full_like(real, GREY)] * (samples_shown - len(samples))  # the real column stays in place
         rows.append([fit(tile, longest) for tile in (colorize(entry.label), blurred, *samples, real)])
     return grid(rows) if rows else None

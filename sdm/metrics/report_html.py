@@ -8,6 +8,7 @@ A few lines of script mark on <body> how many images loaded, so a headless brows
 
 from __future__ import annotations
 
+import math
 from html import escape
 from typing import Any
 
@@ -69,6 +70,8 @@ def calibration_bar(metrics: dict[str, Any]) -> str:
              (metrics["consistency_ratio"], "generated", "#1565c0")]
     parts = [f"<line x1='{pad}' y1='30' x2='{pad + width}' y2='30' stroke='#999'/>"]
     for i, (value, name, colour) in enumerate(marks):
+        if not math.isfinite(value):  # a zero ceiling: no ratio to place
+            continue
         x = pad + width * min(max(value, 0.0), 1.2) / 1.2
         y = 14 if i % 2 == 0 else 52
         parts.append(f"<circle cx='{x:.1f}' cy='30' r='6' fill='{colour}'><title>{name} {format_value(value)}</title></circle>"

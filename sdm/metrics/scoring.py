@@ -159,7 +159,7 @@ def score_set(image_set: ImageSet, nets: Networks, *, num_classes: int = 35, ima
     return summarise(image_set, nets, acc, inception, notes, calibration)
 
 
-def consistency(image_set: ImageSet, nets: Networks, acc: Accumulators, notes: list[str]
+def consistency(image_set: ImageSet, nets: Networks, acc: Accumulators, notes: list[str], blur_factor: int = BLUR_FACTOR
                 ) -> tuple[dict[str, float], dict[str, dict[str, float | None]], dict[str, str]]:
     """mIoU against the own masks, the other-mask baseline, the real ceiling and their ratio."""
     own = acc.own.scores()
@@ -181,14 +181,23 @@ def consistency(image_set: ImageSet, nets: Networks, acc: Accumulators, notes: l
         if nets.segmenter_info.get("real_val_miou") is not None:
             metrics["real_miou"] = float(nets.segmenter_info["real_val_miou"])
             sources["real_miou"] = "the segmenter's own held-out split (this set has no real photos)"
-        if stored.get("blur_miou") is not None:
+        if stored.get("blur_miou") is not None and stored.get("blur_factor", blur_factor) == blur_factor:
             metrics["blur_control_miou"] = float(stored["blur_miou"])
             sources["blur_control_miou"] = "the segmenter's own held-out split, blurred (this set has no real photos)"
+        elif stored.get("blur_miou") is not None:
+            notes.append(f"the segmenter's stored calibration blurred by {stored['blur_factor']}x, not by "
+                         f"evaluation.calibration.blur_factor={blur_factor}: no blur control for this set")
+        elif nets.segmenter is not None:
+            notes.append("this set has no real photos and the segmenter's segmenter.json holds no calibration "
+                         "(it predates it): retrain it with segmenter.retrain=true, or pass real=<photos>")
     if "real_miou" in metrics:
         ceiling = metrics["real_miou"]
         metrics["consistency_ratio"] = own["miou"] / ceiling if ceiling > 0 else float("nan")
         if "blur_control_miou" in metrics:
-            metrics["blur_control_ratio"] = metrics["blur_control_miou"] / ceiling if ceiling > 0 else float("nan")
+            stored_ratio = (nets.segmenter_info.get("calibration") or {}).get("blur_ratio")
+            from_store = not acc.real_features and stored_ratio is not None
+            metrics["blur_control_ratio"] = (float(stored_ratio) if from_store  # both halves from one pass
+                                             else metrics["blur_control_miou"] / ceiling if ceiling > 0 else float("nan"))
     if sum(len(f) for f in acc.real_features) >= 2:
         real_gaussian = gaussian_of(torch.cat(acc.real_features))
         metrics["segmenter_frechet_distance"] = frechet_distance(*real_gaussian,
@@ -203,12 +212,14 @@ def instrument_verdict(metrics: dict[str, float], calibration: Calibration) -> d
     blur control clearly below it; the reasons name the bound each figure missed."""
     ceiling, blur = metrics.get("real_miou"), metrics.get("blur_control_ratio")
     reasons = []
-    if ceiling is None or not math.isfinite(ceiling):
+    if ceiling is None:
         reasons.append("no ceiling: neither real photos nor the segmenter's held-out score")
-    elif ceiling < calibration.min_ceiling:
+    elif not math.isfinite(ceiling) or ceiling < calibration.min_ceiling:
         reasons.append(f"its ceiling (mIoU {ceiling:.2f} on real photos) is below {calibration.min_ceiling:.2f}")
-    if blur is None or not math.isfinite(blur):
+    if "blur_control_miou" not in metrics:
         reasons.append("no blur control: neither real photos nor a stored calibration")
+    elif blur is None or not math.isfinite(blur):
+        reasons.append("no blur control ratio: the ceiling is zero")
     elif blur > calibration.max_blur_ratio:
         reasons.append(f"it rates blurred photos at {blur:.0%} of real (the bound is {calibration.max_blur_ratio:.0%})")
     verdict = {"reliable": not reasons, "reasons": reasons, "min_ceiling": calibration.min_ceiling,
@@ -234,7 +245,7 @@ def summarise(image_set: ImageSet, nets: Networks, acc: Accumulators, inception:
     else:
         notes.append("diversity skipped: every mask has a single image (sample.py num_per_mask >= 2)")
     if nets.segmenter is not None:
-        found, per_class, sources = consistency(image_set, nets, acc, notes)
+        found, per_class, sources = consistency(image_set, nets, acc, notes, (calibration or Calibration()).blur_factor)
         metrics.update(found)
     else:
         notes.append("semantic consistency skipped: no segmenter (train one with `python -m sdm.metrics.segmenter "
