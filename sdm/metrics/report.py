@@ -117,9 +117,10 @@ def calibration_scale(metrics: dict[str, Any]) -> str | None:
     return " < ".join(f"{name} {format_value(value)}" for value, name in marks)
 
 
-def ratio_flag(report: dict[str, Any], key: str) -> str:
+def flagged_unreliable(report: dict[str, Any], key: str) -> bool:
+    """True for the consistency ratio of a report whose instrument cannot judge detail."""
     instrument = report.get("instrument")
-    return "  UNRELIABLE" if key == "consistency_ratio" and instrument and not instrument["reliable"] else ""
+    return key == "consistency_ratio" and bool(instrument) and not instrument["reliable"]
 
 
 def text_report(report: dict[str, Any]) -> str:
@@ -140,7 +141,7 @@ def text_report(report: dict[str, Any]) -> str:
             arrow = "(lower is better)" if row.better == "lower" else "(higher is better)"
             reference = f"   [{row.reference}]" if row.reference else ""
             lines.append(f"  {row.title:<{width}}  {format_value(metrics[row.key]):>8}  {arrow}{reference}"
-                         f"{ratio_flag(report, row.key)}")
+                         f"{'  UNRELIABLE' if flagged_unreliable(report, row.key) else ''}")
     source = report.get("sources", {}).get("real_miou")
     if source:
         lines.append(f"  (ceiling from {source})")

@@ -13,7 +13,13 @@ from html import escape
 from typing import Any
 
 from sdm.data.classes import CLASS_NAMES, PALETTE
-from sdm.metrics.report import HISTORY_KEYS, METRIC_ROWS, format_value, instrument_line
+from sdm.metrics.report import (
+    HISTORY_KEYS,
+    METRIC_ROWS,
+    flagged_unreliable,
+    format_value,
+    instrument_line,
+)
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
@@ -43,7 +49,7 @@ def metric_table(report: dict[str, Any]) -> str:
     for row in METRIC_ROWS:
         if row.key not in metrics:
             continue
-        flagged = row.key == "consistency_ratio" and not (report.get("instrument") or {}).get("reliable", True)
+        flagged = flagged_unreliable(report, row.key)
         value = format_value(metrics[row.key]) + (" (unreliable)" if flagged else "")
         rows.append(f"<tr data-metric='{row.key}'><td>{escape(row.title)}</td>"
                     f"<td class='num{' unreliable' if flagged else ''}'>{value}</td><td>{row.better}</td>"

@@ -169,6 +169,7 @@ def consistency(image_set: ImageSet, nets: Networks, acc: Accumulators, notes: l
     sources: dict[str, str] = {}
     if len(image_set.entries) > 1:
         metrics["other_mask_miou"] = acc.other.scores()["miou"]
+    stored = nets.segmenter_info.get("calibration") or {}  # the segmenter's own, from its training
     if acc.real_features:
         real = acc.real.scores()
         metrics.update(real_miou=real["miou"], real_pixel_accuracy=real["pixel_accuracy"],
@@ -177,7 +178,6 @@ def consistency(image_set: ImageSet, nets: Networks, acc: Accumulators, notes: l
         sources["real_miou"] = "the segmenter on the real photos of these masks"
         sources["blur_control_miou"] = "the same photos blurred (down and up), the same segmenter"
     else:
-        stored = nets.segmenter_info.get("calibration") or {}
         if nets.segmenter_info.get("real_val_miou") is not None:
             metrics["real_miou"] = float(nets.segmenter_info["real_val_miou"])
             sources["real_miou"] = "the segmenter's own held-out split (this set has no real photos)"
@@ -194,9 +194,8 @@ def consistency(image_set: ImageSet, nets: Networks, acc: Accumulators, notes: l
         ceiling = metrics["real_miou"]
         metrics["consistency_ratio"] = own["miou"] / ceiling if ceiling > 0 else float("nan")
         if "blur_control_miou" in metrics:
-            stored_ratio = (nets.segmenter_info.get("calibration") or {}).get("blur_ratio")
-            from_store = not acc.real_features and stored_ratio is not None
-            metrics["blur_control_ratio"] = (float(stored_ratio) if from_store  # both halves from one pass
+            from_store = not acc.real_features and stored.get("blur_ratio") is not None
+            metrics["blur_control_ratio"] = (float(stored["blur_ratio"]) if from_store  # both halves from one pass
                                              else metrics["blur_control_miou"] / ceiling if ceiling > 0 else float("nan"))
     if sum(len(f) for f in acc.real_features) >= 2:
         real_gaussian = gaussian_of(torch.cat(acc.real_features))
@@ -233,6 +232,7 @@ def instrument_verdict(metrics: dict[str, float], calibration: Calibration) -> d
 
 def summarise(image_set: ImageSet, nets: Networks, acc: Accumulators, inception: InceptionDistances | None,
               notes: list[str], calibration: Calibration | None = None) -> dict[str, Any]:
+    calibration = calibration or Calibration()
     metrics: dict[str, float] = {}
     per_class: dict[str, dict[str, float | None]] = {}
     sources: dict[str, str] = {}
@@ -245,12 +245,12 @@ def summarise(image_set: ImageSet, nets: Networks, acc: Accumulators, inception:
     else:
         notes.append("diversity skipped: every mask has a single image (sample.py num_per_mask >= 2)")
     if nets.segmenter is not None:
-        found, per_class, sources = consistency(image_set, nets, acc, notes, (calibration or Calibration()).blur_factor)
+        found, per_class, sources = consistency(image_set, nets, acc, notes, calibration.blur_factor)
         metrics.update(found)
     else:
         notes.append("semantic consistency skipped: no segmenter (train one with `python -m sdm.metrics.segmenter "
                      "data=...`, then pass evaluation.segmenter=<its folder>)")
-    instrument = instrument_verdict(metrics, calibration or Calibration()) if nets.segmenter is not None else None
+    instrument = instrument_verdict(metrics, calibration) if nets.segmenter is not None else None
     return {
         "metrics": metrics,
         "instrument": instrument,
