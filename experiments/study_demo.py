@@ -102,10 +102,12 @@ NOTES = """
 - **Sampler and guidance** (results_samplers.md, on the 2,000-step model): every solver at 15
   to 50 steps lands within the seed spread of DDPM-1000 on consistency; guidance s = 1.5 gives
   the best ratio, s = 1 trades it (0.90) for diversity (0.32 against 0.22).
-- **Diversity** (1 - MS-SSIM between the samples of a mask) fell from 0.32 to about 0.2. The
-  former demo's samples carry visible pixel noise, which makes any two samples differ; how much
-  of its 0.32 is noise rather than variety has not been measured apart. Sampling the 2,000-step
-  model at s = 1 brings it back to 0.32 at a ratio of 0.90 (16 masks x 2).
+- **Diversity** (1 - MS-SSIM between the samples of a mask) fell from 0.32 to about 0.2.
+  results_diversity.md takes it apart: the former figure is neither grain (its samples hold less
+  fine detail than real photos) nor variety of appearance (region colours vary less from sample to
+  sample than in the new demo: 5.3 against 5.7 at s = 1.5); it is the former model drawing
+  different shapes for one mask, which its consistency ratio of 0.53 also shows. s = 1 gives
+  1 - MS-SSIM 0.30 at a ratio of 0.90 (64 masks x 5); no guidance of the new model reaches 0.32.
 - Not needed for the 0.85 target at 32x32 and so not run to the end here: a wider network,
   64x64 (4x the cost per step), more steps.
 """
