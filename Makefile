@@ -29,9 +29,9 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
-# make mutants [PKG="models diffusion"] [CHANGED=main]: mutation testing, see README "Contributing"
+# make mutants [PKG="models diffusion"] [CHANGED=main]: mutation testing, see docs/contributing.md
 mutants: setup
-	$(PY) experiments/mutants.py $(PKG) $(if $(CHANGED),--changed $(CHANGED))
+	$(PY) tools/mutants.py $(PKG) $(if $(CHANGED),--changed $(CHANGED))
 
 lint: setup
 	$(VENV)/bin/ruff check .

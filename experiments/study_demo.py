@@ -110,6 +110,19 @@ NOTES = """
   1 - MS-SSIM 0.30 at a ratio of 0.90 (64 masks x 5); no guidance of the new model reaches 0.32.
 - Not needed for the 0.85 target at 32x32 and so not run to the end here: a wider network,
   64x64 (4x the cost per step), more steps.
+
+## `make demo` from a fresh clone
+
+`/usr/bin/time make demo` on a fresh clone (2026-12-04, AVX-512 BF16 / AMX machine, bf16):
+12 min 3 s wall time, 175 % CPU, peak RSS 1.5 GiB. By stage: set-up of `.venv` about 1.6 min;
+prepare 2,000 scenes at 32x32, 0.3 min; the consistency segmenter (1,500 steps), 1.6 min, ceiling
+0.933 on its held-out split with blurred photos at 47 % of it; training (2,000 steps, four
+validations), 7.5 min; 320 samples (64 masks x 5, DPM-Solver++ 25, s = 1.5), 0.9 min;
+evaluation, 6 s. Its report: mIoU 0.908 against the samples' own masks and 0.057 against other
+masks, the real photos 0.937 and the same photos blurred 0.424, so a consistency ratio of 0.97
+against a blur control of 0.45 (segmenter Fréchet distance 0.060, 1 - MS-SSIM 0.21). The AVX2
+class has not run this demo: its float32 training ran the former 600-step demo at about 1 step/s,
+so expect about 35 minutes of training there.
 """
 
 

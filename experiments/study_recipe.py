@@ -52,6 +52,16 @@ COMMON = ["experiment=quickstart", "recipe=paper", "optim.lr=5e-4", "ema.decay=0
           "logger=none", "validation.every_n_steps=100000", "checkpoint.every_n_steps=100000"]
 
 
+# the consistency segmenter that scores the runs (the default of conf/segmenter.yaml): rows scored by
+# another instrument are other measurements, and the former default (`small`) wrote rows without a tag
+INSTRUMENT = OmegaConf.load(REPO / "conf" / "segmenter.yaml").segmenter.arch
+
+
+def row_key(budget: int, arm: str, seed: int, masks: int, per_mask: int) -> str:
+    key = f"{budget} steps | {arm} | seed {seed} | {masks}x{per_mask} | {settings_digest(arm)}"
+    return key if INSTRUMENT == "small" else f"{key} | instrument {INSTRUMENT}"
+
+
 def run_name(arm: str) -> str:
     """A folder name Hydra's override grammar takes (no brackets, spaces or plus signs)."""
     return re.sub(r"[^A-Za-z0-9.-]+", "_", arm).strip("_")
@@ -117,7 +127,7 @@ def table(results: dict[tuple[str, int], list[dict]], budgets: list[int]) -> str
     head = "| arm | " + " | ".join(f"ratio @ {b} | distance @ {b}" for b in budgets) + " |\n"
     head += "|---|" + "---|---|" * len(budgets) + "\n"
     rows = []
-    for arm in ARMS:
+    for arm in (arm for arm in ARMS if any((arm, budget) in results for budget in budgets)):
         cells = []
         for budget in budgets:
             runs = results.get((arm, budget), [])
@@ -138,6 +148,8 @@ def paired_table(results: dict[tuple[str, int], list[dict]], budgets: list[int])
     head += "|---|" + "---|---|" * len(budgets) + "\n"
     rows = []
     for arm, baseline in BASELINES.items():
+        if not any((arm, budget) in results and (baseline, budget) in results for budget in budgets):
+            continue
         cells = []
         for budget in budgets:
             runs, baseline_runs = results.get((arm, budget), []), results.get((baseline, budget), [])
@@ -161,10 +173,10 @@ def main() -> None:
     for budget in args.budgets:
         for seed in args.seeds:
             for arm in args.arms:
-                key = f"{budget} steps | {arm} | seed {seed} | {args.masks}x{args.per_mask} | {settings_digest(arm)}"
+                key = row_key(budget, arm, seed, args.masks, args.per_mask)
                 row = recorded().get(key)
                 if row is None:
-                    run_dir = args.root / f"{budget}" / run_name(arm) / f"seed{seed}"
+                    run_dir = args.root / INSTRUMENT / f"{budget}" / run_name(arm) / f"seed{seed}"
                     train(run_dir, ARMS[arm], budget, seed)
                     check_config(run_dir, COMMON + ARMS[arm])
                     row = run_one(str(run_dir), run_dir / "samples", "unipc", 15, 1.5, args.masks, args.per_mask,
@@ -174,10 +186,11 @@ def main() -> None:
                 print(f"{budget} steps, seed {seed}, {arm}: ratio {row['ratio']:.3f}, distance {row['distance']:.4f}",
                       flush=True)
     command = ("python experiments/study_recipe.py --budgets " + " ".join(map(str, args.budgets)) + " --seeds "
-               + " ".join(map(str, args.seeds)))
+               + " ".join(map(str, args.seeds)) + " --arms " + " ".join(f"'{arm}'" for arm in args.arms))
     body = (f"`{command}` on {machine()}.\n\nEvery arm: `{' '.join(COMMON)}` plus its overrides; "
             f"{args.masks} validation masks x {args.per_mask} samples (UniPC 15, s = 1.5); mean ± standard deviation "
-            f"over seeds {', '.join(map(str, args.seeds))}. Consistency ratio: higher is better; segmenter Fréchet "
+            f"over seeds {', '.join(map(str, args.seeds))}; scored by the `{INSTRUMENT}` consistency segmenter "
+            "(experiments/results_segmenter.md). Consistency ratio: higher is better; segmenter Fréchet "
             "distance: lower is better.\n\n" + table(results, args.budgets)
             + "\nThe same, as differences within a seed (mean ± standard deviation of the per-seed "
             "differences; the runs of one seed share initial weights and batch order):\n\n"

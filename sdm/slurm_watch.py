@@ -1,7 +1,7 @@
 """Job states from `squeue` where `sacct` has none, so a submission never waits on a dead job.
 
 submitit learns that a job ended from its result file or from `sacct`. On a cluster without
-accounting (many small clusters, and the local one of `python -m sdm.slurm`) `sacct` answers
+accounting (many small clusters, and the local one of `tools/local_slurm.py`) `sacct` answers
 nothing; a task killed by srun's --kill-on-bad-exit writes no result file, so the submitting
 `train.py -m` would wait for it forever. Here every job `sacct` says nothing of is looked up in
 `squeue --states=all`, which keeps ended jobs for MinJobAge (300 s by default); a job that squeue

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,6 +15,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # trained segmenters are cached per data key: tests must never find (or fill) the user's cache
 os.environ["SDM_SEGMENTER_DIR"] = tempfile.mkdtemp(prefix="sdm-segmenters-")
+atexit.register(shutil.rmtree, os.environ["SDM_SEGMENTER_DIR"], ignore_errors=True)  # one per session, not left behind
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -1,4 +1,4 @@
-"""Submission to a real SLURM cluster (the local one of sdm.slurm, brought up by .ci/run):
+"""Submission to a real SLURM cluster (the local one of tools/local_slurm.py, brought up by .ci/run):
 a sweep, misconfiguration refused before queueing, preemption and the time-limit signal
 resumed in place, sharded generation. Skipped without a cluster unless SDM_REQUIRE_SLURM=1."""
 
@@ -17,7 +17,8 @@ from conftest import FAST_TRAIN, REPO
 from test_training import scalar_curve
 
 from sdm.checkpoints import load_checkpoint
-from sdm.slurm import PARTITION
+
+PARTITION = "local"  # the partition tools/local_slurm.py sets up
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -28,8 +29,8 @@ def cluster() -> None:
         if subprocess.run(["which", "sinfo"], capture_output=True).returncode == 0 else None
     if state is None or state.returncode != 0 or "up" not in state.stdout:
         if os.environ.get("SDM_REQUIRE_SLURM"):
-            pytest.fail("no local SLURM cluster: `python -m sdm.slurm up` (as root) brings one up")
-        pytest.skip("no local SLURM cluster (python -m sdm.slurm up)")
+            pytest.fail("no local SLURM cluster: `python3 tools/local_slurm.py up` (as root) brings one up")
+        pytest.skip("no local SLURM cluster (python3 tools/local_slurm.py up)")
 
 
 def submit(tmp_path: Path, *overrides: str, script: str = "train.py") -> list[str]:

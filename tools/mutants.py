@@ -1,14 +1,14 @@
 """Mutation testing per package with mutmut: how many planted bugs do the fast tests catch?
 
-    python experiments/mutants.py models diffusion        # chosen packages
-    python experiments/mutants.py --changed main          # only files changed since `main`
-    python experiments/mutants.py                         # every package below
+    python tools/mutants.py models diffusion        # chosen packages
+    python tools/mutants.py --changed main          # only files changed since `main`
+    python tools/mutants.py                         # every package below
 
 Each package is mutated in its own copy of the working tree (`runs/mutants/<package>/`),
 with the fast tests that cover it, one torch thread per child. The kill rate of each run
-replaces that package's row in `experiments/results_mutants.md`; surviving mutants are listed
+replaces that package's row in `tools/results_mutants.md`; surviving mutants are listed
 there, those judged equivalent (no behaviour can tell them apart) with their reason from
-`experiments/mutants_equivalent.yaml`.
+`tools/mutants_equivalent.yaml`.
 
 Statements that only word an error (`raise ...(...)`) or print are not mutated: their text
 is checked by the tests that match it, and the condition that leads to them is mutated.
@@ -32,8 +32,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "experiments" / "results_mutants.md"
-EQUIVALENT = REPO / "experiments" / "mutants_equivalent.yaml"
+RESULTS = REPO / "tools" / "results_mutants.md"
+EQUIVALENT = REPO / "tools" / "mutants_equivalent.yaml"
 
 # package -> (files to mutate, test files that cover them, pytest -k deselection)
 PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
@@ -251,10 +251,10 @@ def write_results(blocks: dict[str, str]) -> None:
     text = "\n".join([
         "# Mutation testing",
         "",
-        "Written by `python experiments/mutants.py` (`make mutants`): mutmut plants one small bug at a time",
+        "Written by `python tools/mutants.py` (`make mutants`): mutmut plants one small bug at a time",
         "in a package and runs the fast tests that cover it. Killed = some test failed (or timed out).",
         "Mutants reached by no test count as survivors. Equivalent survivors cannot change behaviour;",
-        "their reasons live in `experiments/mutants_equivalent.yaml`.",
+        "their reasons live in `tools/mutants_equivalent.yaml`.",
         "",
         "| package | mutants | killed | kill rate | without equivalent | run |",
         "|---|---|---|---|---|---|",

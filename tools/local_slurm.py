@@ -1,8 +1,12 @@
 """A real one-machine SLURM cluster, to try submissions before spending cluster hours:
 
-    python -m sdm.slurm up       # install slurm-wlm + munge if missing, configure, start
-    python -m sdm.slurm status   # sinfo and squeue
-    python -m sdm.slurm down     # stop the daemons (jobs are cancelled)
+    python3 tools/local_slurm.py up       # install slurm-wlm + munge if missing, configure, start
+    python3 tools/local_slurm.py status   # sinfo and squeue
+    python3 tools/local_slurm.py down     # stop the daemons (jobs are cancelled)
+
+Developer and CI tooling (`.ci/run` brings the cluster up for tests/test_slurm.py), not part of
+the package: it installs system packages and writes /etc/slurm. Standard library only, so it runs
+before any environment exists.
 
 It needs root (or passwordless sudo), as CI has. The node is this host with its CPUs and
 memory, in one partition `local`, without GPUs: jobs train on the CPU
@@ -22,7 +26,7 @@ import time
 from pathlib import Path
 
 CONF = Path("/etc/slurm/slurm.conf")
-MARKER = "# written by sdm.slurm: a local test cluster"
+MARKER = "# written by sdm.slurm: a local test cluster"  # the name it was written under first: kept to recognise it
 STATE = Path("/var/lib/sdm-slurm")
 PARTITION = "local"
 PACKAGES = ("slurm-wlm", "munge")
@@ -70,7 +74,7 @@ def node_resources() -> tuple[int, int]:
 
 def slurm_conf(host: str, cpus: int, memory_mb: int) -> str:
     """The whole slurm.conf of a one-node cluster."""
-    return f"""{MARKER}; `python -m sdm.slurm down` stops it
+    return f"""{MARKER}; `python3 tools/local_slurm.py down` stops it
 ClusterName=sdm-local
 SlurmctldHost={host}
 SlurmUser=root
@@ -172,7 +176,7 @@ def status() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sdm.slurm", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="tools/local_slurm.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("up", "down", "status"))
     args = parser.parse_args(argv)
     try:
