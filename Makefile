@@ -3,7 +3,6 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: setup demo pipeline test test-fast lint mutants bench clean
 
@@ -17,11 +16,11 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(PY) -m sdm.pipeline conf/pipeline/demo.yaml
+	$(PY) -m sdm.cli.pipeline conf/pipeline/demo.yaml
 
 # make pipeline CONFIG=conf/pipeline/sidewalk.yaml [ARGS="root=... train.trainer.max_steps=..."]
 pipeline: setup
-	$(PY) -m sdm.pipeline $(CONFIG) $(ARGS)
+	$(PY) -m sdm.cli.pipeline $(CONFIG) $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q
@@ -35,6 +34,8 @@ mutants: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mkdocs build --strict -q -d /tmp/sdm-site
 
 clean:
 	rm -rf runs multirun outputs .pytest_cache

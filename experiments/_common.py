@@ -16,14 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def compose(*overrides: str):
     """The training config with overrides, as `python train.py` composes it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from sdm.training import register_resolvers
+    from sdm.core.configs import compose
+    from sdm.training.fit import register_resolvers
 
     register_resolvers()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=list(overrides))
+    cfg = compose("train", list(overrides))
     cfg.output_dir = "/tmp/sdm-bench"
     return cfg
 
@@ -45,7 +42,7 @@ def peak_rss_gib() -> float:
 
 
 def machine() -> str:
-    from sdm.hardware import cpu_has_bf16
+    from sdm.core.hardware import cpu_has_bf16
 
     flags = "native bf16 (AVX-512 BF16 / AMX)" if cpu_has_bf16() else "no native bf16 (AVX2)"
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {flags}, torch {torch.__version__}, "

@@ -31,7 +31,7 @@ from sdm.data.scenes import generate_scene  # noqa: E402
 from sdm.metrics.evaluation import evaluate_set  # noqa: E402
 from sdm.metrics.image_sets import from_sample_folder  # noqa: E402
 from sdm.metrics.scoring import Networks  # noqa: E402
-from sdm.metrics.segmenter import SmallSegmenter  # noqa: E402
+from sdm.segmenter.fit import SmallSegmenter  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

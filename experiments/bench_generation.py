@@ -25,7 +25,7 @@ from pathlib import Path
 from _common import REPO, compose, machine, markdown_table
 from omegaconf import OmegaConf
 
-from sdm.checkpoints import EXPORT_DIR, export_ema
+from sdm.checkpoint.files import EXPORT_DIR, export_ema
 from sdm.generation.export import export_dataset
 from sdm.models.build import build_unet
 

@@ -39,7 +39,7 @@ def measure(preset: str, size: int, batch: int, bf16: bool, channels_last: bool)
 
     from sdm.diffusion import guided_prediction, noise_config
     from sdm.diffusion.sampling import build_sampler_scheduler
-    from sdm.module import SDMModule
+    from sdm.training.module import SDMModule
 
     cfg = compose(f"model={preset}", f"data.size=[{size},{size}]", f"channels_last={channels_last}")
     module = SDMModule(OmegaConf.to_container(cfg, resolve=True))

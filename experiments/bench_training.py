@@ -38,7 +38,7 @@ class StepTimer(L.Callback):
 
 
 def measure(precision: str, root: Path) -> dict:
-    from sdm import training
+    from sdm.training import fit as training
 
     cfg = compose("experiment=quickstart", f"trainer.precision={precision}",
                   f"trainer.max_steps={WARMUP_STEPS + TIMED_STEPS}", "validation.every_n_steps=100000",

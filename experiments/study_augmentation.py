@@ -10,7 +10,7 @@ split) it runs the project's own commands, each skipped when its output is compl
    and `sample.py masks=train 'mask_source={scenes:{seed:7}}' export=true`: as many images for
    new layouts (scenes the real set does not hold; their photos are never used);
 3. Hydra multiruns of the segmenter, the same network and steps for every cell:
-   `python -m sdm.metrics.segmenter -m seed=0,1,2 data.extra=<export> data.extra_ratio=0,0.5,1`
+   `python -m sdm.cli.segmenter -m seed=0,1,2 data.extra=<export> data.extra_ratio=0,0.5,1`
    (0: real only, 0.5: real + synthetic, 1: synthetic only), each scored by `segmenter.test` on
    held-out real scenes of another scene seed, which neither the generator nor a segmenter saw.
 
@@ -87,7 +87,7 @@ def study_size(root: Path, num: int, seeds: list[int], per_mask: int, generator_
     times.write_text(json.dumps(minutes))
     for source in masks:  # real only once: with ratio 0 the synthetic rows are never drawn
         ratios = RATIOS if source == "train" else RATIOS[1:]
-        run([python, "-m", "sdm.metrics.segmenter", "-m", *data_overrides(num), f"seed={','.join(map(str, seeds))}",
+        run([python, "-m", "sdm.cli.segmenter", "-m", *data_overrides(num), f"seed={','.join(map(str, seeds))}",
              f"data.extra={folder / EXPORTS[source]}", f"data.extra_ratio={','.join(f'{r:g}' for r in ratios)}",
              f"segmenter.max_steps={segmenter_steps}", "segmenter.progress_bar=false", f"segmenter.test={TEST}",
              f"segmenter.cache_dir={folder / 'segmenters'}", f"hydra.sweep.dir={folder / 'segmenter_runs' / source}"],
@@ -113,18 +113,16 @@ def collect(root: Path, sizes: list[int], seeds: list[int]) -> list[dict]:
 def label_fidelity(root: Path, num: int, source: str) -> float | None:
     """mIoU of the real-only segmenter (seed 0) on the synthetic images against the masks they
     were made from: how far the generated pixels follow their labels, seen by a real-data model."""
-    from hydra import compose, initialize_config_dir
-
+    from sdm.core.configs import compose
     from sdm.data.mixing import extra_source_cfg
-    from sdm.metrics.held_out import held_out_scores
-    from sdm.metrics.segmenter import load_segmenter
+    from sdm.segmenter.cache import load_segmenter
+    from sdm.segmenter.held_out import held_out_scores
 
     folder = root / f"n{num}"
     for info_file in sorted((folder / "segmenters").glob("*/segmenter.json")):
         info = json.loads(info_file.read_text())
         if info.get("seed") == 0 and (info.get("extra") or {}).get("ratio") == 0.0:
-            with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-                cfg = compose("segmenter", overrides=[*data_overrides(num), f"data.extra={folder / EXPORTS[source]}"])
+            cfg = compose("segmenter", [*data_overrides(num), f"data.extra={folder / EXPORTS[source]}"])
             network, _ = load_segmenter(info_file.parent)
             return held_out_scores(network, extra_source_cfg(cfg.data))["miou"]
     return None

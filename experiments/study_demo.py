@@ -2,7 +2,7 @@
 
     python experiments/study_demo.py --arms baseline no-crop no-crop-2k [--seeds 0 1] [--masks 64]
 
-Each arm is `make demo` (python -m sdm.pipeline conf/pipeline/demo.yaml) with a few overrides
+Each arm is `make demo` (python -m sdm.cli.pipeline conf/pipeline/demo.yaml) with a few overrides
 (`no-crop-2k` is the demo as shipped),
 run into its own folder under --root with the data and the consistency segmenter shared
 (the default instrument, cached per data and size). Every arm samples the same --masks
@@ -42,7 +42,7 @@ METRICS = ("real_miou", "blur_control_ratio", "consistency_ratio", "other_mask_m
 
 def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict:
     root = Path(args.root) / f"{arm}-seed{seed}-{args.sampler}-{args.masks}x{args.per_mask}"
-    command = [sys.executable, "-m", "sdm.pipeline", "conf/pipeline/demo.yaml", f"root={root}", *ARMS[arm],
+    command = [sys.executable, "-m", "sdm.cli.pipeline", "conf/pipeline/demo.yaml", f"root={root}", *ARMS[arm],
                f"train.seed={seed}", "train.trainer.enable_progress_bar=false", f"sample.limit={args.masks}",
                f"sample.num_per_mask={args.per_mask}", f"sample.seed={seed}", f"sample.sampler={args.sampler}",
                "segmenter.segmenter.progress_bar=false",

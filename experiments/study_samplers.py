@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from _common import machine
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from sdm.core.configs import compose
 from sdm.generation import generate
 from sdm.metrics.evaluation import evaluate_set
 from sdm.metrics.image_sets import from_sample_folder
@@ -35,13 +35,12 @@ TOLERANCE = 0.05
 
 def run_one(weights: str, out: Path, sampler: str, steps: int, scale: float, masks: int, per_mask: int,
             seed: int = 0, reuse: bool = False) -> dict:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("sample", overrides=[f"weights={weights}", f"sampler={sampler}", f"sampler.num_steps={steps}",
-                                           f"seed={seed}",
-                                           f"sampler.guidance_scale={scale}", f"limit={masks}",
-                                           f"num_per_mask={per_mask}", "precision=fp32", f"batch_size={masks * per_mask}",
-                                           f"out_dir={out}", "evaluation.progress=false", "evaluation.fid=false",
-                                           "evaluation.lpips=false", "evaluation.tensorboard=false"])
+    cfg = compose("sample", [f"weights={weights}", f"sampler={sampler}", f"sampler.num_steps={steps}",
+                                       f"seed={seed}",
+                                       f"sampler.guidance_scale={scale}", f"limit={masks}",
+                                       f"num_per_mask={per_mask}", "precision=fp32", f"batch_size={masks * per_mask}",
+                                       f"out_dir={out}", "evaluation.progress=false", "evaluation.fid=false",
+                                       "evaluation.lpips=false", "evaluation.tensorboard=false"])
     done = out / "manifest.json"
     if reuse and done.is_file() and json.loads(done.read_text()).get("complete"):
         seconds = json.loads(done.read_text())["seconds"]  # the time of the generation that made them

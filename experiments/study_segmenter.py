@@ -4,7 +4,7 @@
 
 Each candidate (arch:width:steps:batch:augmentation; crop = the diffusion model's scale crop
 0.6-1 and flip, flip = flip only) trains on the embedded scenes (2,000, seed 0) at each
-size, as `python -m sdm.metrics.segmenter` would, into a throw-away cache, and is scored on
+size, as `python -m sdm.cli.segmenter` would, into a throw-away cache, and is scored on
 400 held-out scenes (seed 1) that it never saw: the ceiling (real photo vs its mask), the blur
 control (the photo 2x down and up) and the other-mask baseline. A ruler that can judge detail
 has a high ceiling and a blur ratio clearly below 1. Writes results_segmenter.md.
@@ -21,8 +21,9 @@ from _common import machine, markdown_table
 from omegaconf import OmegaConf
 
 from sdm.metrics.evaluation import default_segmenter_settings
-from sdm.metrics.held_out import calibration_scores, test_data_cfg
-from sdm.metrics.segmenter import load_segmenter, train_segmenter, training_precision
+from sdm.segmenter.cache import load_segmenter
+from sdm.segmenter.fit import train_segmenter, training_precision
+from sdm.segmenter.held_out import calibration_scores, test_data_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CANDIDATES = ("small:16:600:16:crop", "small:32:1500:32:crop", "unet:32:1500:32:crop", "unet:32:1500:16:flip")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # trained segmenters are cached per data key: tests must never find (or fill) the user's cache
 os.environ["SDM_SEGMENTER_DIR"] = tempfile.mkdtemp(prefix="sdm-segmenters-")
@@ -114,7 +113,7 @@ def leftover_path(path: Path, kind: str) -> Path:
     """The temporary name a writer on this host that has since been killed would have left."""
     import subprocess
 
-    from sdm.atomic import temporary_name
+    from sdm.core.atomic import temporary_name
 
     child = subprocess.Popen(["true"])
     child.wait()  # reaped: its pid names no live process
@@ -122,37 +121,16 @@ def leftover_path(path: Path, kind: str) -> Path:
     return path.with_name(name.replace(f"-{os.getpid()}-", f"-{child.pid}-"))
 
 
-FAST_TRAIN = [
-    "experiment=quickstart",
-    "data.size=[32,32]",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "data.scenes.num=24",
-    "data.export_png=false",
-    "trainer.max_steps=8",
-    "trainer.log_every_n_steps=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.precision=32-true",
-    "trainer.deterministic=true",
-    "validation.every_n_steps=4",
-    "validation.limit_batches=1",
-    "validation.num_masks=1",
-    "validation.samples_per_mask=1",
-    "validation.num_steps=2",
-    "checkpoint.every_n_steps=4",
-    "optim.warmup_steps=2",
-]
+FAST_TRAIN = ["experiment=quickstart", "debug=fast"]  # conf/debug/fast.yaml
 
 
 def compose_train(output_dir, *overrides: str, cache_dir=None):
     """The train config as `python train.py` would compose it, writing under output_dir."""
-    from hydra import compose, initialize_config_dir
-
-    from sdm.training import register_resolvers
+    from sdm.core.configs import compose
+    from sdm.training.fit import register_resolvers
 
     register_resolvers()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[*FAST_TRAIN, *overrides])
+    cfg = compose("train", [*FAST_TRAIN, *overrides])
     cfg.output_dir = str(output_dir)
     cfg.data.cache_dir = str(cache_dir or (Path(output_dir).parent / "data-cache"))
     return cfg

@@ -145,7 +145,7 @@ def textured_set(root: Path, n: int = 6, per_mask: int = 2, size: int = 32, blur
     labels = [stripes(size // 4, seed).repeat(4, 0).repeat(4, 1) for seed in range(n)]  # bands on 4x4 blocks
     real = [textured(label) for label in labels]
     if blur_samples:
-        from sdm.metrics.controls import blur_control
+        from sdm.segmenter.controls import blur_control
 
         def blur(photo: np.ndarray) -> np.ndarray:
             tensor = torch.from_numpy(photo).permute(2, 0, 1)[None].float()

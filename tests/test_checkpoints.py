@@ -10,21 +10,21 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sdm.callbacks import AtomicCheckpointIO
-from sdm.checkpoints import (
+from sdm.checkpoint.files import (
     EMA_PREFIX,
     ema_state_dict,
     export_ema,
     find_latest_checkpoint,
-    is_resumable,
     load_checkpoint,
     load_ema_weights,
     load_into,
     read_export_config,
     resolve_weights_source,
+    unusable_reason,
 )
-from sdm.ema import EMA, ema_decay
-from sdm.errors import CheckpointError
+from sdm.core.errors import CheckpointError
+from sdm.training.callbacks import AtomicCheckpointIO
+from sdm.training.ema import EMA, ema_decay
 
 
 def save(path: Path, step: int, mtime: int) -> Path:
@@ -41,12 +41,12 @@ def test_newest_complete_checkpoint_wins_over_a_truncated_newer_one(tmp_path):
     last = folder / "last.ckpt"
     last.write_bytes(newer.read_bytes()[: newer.stat().st_size // 2])  # a write cut short
     os.utime(last, ns=(3_000_000_000, 3_000_000_000))
-    assert not is_resumable(last) and is_resumable(newer)
+    assert unusable_reason(last) is not None and unusable_reason(newer) is None
     assert find_latest_checkpoint(tmp_path) == newer
     newer.write_bytes(b"")
     assert find_latest_checkpoint(tmp_path) == older
     hidden = save(folder / ".last.ckpt.partial-1-abc.ckpt", 9, 4_000_000_000)  # a temporary name
-    assert is_resumable(hidden) and find_latest_checkpoint(tmp_path) == older
+    assert unusable_reason(hidden) is None and find_latest_checkpoint(tmp_path) == older
     assert find_latest_checkpoint(tmp_path / "elsewhere") is None
 
 
@@ -187,7 +187,7 @@ def test_a_newest_checkpoint_that_carries_code_is_not_taken_as_complete(tmp_path
     code = folder / "last.ckpt"
     torch.save({"x": Payload()}, code)
     os.utime(code, ns=(2_000_000_000, 2_000_000_000))
-    assert not is_resumable(code) and find_latest_checkpoint(tmp_path) == good
+    assert unusable_reason(code) is not None and find_latest_checkpoint(tmp_path) == good
 
 
 def test_each_kind_of_misfit_alone_is_refused_and_examples_are_two():

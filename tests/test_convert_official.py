@@ -1,4 +1,4 @@
-"""python -m sdm.convert_official: official SDM checkpoints -> this project's export.
+"""python -m sdm.cli.convert: official SDM checkpoints -> this project's export.
 
 The official state dicts here are written from the official code's names and shapes (small
 networks, random values), and `official_forward` runs them with the official maths in
@@ -26,23 +26,23 @@ from safetensors.torch import load_file
 from test_generate import sample_cfg
 from torch import Tensor
 
-from sdm.atomic import WriteError, temporary_name
-from sdm.checkpoints import EXPORT_CONFIG, EXPORT_WEIGHTS
-from sdm.convert_official import (
+from sdm.checkpoint.files import EXPORT_CONFIG, EXPORT_WEIGHTS
+from sdm.checkpoint.official.convert import (
     Options,
     build_config,
     convert,
     load_official,
-    main,
     parse_args,
     write_export,
 )
-from sdm.errors import CheckpointError, ConfigError, DataError
+from sdm.checkpoint.official.keys import legacy_qkv_to_ours, our_name
+from sdm.checkpoint.official.layout import Layout, read_layout
+from sdm.cli.convert import main
+from sdm.core.atomic import WriteError, temporary_name
+from sdm.core.errors import CheckpointError, ConfigError, DataError
 from sdm.generation import folder_masks, generate, load_model
 from sdm.models import label_to_condition
 from sdm.models.attention import AttentionBlock
-from sdm.official.keys import legacy_qkv_to_ours, our_name
-from sdm.official.layout import Layout, read_layout
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -404,7 +404,7 @@ def test_the_published_ade20k_network_is_read_as_the_paper_preset(tmp_path):
     """The full-size official layout (tensors on the meta device: shapes, no memory)."""
     from omegaconf import OmegaConf
 
-    from sdm.convert_official import build_config, check_fit
+    from sdm.checkpoint.official.convert import build_config, check_fit
     from sdm.models import build_unet
 
     net = Official(mc=256, mult=(1, 1, 2, 2, 4, 4), nrb=2, attention_ds=(8, 16, 32), label_channels=151, meta=True)
@@ -595,14 +595,14 @@ def test_ddp_and_half_precision_checkpoints_convert_to_the_float32_export(tmp_pa
 def test_python_dash_m_exits_2_without_a_traceback(tmp_path):
     path = tmp_path / "model.pt"
     torch.save({"weights": [1, 2]}, path)
-    result = subprocess.run([sys.executable, "-m", "sdm.convert_official", str(path), "dataset=ade20k"],
+    result = subprocess.run([sys.executable, "-m", "sdm.cli.convert", str(path), "dataset=ade20k"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and f"'{path}' is not a state dict" in result.stderr
 
 
 def test_an_export_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
-    import sdm.convert_official as cli
+    import sdm.checkpoint.official.convert as cli
 
     checkpoint = save(Official(label_channels=6), tmp_path / "model.pt")
     args = [str(checkpoint), "dataset=coco", "num_classes=5", "image_size=16"]
@@ -633,7 +633,7 @@ def test_an_export_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
 
 
 def test_a_killed_conversion_leaves_no_export_and_the_next_run_clears_its_leftovers(tmp_path, monkeypatch):
-    import sdm.convert_official as cli
+    import sdm.checkpoint.official.convert as cli
 
     monkeypatch.chdir(tmp_path)
     weights, config = convert(Official(label_channels=6).state, options(tmp_path, num_classes=5, image_size=16))

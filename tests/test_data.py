@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import REPO, hub_row, street_like, write_hub_parquet
 
+from sdm.core.errors import DataError
 from sdm.data.classes import NUM_CLASSES, PALETTE, colorize, decolorize
 from sdm.data.datamodule import (
     PairDataset,
@@ -22,7 +23,6 @@ from sdm.data.datamodule import (
 from sdm.data.prepare import prepare_data
 from sdm.data.rows import resize_pair
 from sdm.data.sources import load_sidewalk
-from sdm.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -236,14 +236,14 @@ def test_prepare_cli(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "NO_ALBUMENTATIONS_UPDATE": "1", "HOME": str(tmp_path)}
     ok = subprocess.run(
-        [sys.executable, "-m", "sdm.data.prepare", "data.scenes.num=6", "data.size=32",
+        [sys.executable, "-m", "sdm.cli.prepare", "data.scenes.num=6", "data.size=32",
          f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )
     assert ok.returncode == 0, ok.stderr
     assert "prepared 6 rows at 32x32" in ok.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "sdm.data.prepare", "data=sidewalk", f"data.path={tmp_path / 'nowhere'}",
+        [sys.executable, "-m", "sdm.cli.prepare", "data=sidewalk", f"data.path={tmp_path / 'nowhere'}",
          f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run2'}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )

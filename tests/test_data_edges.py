@@ -14,6 +14,7 @@ from conftest import hub_row, street_like, write_hub_parquet
 from omegaconf import OmegaConf
 from PIL import Image
 
+from sdm.core.errors import DataError
 from sdm.data.classes import colorize, decolorize
 from sdm.data.datamodule import ResumableShuffleSampler, SidewalkDataModule, seed_worker
 from sdm.data.prepare import decode_row, describe, prepare_data
@@ -27,7 +28,6 @@ from sdm.data.rows import (
     read_rgb_file,
     resize_pair,
 )
-from sdm.errors import DataError
 
 # --- image modes ----------------------------------------------------------------------------
 
@@ -306,7 +306,7 @@ def test_single_pixel_classes_count_images_and_one_row_is_enough(tmp_path, data_
 
 
 def test_preview_shows_images_above_masks_and_at_most_sixteen(tmp_path, data_cfg):
-    from sdm.viz import pairs_grid
+    from sdm.data.pictures import pairs_grid
 
     rows = [street_like(8, 8, s) for s in range(20)]
     folder = write_hub_parquet(tmp_path / "twenty", [hub_row(*r) for r in rows])

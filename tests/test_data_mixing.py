@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import compose_train
 
+from sdm.core.errors import ConfigError
 from sdm.data.datamodule import ResumableShuffleSampler, SidewalkDataModule
 from sdm.data.mixing import extra_ratio, synthetic_count
-from sdm.errors import ConfigError
 
 SIZE = 32
 
@@ -53,7 +53,7 @@ def test_epochs_draw_other_synthetic_rows_and_ranks_split_an_epoch():
 
 @pytest.mark.parametrize("ratio", ["1.5", "-0.1", "half", "nan"])
 def test_a_share_outside_0_1_is_refused_before_any_data_work(tmp_path, ratio):
-    from sdm.training import train
+    from sdm.training.fit import train
 
     cfg = compose_train(tmp_path / "run", f"data.extra={tmp_path / 'export'}", f"data.extra_ratio={ratio}")
     with pytest.raises(ConfigError, match=r"data\.extra_ratio=.*expected the share of synthetic rows per epoch"):
@@ -64,7 +64,7 @@ def test_a_share_outside_0_1_is_refused_before_any_data_work(tmp_path, ratio):
 
 
 def test_mixing_into_a_streamed_source_is_refused_rather_than_ignored(tmp_path):
-    from sdm.training import train
+    from sdm.training.fit import train
 
     cfg = compose_train(tmp_path / "run", "data=sidewalk", f"data.extra={tmp_path / 'export'}", "data.streaming=true")
     with pytest.raises(ConfigError, match=r"data\.extra.*synthetic rows mix into a prepared source only"):
@@ -118,7 +118,7 @@ def test_the_datamodule_trains_on_real_and_synthetic_and_validates_on_real(tmp_p
 
 def test_a_segmenter_trained_with_synthetic_rows_is_cached_apart_from_the_real_one(tmp_path):
     from sdm.data.scenes import scenes_dataset
-    from sdm.metrics.segmenter import data_key
+    from sdm.segmenter.cache import data_key
 
     export = tmp_path / "synthetic"
     (export / "data").mkdir(parents=True)

@@ -13,8 +13,8 @@ from conftest import compose_train
 from safetensors.torch import load_file
 from test_resume import RESUME, assert_same_run, cli
 
-from sdm.checkpoints import load_checkpoint
-from sdm.training import train
+from sdm.checkpoint.files import load_checkpoint
+from sdm.training.fit import train
 
 DDP = ["strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "data.batch_size=4", "optim.eps=1e-3"]
 # A single process against 2 ranks: the same samples and draws, gradients summed in another order

@@ -29,7 +29,7 @@ def test_demo_pipeline_learns_and_writes_the_report(tmp_path):
     short = [f"root={root}", "train.trainer.max_steps=600", "train.trainer.enable_progress_bar=false",
              "train.validation.every_n_steps=600", "train.checkpoint.every_n_steps=600",
              "segmenter.segmenter.progress_bar=false", "sample.limit=12", "sample.num_per_mask=2"]
-    command = [sys.executable, "-m", "sdm.pipeline", "conf/pipeline/demo.yaml", *short]
+    command = [sys.executable, "-m", "sdm.cli.pipeline", "conf/pipeline/demo.yaml", *short]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "report:" in done.stdout and (root / "samples" / "evaluation.html").is_file()

@@ -27,15 +27,16 @@ from evaluation_helpers import (
 from omegaconf import OmegaConf
 from PIL import Image
 
+from sdm.core.errors import ConfigError, DataError
 from sdm.data.classes import colorize
-from sdm.errors import ConfigError, DataError
-from sdm.metrics.consistency import confusion_matrix, segmentation_scores
 from sdm.metrics.evaluation import evaluate_set, find_segmenter, load_networks, open_set
 from sdm.metrics.image_sets import from_folders, from_sample_folder, mask_of
 from sdm.metrics.report import JSON_FILE
 from sdm.metrics.scoring import Calibration, Networks, score_set
-from sdm.metrics.segmenter import INFO_FILE, WEIGHTS_FILE, SmallSegmenter
-from sdm.metrics.validation import SegmenterScorer, colour_scorer, other_labels, validation_scorer
+from sdm.segmenter.cache import INFO_FILE, WEIGHTS_FILE
+from sdm.segmenter.networks import SmallSegmenter
+from sdm.segmenter.scores import confusion_matrix, segmentation_scores
+from sdm.training.validation import SegmenterScorer, colour_scorer, other_labels, validation_scorer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -255,7 +256,7 @@ def test_missing_metric_weights_skip_fid_and_lpips_with_one_line_each(tmp_path):
     ecfg = settings(weights_dir=str(tmp_path / "empty"), segmenter="none")
     nets, used = load_networks(ecfg, image_set)
     assert nets.inception is None and nets.lpips is None and nets.segmenter is None and used == {}
-    skipped = [n for n in nets.notes if "python -m sdm.metrics.weights download" in n]
+    skipped = [n for n in nets.notes if "python -m sdm.cli.weights download" in n]
     assert len(skipped) == 2 and all("\n" not in n for n in skipped)
     assert {n.split(" ", 1)[0] for n in skipped} == {"FID/KID", "LPIPS"}
     report = evaluate_set(image_set, root, ecfg)
@@ -385,12 +386,12 @@ def test_validation_scorer_choice(tmp_path):
 def test_cli_scores_a_folder_offline_and_refuses_bad_input(tmp_path):
     root, _ = coloured_set(tmp_path / "s", n=3, per_mask=2, noise=20)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_HOME": str(tmp_path / "no-weights")}
-    done = subprocess.run([sys.executable, "-m", "sdm.evaluate", f"samples={root}", "evaluation.progress=false"],
+    done = subprocess.run([sys.executable, "-m", "sdm.cli.evaluate", f"samples={root}", "evaluation.progress=false"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "FID/KID (Inception" in done.stdout and "LPIPS (AlexNet" in done.stdout and "skipped" in done.stdout
     assert (root / JSON_FILE).is_file() and (root / "evaluation.html").is_file()
-    bad = subprocess.run([sys.executable, "-m", "sdm.evaluate", f"images={tmp_path / 'nowhere'}",
+    bad = subprocess.run([sys.executable, "-m", "sdm.cli.evaluate", f"images={tmp_path / 'nowhere'}",
                           f"labels={root / 'labels'}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "is not a folder" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -450,7 +451,7 @@ def test_single_samples_and_a_zero_ceiling(tmp_path):
 
 
 def test_the_blur_control_averages_blocks_and_interpolates_between_their_centres():
-    from sdm.metrics.controls import blur_control
+    from sdm.segmenter.controls import blur_control
 
     ramp = torch.tensor([0.0, 0.0, 4.0, 4.0]).expand(1, 1, 2, 4)
     # 2x2 area means [0, 4]; bilinear back with pixel centres (not corners) aligned: [0, 1, 3, 4]
@@ -477,7 +478,7 @@ def test_the_verdict_names_each_bound_and_holds_at_the_bounds():
     assert past["reasons"] == ["its ceiling (mIoU 0.79 on real photos) is below 0.80",
                                "it rates blurred photos at 51% of real (the bound is 50%)"]
     assert past["summary"] == ("UNRELIABLE consistency ratio: the instrument cannot judge detail (" + "; ".join(past["reasons"])
-                               + "); train a stronger segmenter (python -m sdm.metrics.segmenter)")
+                               + "); train a stronger segmenter (python -m sdm.cli.segmenter)")
     unknown = instrument_verdict({}, bounds)
     assert unknown["reasons"] == ["no ceiling: neither real photos nor the segmenter's held-out score",
                                   "no blur control: neither real photos nor a stored calibration"]
@@ -531,7 +532,7 @@ def test_auto_validation_scorer_finds_the_cached_segmenter(tmp_path, data_cfg, m
     from sdm.metrics.evaluation import cached_segmenter_folder
 
     monkeypatch.setenv("SDM_SEGMENTER_DIR", str(tmp_path / "segmenters"))
-    from sdm.metrics.validation import find_scorer
+    from sdm.training.validation import find_scorer
 
     data = OmegaConf.to_container(data_cfg("scenes", size=[32, 32], **{"scenes.num": 6}), resolve=True)
     cfg = {"validation": {"segmenter": "auto"}, "data": data}

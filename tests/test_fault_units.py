@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_faults import fake_command
 
-from sdm.atomic import (
+from sdm.core.atomic import (
     WriteError,
     _is_io_failure,
     describe_write_failure,
@@ -23,13 +23,13 @@ from sdm.atomic import (
     temporary_name,
     write_atomically,
 )
-from sdm.integrity import content_digest
+from sdm.core.integrity import content_digest
 
 MiB = 2**20
 
 
 def disk_with(monkeypatch, free: int) -> None:
-    monkeypatch.setattr("sdm.atomic.shutil.disk_usage", lambda path: SimpleNamespace(free=free))
+    monkeypatch.setattr("sdm.core.atomic.shutil.disk_usage", lambda path: SimpleNamespace(free=free))
 
 
 def test_a_write_failure_is_described_by_its_cause_and_folder(tmp_path, monkeypatch):
@@ -52,11 +52,11 @@ def test_a_write_failure_is_described_by_its_cause_and_folder(tmp_path, monkeypa
             f"{target.parent} is not writable (read-only or no permission): could not write last.ckpt")
 
     # the nearest existing folder decides whether the place is writable (root ignores modes: mocked)
-    monkeypatch.setattr("sdm.atomic.os.access", lambda path, mode: Path(path) != tmp_path)
+    monkeypatch.setattr("sdm.core.atomic.os.access", lambda path, mode: Path(path) != tmp_path)
     assert "is not writable" in describe_write_failure(target, other)
     seen = []
-    monkeypatch.setattr("sdm.atomic.os.access", lambda path, mode: seen.append(Path(path)) or True)
-    monkeypatch.setattr("sdm.atomic.shutil.disk_usage", lambda path: seen.append(Path(path)) or SimpleNamespace(
+    monkeypatch.setattr("sdm.core.atomic.os.access", lambda path, mode: seen.append(Path(path)) or True)
+    monkeypatch.setattr("sdm.core.atomic.shutil.disk_usage", lambda path: seen.append(Path(path)) or SimpleNamespace(
         free=10 * MiB))
     describe_write_failure(target, other)
     assert seen == [tmp_path, tmp_path]
@@ -136,7 +136,7 @@ def test_the_content_digest_tells_every_nesting_apart():
 def test_gpus_per_node_follow_the_devices_and_the_accelerator():
     from omegaconf import OmegaConf
 
-    from sdm.slurm_launcher import gpus_per_node_for
+    from sdm.cluster.launcher import gpus_per_node_for
 
     def gpus(**cfg):
         return gpus_per_node_for(OmegaConf.create(cfg))
@@ -150,7 +150,7 @@ def test_gpus_per_node_follow_the_devices_and_the_accelerator():
 
 
 def test_partitions_are_read_from_sinfo_and_none_without_it(tmp_path, monkeypatch):
-    from sdm.slurm_launcher import partitions
+    from sdm.cluster.launcher import partitions
 
     bin_dir = tmp_path / "bin"
     fake_command(bin_dir, "sinfo", "gpu|64+|512000+|gpu:a100:8|4\nlocal*|2|23081|(null)|1\n")
@@ -187,7 +187,7 @@ def fake_launcher(tmp_path: Path, configs: dict[str, dict], **params):
 def test_unset_launcher_and_trainer_values_take_their_defaults():
     from omegaconf import OmegaConf
 
-    from sdm.slurm_launcher import cluster_problems, gpu_count, job_problems, parse_sinfo
+    from sdm.cluster.launcher import cluster_problems, gpu_count, job_problems, parse_sinfo
 
     no_nodes = OmegaConf.create({"trainer": {"devices": 2}})  # trainer.num_nodes unset: 1
     assert job_problems({"tasks_per_node": 2, "nodes": 1}, no_nodes) == []
@@ -213,7 +213,7 @@ def test_unset_launcher_and_trainer_values_take_their_defaults():
 
 
 def test_a_misconfigured_sweep_is_refused_before_anything_is_queued(tmp_path, monkeypatch, capsys):
-    from sdm.slurm_launcher import check_submission
+    from sdm.cluster.launcher import check_submission
 
     bin_dir = tmp_path / "bin"
     fake_command(bin_dir, "sinfo", "local*|2|23081|(null)|1\n")
@@ -254,7 +254,7 @@ def test_the_installed_launcher_adds_kill_on_bad_exit_and_reports_failed_jobs(tm
     from hydra.core.plugins import Plugins
     from submitit.core.utils import UncompletedJobError
 
-    from sdm import slurm_launcher
+    from sdm.cluster import launcher as slurm_launcher
 
     Plugins.instance()  # its scan re-executes the plugin modules: the class it keeps is the one patched
     SlurmLauncher = importlib.import_module("hydra_plugins.hydra_submitit_launcher.submitit_launcher").SlurmLauncher

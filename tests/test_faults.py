@@ -11,8 +11,7 @@ import pytest
 import torch
 from conftest import compose_train, leftover_path
 
-from sdm.atomic import WriteError, temporary_name
-from sdm.checkpoints import (
+from sdm.checkpoint.files import (
     EMA_PREFIX,
     export_ema,
     find_latest_checkpoint,
@@ -20,10 +19,11 @@ from sdm.checkpoints import (
     load_ema_weights,
     save_checkpoint_file,
 )
-from sdm.errors import CheckpointError, ConfigError
+from sdm.core.atomic import WriteError, temporary_name
+from sdm.core.errors import CheckpointError, ConfigError
 from sdm.generation.weights import load_model
-from sdm.module import DivergedError, SDMModule
-from sdm.training import train
+from sdm.training.fit import train
+from sdm.training.module import DivergedError, SDMModule
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_a_damaged_export_is_refused_and_its_fingerprint_is_never_taken(run, tmp
     # a digest that does not match the tensors (edited metadata, or tensors rewritten by a tool)
     from safetensors.torch import load_file, save_file
 
-    from sdm.integrity import DIGEST_KEY
+    from sdm.core.integrity import DIGEST_KEY
 
     path.write_bytes(good)
     tensors = load_file(path)
@@ -154,7 +154,7 @@ def test_ckpt_path_auto_refuses_to_start_over_when_every_checkpoint_is_damaged(r
     assert "holds last.ckpt, step=0000002.ckpt, step=0000004.ckpt but" in str(refused.value)
     # without run_dir, ckpt_path=last takes the newest run that has checkpoints, damaged or not:
     # never an older run behind the user's back
-    from sdm.training import _run_dir
+    from sdm.training.fit import _run_dir
 
     base = tmp_path / "runs"
     subprocess.run(["mkdir", "-p", str(base)], check=True)
@@ -169,7 +169,7 @@ def test_a_read_failure_is_not_taken_for_damage(run, monkeypatch):
     checkpoint would silently redo steps, so the failure is named instead."""
     import errno
 
-    from sdm.checkpoints import CheckpointReadError
+    from sdm.checkpoint.files import CheckpointReadError
 
     real = torch.load
     for failure in (OSError(errno.ESTALE, "Stale file handle"), OSError(errno.EIO, "Input/output error"),
@@ -189,9 +189,9 @@ def test_a_read_failure_is_not_taken_for_damage(run, monkeypatch):
 def dev_full_temporary(monkeypatch) -> None:
     """Every checkpoint write goes to /dev/full, which answers each write with ENOSPC, on a disk
     that still has room: the patched write of the issue (the real full disk is a tmpfs below)."""
-    import sdm.atomic
+    import sdm.core.atomic
 
-    original = sdm.atomic.temporary_name
+    original = sdm.core.atomic.temporary_name
 
     def to_dev_full(path, kind="partial"):
         tmp = original(path, kind)
@@ -199,7 +199,7 @@ def dev_full_temporary(monkeypatch) -> None:
             tmp.symlink_to("/dev/full")
         return tmp
 
-    monkeypatch.setattr(sdm.atomic, "temporary_name", to_dev_full)
+    monkeypatch.setattr(sdm.core.atomic, "temporary_name", to_dev_full)
 
 
 def test_a_failed_write_names_the_folder_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
@@ -300,7 +300,7 @@ class FakeSubmititHandler:
 def test_stop_signals_are_recorded_not_fatal_and_handed_on_to_submitit_only(capsys):
     import signal
 
-    from sdm.stopping import StopSignals
+    from sdm.core.stopping import StopSignals
 
     submitit = FakeSubmititHandler()
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
@@ -343,7 +343,7 @@ def test_stop_signals_are_recorded_not_fatal_and_handed_on_to_submitit_only(caps
 def test_a_failed_job_is_reported_without_the_launcher_s_traceback(tmp_path, capsys):
     from submitit.core.utils import UncompletedJobError
 
-    from sdm.slurm_launcher import report_failed_job
+    from sdm.cluster.launcher import report_failed_job
 
     report = "\n".join(f"line {i}" for i in range(100)) + "\nJob not requeued because: timed-out too many times."
     with pytest.raises(SystemExit) as code:
@@ -367,7 +367,7 @@ def test_a_job_that_sacct_does_not_know_is_judged_by_squeue(tmp_path, monkeypatc
     """Without accounting, a job whose killed task wrote no result must still end the wait."""
     from submitit.slurm.slurm import SlurmInfoWatcher
 
-    from sdm.slurm_watch import GONE, accounting_off, install_queue_fallback, queue_states
+    from sdm.cluster.watch import GONE, accounting_off, install_queue_fallback, queue_states
 
     bin_dir = tmp_path / "bin"
     fake_command(bin_dir, "scontrol", "AccountingStorageType   = accounting_storage/slurmdbd\n")
@@ -439,26 +439,26 @@ def test_a_job_that_sacct_does_not_know_is_judged_by_squeue(tmp_path, monkeypatc
 def test_a_spawned_rank_s_error_comes_back_as_the_project_s_error_with_its_exit_code():
     import signal
 
-    from sdm.atomic import WriteError
-    from sdm.errors import SDMError
-    from sdm.stopping import StopSignals, TrainingStopped, error_from_worker
+    from sdm.core.atomic import WriteError
+    from sdm.core.errors import SDMError
+    from sdm.core.stopping import StopSignals, TrainingStopped, error_from_worker
 
     def report(last: str) -> str:  # what torch.multiprocessing puts in ProcessRaisedException
         return f"\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):\n  " \
                f"File \"x.py\", line 1, in f\n    raise Boom\n{last}\n"
 
-    stopped = error_from_worker(report("sdm.stopping.TrainingStopped: SIGUSR2 after step 8: continue with ..."))
+    stopped = error_from_worker(report("sdm.core.stopping.TrainingStopped: SIGUSR2 after step 8: continue with ..."))
     assert isinstance(stopped, TrainingStopped) and stopped.exit_code == 128 + signal.SIGUSR2
     assert str(stopped) == "SIGUSR2 after step 8: continue with ..."
-    other_rank = error_from_worker(report("sdm.stopping.TrainingStopped: SIGTERM (or another stop signal) on x"))
+    other_rank = error_from_worker(report("sdm.core.stopping.TrainingStopped: SIGTERM (or another stop signal) on x"))
     assert other_rank.exit_code == 128 + signal.SIGTERM
-    full = error_from_worker(report("sdm.atomic.WriteError: could not write /x:\n  the disk is full"))
+    full = error_from_worker(report("sdm.core.atomic.WriteError: could not write /x:\n  the disk is full"))
     assert type(full) is WriteError and str(full) == "could not write /x:\n  the disk is full"
     assert full.exit_code == 2
     assert error_from_worker(report("ValueError: not ours")) is None
-    assert error_from_worker(report("sdm.errors.functools: not an error class")) is None
+    assert error_from_worker(report("sdm.core.errors.functools: not an error class")) is None
     assert error_from_worker(report("sdm.nowhere.Thing: unknown module")) is None
-    assert issubclass(type(error_from_worker(report("sdm.errors.ConfigError: x"))), SDMError)
+    assert issubclass(type(error_from_worker(report("sdm.core.errors.ConfigError: x"))), SDMError)
 
     # the launcher passes each stop signal on to its ranks (here a child that dies of it)
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
@@ -478,7 +478,7 @@ def test_a_spawned_rank_s_error_comes_back_as_the_project_s_error_with_its_exit_
 def test_submission_problems_are_named_from_the_job_and_the_cluster():
     from omegaconf import OmegaConf
 
-    from sdm.slurm_launcher import cluster_problems, gpu_count, job_problems, parse_sinfo
+    from sdm.cluster.launcher import cluster_problems, gpu_count, job_problems, parse_sinfo
 
     def one(cpus, memory_mb, gpus, nodes, default=False):
         return {"default": default, "groups": [{"cpus": cpus, "memory_mb": memory_mb, "gpus": gpus, "nodes": nodes}]}
@@ -530,7 +530,7 @@ def test_submission_problems_are_named_from_the_job_and_the_cluster():
 def test_ranks_that_would_resume_from_different_checkpoints_all_stop():
     from types import SimpleNamespace
 
-    from sdm.callbacks import SameResumePoint
+    from sdm.training.callbacks import SameResumePoint
 
     def trainer(rank: int, rank0_path: str, world: int = 2):
         decisions = []

@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 from test_generate import SIZE, bands, mask_folder, one_thread, pixels, run_dir, sample_cfg  # noqa: F401
 
-from sdm.checkpoints import EMA_PREFIX, EXPORT_CONFIG, EXPORT_DIR, export_ema
-from sdm.errors import CheckpointError, ConfigError, DataError
+from sdm.checkpoint.files import EMA_PREFIX, EXPORT_CONFIG, EXPORT_DIR, export_ema
+from sdm.core.errors import CheckpointError, ConfigError, DataError
 from sdm.generation import folder_masks, generate, load_model, read_mask, val_masks
 
 
@@ -303,8 +303,8 @@ def test_bf16_sampling_runs_the_network_under_bf16_autocast(run_dir, tmp_path, m
 def test_every_image_is_reproduced_from_the_seed_in_the_manifest(run_dir, tmp_path):  # noqa: F811
     from safetensors.torch import load_file
 
-    from sdm.module import SDMModule
-    from sdm.viz import to_uint8_image
+    from sdm.core.viz import to_uint8_image
+    from sdm.training.module import SDMModule
 
     out = tmp_path / "out"
     manifest = generate(sample_cfg(f"weights={run_dir}", "limit=2", "num_per_mask=2", "seed=7", f"out_dir={out}"))
@@ -321,7 +321,7 @@ def test_a_model_with_an_edge_channel_gets_the_label_edges(tmp_path, monkeypatch
     from conftest import compose_train
 
     import sdm.generation.run as generation
-    from sdm.module import SDMModule
+    from sdm.training.module import SDMModule
 
     run = tmp_path / "edge_run"
     cfg = compose_train(run, f"data.size=[{SIZE},{SIZE}]", "data.scenes.num=12", "model.edge_channel=true")

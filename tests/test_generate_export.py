@@ -15,9 +15,10 @@ from conftest import compose_train, leftover_path
 from PIL import Image
 from test_generate import bands, mask_folder, one_thread, pixels, run_dir, sample_cfg  # noqa: F401
 
-from sdm.errors import ConfigError, DataError
+from sdm.cli.export import main
+from sdm.core.errors import ConfigError, DataError
 from sdm.generation import generate
-from sdm.generation.export import EXTRA_COLUMNS, export_dataset, main
+from sdm.generation.export import EXTRA_COLUMNS, export_dataset
 
 SIZE = 16
 
@@ -156,7 +157,7 @@ def test_the_command_line_exports_with_its_options(samples, tmp_path, capsys):
     for phrase in ("a finished sample.py output folder", "export folder (default: <samples>/hf)",
                    "resize (labels nearest)"):  # each help text whole, on its own line
         assert re.search(rf"(?m)\s{re.escape(phrase)}$", text), phrase
-    assert "python -m sdm.generation.export <sample.py folder>" in text and "--size HEIGHT WIDTH" in text
+    assert "sdm-export <samples folder>" in text and "--size HEIGHT WIDTH" in text
     assert "--rows-per-shard ROWS_PER_SHARD" in text
 
 

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 from test_generate import SIZE, run_dir, sample_cfg  # noqa: F401
 
+from sdm.core.errors import ConfigError
 from sdm.data.prepare import decode_row, prepare_data, split_indices
-from sdm.errors import ConfigError
 from sdm.generation import generate, load_model
 from sdm.generation.masks import CROP_SIDE, Mask, crop_box, load_masks, split_masks, vary_mask
 
@@ -129,7 +129,7 @@ def test_mask_source_path_reads_a_hub_schema_folder_on_a_scenes_run(run_dir, tmp
 
 
 def test_streamed_runs_and_empty_splits_get_clear_errors(run_dir):  # noqa: F811
-    from sdm.errors import DataError
+    from sdm.core.errors import DataError
 
     model = load_model(run_dir)
     streamed = {**model.cfg, "data": {**model.cfg["data"], "streaming": True}}

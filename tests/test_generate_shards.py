@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_generate import bands, mask_folder, one_thread, run_dir, sample_cfg  # noqa: F401
 
-from sdm.errors import ConfigError, SDMError
+from sdm.core.errors import ConfigError, SDMError
 from sdm.generation import generate
 from sdm.generation.shards import parse_shard, shard_masks, shard_record_path
 
@@ -244,12 +244,11 @@ def test_devices_start_one_spawned_process_per_shard(single, run_dir, tmp_path, 
 
 def test_the_slurm_launcher_submits_one_single_task_job_per_shard():
     """sample.py under hydra/launcher=slurm: a job per shard, one task on `devices` GPUs."""
-    from conftest import REPO
-    from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("sample", overrides=["hydra/launcher=slurm", "weights=x", "devices=4"], return_hydra_config=True)
-    from sdm.slurm_launcher import gpus_per_node_for
+    from sdm.core.configs import compose
+
+    cfg = compose("sample", ["hydra/launcher=slurm", "weights=x", "devices=4"], return_hydra_config=True)
+    from sdm.cluster.launcher import gpus_per_node_for
 
     launcher = cfg.hydra.launcher
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (1, 1, None)

@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 from conftest import REPO
 from evaluation_helpers import write_sample_folder
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sdm.metrics import held_out
-from sdm.metrics.controls import blur_control
+from sdm.core.configs import compose
 from sdm.metrics.evaluation import evaluate_set
 from sdm.metrics.image_sets import from_sample_folder
 from sdm.metrics.scoring import MAX_BLUR_RATIO, Networks
-from sdm.metrics.segmenter import load_segmenter, train_segmenter
+from sdm.segmenter import held_out
+from sdm.segmenter.cache import load_segmenter
+from sdm.segmenter.controls import blur_control
+from sdm.segmenter.fit import train_segmenter
 
 pytestmark = pytest.mark.slow
 HELD_OUT = {"scenes": {"seed": 1, "num": 200}}
@@ -27,10 +28,9 @@ HELD_OUT = {"scenes": {"seed": 1, "num": 200}}
 
 def segmenter_cfg(tmp_path, *overrides: str):
     """The segmenter command's config on the demo's data (the quickstart's 2,000 scenes at 32x32)."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("segmenter", overrides=["data.size=[32,32]", "data.num_workers=1", "data.export_png=false",
-                                              f"data.cache_dir={tmp_path / 'data'}", "segmenter.progress_bar=false",
-                                              *overrides])
+    cfg = compose("segmenter", ["data.size=[32,32]", "data.num_workers=1", "data.export_png=false",
+                                          f"data.cache_dir={tmp_path / 'data'}", "segmenter.progress_bar=false",
+                                          *overrides])
     cfg.output_dir = str(tmp_path / "run")
     return cfg
 

@@ -16,12 +16,12 @@ import torch
 from conftest import compose_train
 from omegaconf import OmegaConf
 
-import sdm.module as module_code
+import sdm.training.module as module_code
+from sdm.core.viz import to_uint8_image
 from sdm.data.classes import colorize
 from sdm.diffusion import noise_config
 from sdm.models import build_unet, label_to_condition
-from sdm.module import DivergedError, SDMModule, training_seed, warmup_cosine
-from sdm.viz import to_uint8_image
+from sdm.training.module import DivergedError, SDMModule, training_seed, warmup_cosine
 
 B, SIZE = 4, 32
 

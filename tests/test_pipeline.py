@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from sdm import pipeline
-from sdm.errors import ConfigError
-from sdm.pipeline import PipelineError, Stage, as_overrides, load_config, run_pipeline, stages
+from sdm.cli import pipeline
+from sdm.cli.pipeline import PipelineError, Stage, as_overrides, load_config, run_pipeline, stages
+from sdm.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,17 +84,18 @@ def test_config_errors_are_clear(tmp_path):
 def test_every_stage_runs_the_projects_own_command(tmp_path):
     cfg = load_config(str(REPO / "conf" / "pipeline" / "sidewalk.yaml"), [f"root={tmp_path}"])
     plan = {stage.name: stage for stage in stages(cfg)}
-    heads = {name: stage.command[:3] for name, stage in plan.items()}
+    heads = {name: stage.command[:4] for name, stage in plan.items()}
     python = sys.executable
     assert heads == {
-        "prepare": [python, "-m", "sdm.data.prepare"], "segmenter": [python, "-m", "sdm.metrics.segmenter"],
-        "train": [python, "train.py", "experiment=sidewalk256"],
-        "finetune": [python, "train.py", "experiment=sidewalk256"],
-        "sample": [python, "sample.py", f"weights={tmp_path / 'finetune'}"],
-        "evaluate": [python, "-m", "sdm.evaluate"],
+        "prepare": [python, "-m", "sdm.cli.prepare", "data=sidewalk"],
+        "segmenter": [python, "-m", "sdm.cli.segmenter", "data=sidewalk"],
+        "train": [python, "-m", "sdm.cli.train", "experiment=sidewalk256"],
+        "finetune": [python, "-m", "sdm.cli.train", "experiment=sidewalk256"],
+        "sample": [python, "-m", "sdm.cli.sample", f"weights={tmp_path / 'finetune'}"],
+        "evaluate": [python, "-m", "sdm.cli.evaluate", f"samples={tmp_path / 'samples'}"],
     }
     assert plan["finetune"].command[-2:] == [f"run_dir={tmp_path / 'finetune'}", "ckpt_path=auto"]
-    assert plan["sample"].command[3] == f"out_dir={tmp_path / 'samples'}"
+    assert plan["sample"].command[4] == f"out_dir={tmp_path / 'samples'}"
     assert plan["evaluate"].command[3:5] == [f"samples={tmp_path / 'samples'}", "evaluation.progress=false"]
     # prepare and the segmenter reuse their own caches: they always run, and are quick when cached
     assert plan["prepare"].done() is False and plan["segmenter"].done() is False

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from conftest import REPO, compose_train
+from conftest import compose_train
 from test_training import scalar_curve
 
-from sdm.ema import ema_decay
-from sdm.module import warmup_cosine
-from sdm.training import train
+from sdm.training.ema import ema_decay
+from sdm.training.fit import train
+from sdm.training.module import warmup_cosine
 
 # The paper's code (guided-diffusion's TrainLoop as SDM runs it): constant lr, no warm-up, no
 # clipping, EMA 0.9999 without warm-up, the fine-tune continuing it, 4 per GPU x 8 GPUs = 32.
@@ -24,13 +24,11 @@ def values(cfg, keys):
 
 def composed(*overrides: str):
     """What `python train.py <overrides>` composes (without the suite's fast settings)."""
-    from hydra import compose, initialize_config_dir
-
-    from sdm.training import register_resolvers
+    from sdm.core.configs import compose
+    from sdm.training.fit import register_resolvers
 
     register_resolvers()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return compose("train", list(overrides))
 
 
 @pytest.mark.parametrize("experiment", ["sidewalk256", "sidewalk1024"])
@@ -81,6 +79,6 @@ def test_a_short_run_follows_its_recipe(tmp_path, recipe):
         assert [lr[s] for s in range(6)] == pytest.approx([1e-4 * warmup_cosine(s, 3, 6) for s in range(6)])
         assert decay == {0: 0.0, **{s: pytest.approx(ema_decay(0.9999, s, True)) for s in range(1, 6)}}
         assert decay[1] == pytest.approx(2 / 11)
-    from sdm.training import build_trainer
+    from sdm.training.fit import build_trainer
 
     assert build_trainer(cfg).gradient_clip_val == (None if recipe == "paper" else 1.0)

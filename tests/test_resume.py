@@ -14,8 +14,8 @@ import torch
 from conftest import FAST_TRAIN, REPO, compose_train
 from test_training import scalar_curve
 
-from sdm.checkpoints import load_checkpoint
-from sdm.training import train
+from sdm.checkpoint.files import load_checkpoint
+from sdm.training.fit import train
 
 # 22 training rows in batches of 4: 5 steps per epoch; the last checkpoint before the kill, at
 # step 6, is mid-epoch 1

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sdm.cli.scenes import main
 from sdm.data.classes import CLASS_ID, NUM_CLASSES
 from sdm.data.scenes import (
     CLASS_REFERENCE_COLOURS,
     GENERATED_CLASSES,
     generate_scene,
-    main,
     measure_reference_colours,
     scenes_dataset,
 )

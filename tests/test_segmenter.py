@@ -8,27 +8,21 @@ import json
 import pytest
 import torch
 from conftest import REPO
-from hydra import compose, initialize_config_dir
 
-from sdm.errors import CheckpointError, ConfigError
-from sdm.metrics.segmenter import (
-    INFO_FILE,
-    WEIGHTS_FILE,
-    SmallSegmenter,
-    build_segmenter,
-    load_segmenter,
-    train_segmenter,
-)
+from sdm.core.configs import compose
+from sdm.core.errors import CheckpointError, ConfigError
+from sdm.segmenter.cache import INFO_FILE, WEIGHTS_FILE, load_segmenter
+from sdm.segmenter.fit import train_segmenter
+from sdm.segmenter.networks import SmallSegmenter, build_segmenter
 
 
 def segmenter_cfg(tmp_path, *overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("segmenter", overrides=[
-            "data.size=[32,32]", "data.scenes.num=24", "data.batch_size=4", "segmenter.batch_size=4", "data.num_workers=0",
-            "data.export_png=false", f"data.cache_dir={tmp_path / 'data'}", "segmenter.max_steps=6",
-            "segmenter.val_every=3", "segmenter.precision=32-true", "segmenter.progress_bar=false",
-            f"segmenter.cache_dir={tmp_path / 'segmenters'}", "segmenter.accelerator=cpu", *overrides,
-        ])  # fmt: skip
+    cfg = compose("segmenter", [
+        "data.size=[32,32]", "data.scenes.num=24", "data.batch_size=4", "segmenter.batch_size=4", "data.num_workers=0",
+        "data.export_png=false", f"data.cache_dir={tmp_path / 'data'}", "segmenter.max_steps=6",
+        "segmenter.val_every=3", "segmenter.precision=32-true", "segmenter.progress_bar=false",
+        f"segmenter.cache_dir={tmp_path / 'segmenters'}", "segmenter.accelerator=cpu", *overrides,
+    ])  # fmt: skip
     cfg.output_dir = str(tmp_path / "run")
     return cfg
 
@@ -97,8 +91,8 @@ def test_held_out_test_set_is_scored_on_every_row_and_recorded(tmp_path):
 
     from sdm.data.prepare import decode_row, prepare_data
     from sdm.data.transforms import to_item
-    from sdm.metrics.controls import blur_control
-    from sdm.metrics.held_out import (
+    from sdm.segmenter.controls import blur_control
+    from sdm.segmenter.held_out import (
         calibration_scores,
         held_out_scores,
         score_held_out,
@@ -139,7 +133,7 @@ def test_a_mixed_segmenter_records_its_synthetic_share():
 
     from omegaconf import OmegaConf
 
-    from sdm.metrics.segmenter import mix_info
+    from sdm.segmenter.fit import mix_info
 
     mixed = SimpleNamespace(mix=(18, 12, 0.25))
     assert mix_info(OmegaConf.create({"extra": "/x"}), mixed) == {"path": "/x", "ratio": 0.25, "rows": 12,
@@ -149,7 +143,7 @@ def test_a_mixed_segmenter_records_its_synthetic_share():
 
 
 def test_a_test_set_must_be_held_out_and_a_cache_of_other_steps_is_retrained(tmp_path, capsys):
-    from sdm.metrics.held_out import score_held_out
+    from sdm.segmenter.held_out import score_held_out
 
     cfg = segmenter_cfg(tmp_path)
     folder = train_segmenter(cfg)
@@ -170,12 +164,12 @@ def test_cli_refuses_a_bad_test_setting_before_training(tmp_path):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "sdm.metrics.segmenter", "data.scenes.num=24",
+    done = subprocess.run([sys.executable, "-m", "sdm.cli.segmenter", "data.scenes.num=24",
                            f"segmenter.cache_dir={tmp_path}", "segmenter.test=/data/test", f"hydra.run.dir={tmp_path / 'r'}"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "segmenter.test='/data/test': expected data settings" in done.stderr
     assert "Traceback" not in done.stderr and not list(tmp_path.glob("*/segmenter.json"))
-    same = subprocess.run([sys.executable, "-m", "sdm.metrics.segmenter", "data.scenes.num=24", "data.size=[32,32]",
+    same = subprocess.run([sys.executable, "-m", "sdm.cli.segmenter", "data.scenes.num=24", "data.size=[32,32]",
                            f"data.cache_dir={tmp_path / 'data'}", f"segmenter.cache_dir={tmp_path}",
                            "segmenter.test={scenes:{num:24}}", f"hydra.run.dir={tmp_path / 'r'}"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -16,7 +16,7 @@ import pytest
 from conftest import FAST_TRAIN, REPO
 from test_training import scalar_curve
 
-from sdm.checkpoints import load_checkpoint
+from sdm.checkpoint.files import load_checkpoint
 
 PARTITION = "local"  # the partition tools/local_slurm.py sets up
 

@@ -14,16 +14,16 @@ from conftest import FAST_TRAIN, REPO, compose_train
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sdm.callbacks import AtomicCheckpointIO
-from sdm.checkpoints import (
+from sdm.checkpoint.files import (
     find_latest_checkpoint,
     load_checkpoint,
     load_ema_weights,
 )
-from sdm.ema import EMA, ema_decay
-from sdm.errors import CheckpointError, ConfigError
-from sdm.module import DivergedError, SDMModule, warmup_cosine
-from sdm.training import train
+from sdm.core.errors import CheckpointError, ConfigError
+from sdm.training.callbacks import AtomicCheckpointIO
+from sdm.training.ema import EMA, ema_decay
+from sdm.training.fit import train
+from sdm.training.module import DivergedError, SDMModule, warmup_cosine
 
 
 def read_events(run_dir: Path) -> EventAccumulator:
@@ -95,7 +95,7 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     straight, _ = run_train(tmp_path, "straight")
 
     # the same run, stopped after step 4 (as a crash or a time limit would), then resumed
-    from sdm import callbacks
+    from sdm.training import callbacks
 
     original = callbacks.PeriodicCheckpoint.on_train_batch_end
 
@@ -264,7 +264,7 @@ def test_atomic_checkpoint_survives_sigkill_mid_write(tmp_path):
     AtomicCheckpointIO().save_checkpoint(good, path)
     script = f"""
 import time, torch
-from sdm.callbacks import AtomicCheckpointIO
+from sdm.training.callbacks import AtomicCheckpointIO
 def slow_save(obj, f):
     with open(f, "wb") as handle:
         handle.write(b"PK" + b"0" * 4096)
@@ -315,17 +315,15 @@ def test_multirun_makes_one_dir_per_job(tmp_path):
 
 @pytest.mark.parametrize("experiment", ["quickstart", "sidewalk256", "sidewalk1024", "finetune_cfg"])
 def test_every_experiment_composes_and_passes_the_checks(tmp_path, experiment):
-    from hydra import compose, initialize_config_dir
-
-    from sdm.config import check_train_config
-    from sdm.training import register_resolvers
+    from sdm.core.configs import compose
+    from sdm.training.config import check_train_config
+    from sdm.training.fit import register_resolvers
 
     register_resolvers()
     overrides = [f"experiment={experiment}", "hydra/launcher=slurm"]
     if experiment == "finetune_cfg":
         overrides += ["init_from=runs/some-run", "trainer.devices=1"]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    cfg = compose("train", overrides, return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher.tasks_per_node == cfg.trainer.devices and launcher.nodes == cfg.trainer.num_nodes
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
@@ -338,7 +336,7 @@ def test_every_experiment_composes_and_passes_the_checks(tmp_path, experiment):
 
 
 def test_ckpt_path_auto_resumes_only_when_there_is_something(tmp_path):
-    from sdm.training import resolve_ckpt_path
+    from sdm.training.fit import resolve_ckpt_path
 
     cfg = OmegaConf.create({"ckpt_path": "auto", "output_dir": str(tmp_path)})
     assert resolve_ckpt_path(cfg) is None
@@ -386,7 +384,7 @@ def test_finetune_without_init_from_is_refused(tmp_path):
 
 
 def test_bf16_falls_back_to_float32_on_a_cpu_without_native_bf16(tmp_path, monkeypatch, capsys):
-    from sdm import training
+    from sdm.training import fit as training
 
     cfg = compose_train(tmp_path, "trainer.precision=bf16-mixed", "trainer.accelerator=cpu")
     monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)

@@ -41,18 +41,18 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
     "diffusion": (["sdm/diffusion/*.py"], ["tests/test_diffusion.py"], ""),
     "data": (
         ["sdm/data/rows.py", "sdm/data/transforms.py", "sdm/data/datamodule.py",
-         "sdm/data/prepare.py", "sdm/data/classes.py"],
+         "sdm/data/prepare.py", "sdm/data/classes.py", "sdm/data/pictures.py", "sdm/cli/prepare.py"],
         ["tests/test_data.py", "tests/test_data_edges.py"],
         "not cli",
     ),
     # the module's survivors re-run every fit that covers them: its own run fits one session
     "checkpoints": (
-        ["sdm/checkpoints.py", "sdm/ema.py"],
+        ["sdm/checkpoint/files.py", "sdm/training/ema.py"],
         ["tests/test_checkpoints.py", "tests/test_training.py"],
         "not cli and not multirun and not sigkill",
     ),
     "module": (
-        ["sdm/module.py"],
+        ["sdm/training/module.py"],
         ["tests/test_module.py", "tests/test_training.py"],
         "not cli and not multirun and not sigkill",
     ),
@@ -71,37 +71,39 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
     ),
     # sharding over processes and nodes, export as a Hub-schema dataset, real + synthetic mixing
     "augmentation": (
-        ["sdm/generation/shards.py", "sdm/generation/processes.py", "sdm/generation/export.py", "sdm/data/mixing.py"],
+        ["sdm/generation/shards.py", "sdm/generation/processes.py", "sdm/generation/export.py", "sdm/data/mixing.py",
+         "sdm/generation/command.py", "sdm/cli/export.py"],
         ["tests/test_generate_shards.py", "tests/test_generate_export.py", "tests/test_data_mixing.py"],
         "not cli",  # tests/test_generate_processes.py stays out: its spawned children outlive a time-out
     ),
     "metrics": (
-        ["sdm/metrics/consistency.py", "sdm/metrics/distances.py", "sdm/metrics/diversity.py",
-         "sdm/metrics/image_sets.py", "sdm/metrics/scoring.py", "sdm/metrics/validation.py", "sdm/pipeline.py"],
+        ["sdm/segmenter/scores.py", "sdm/metrics/distances.py", "sdm/metrics/diversity.py",
+         "sdm/metrics/image_sets.py", "sdm/metrics/scoring.py", "sdm/training/validation.py", "sdm/cli/pipeline.py"],
         ["tests/test_metrics.py", "tests/test_evaluation.py", "tests/test_pipeline.py"],
         "not cli",
     ),
     # the instrument's calibration: the blur control and the verdict (a focused re-run of scoring.py)
     "instrument": (
-        ["sdm/metrics/controls.py", "sdm/metrics/scoring.py"],
+        ["sdm/segmenter/controls.py", "sdm/metrics/scoring.py"],
         ["tests/test_evaluation.py"],
         "not cli and not chromium",
     ),
     "report": (
         ["sdm/metrics/report.py", "sdm/metrics/report_html.py", "sdm/metrics/pictures.py",
-         "sdm/metrics/evaluation.py", "sdm/metrics/weights.py", "sdm/metrics/segmenter.py"],
+         "sdm/metrics/evaluation.py", "sdm/metrics/weights.py", "sdm/cli/weights.py",
+         "sdm/segmenter/networks.py", "sdm/segmenter/cache.py", "sdm/segmenter/fit.py", "sdm/cli/segmenter.py"],
         ["tests/test_metrics.py", "tests/test_evaluation.py", "tests/test_segmenter.py"],
         "not cli",
     ),
     # surviving faults: content digests, atomic writes and leftovers, stop signals, SLURM checks
     "faults": (
-        ["sdm/integrity.py", "sdm/atomic.py", "sdm/stopping.py", "sdm/slurm_launcher.py", "sdm/slurm_watch.py"],
+        ["sdm/core/integrity.py", "sdm/core/atomic.py", "sdm/core/stopping.py", "sdm/cluster/launcher.py", "sdm/cluster/watch.py"],
         ["tests/test_faults.py", "tests/test_fault_units.py", "tests/test_checkpoints.py"],
         "not cli and not tmpfs",
     ),
     # the published checkpoints: key names, qkv order, layout from shapes, the CLI
     "convert": (
-        ["sdm/convert_official.py", "sdm/official/*.py"],
+        ["sdm/checkpoint/official/*.py", "sdm/cli/convert.py"],
         ["tests/test_convert_official.py"],
         "not python_dash_m and not sample_py",
     ),

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from sdm.core.errors import DataError
+from sdm.core.seeding import stable_seed
+from sdm.core.stopping import outlive_stop_signals_of_others
 from sdm.data.mixing import MixedPairs, epoch_items, epoch_size, extra_ratio, extra_source_cfg
 from sdm.data.prepare import PreparedData, decode_row, prepare_data, split_indices
 from sdm.data.transforms import A, to_item, train_transform
-from sdm.errors import DataError
-from sdm.seeding import stable_seed
-from sdm.stopping import outlive_stop_signals_of_others
 
 
 class ResumableShuffleSampler(Sampler[tuple[int, int]]):
@@ -102,7 +102,7 @@ class IndexedRows(Dataset):
 
 def seed_worker(worker_id: int) -> None:
     """Give every DataLoader worker its own random streams (albumentations included), and let
-    it outlive the stop signals that SLURM sends every process of a job (sdm.stopping)."""
+    it outlive the stop signals that SLURM sends every process of a job (sdm.core.stopping)."""
     outlive_stop_signals_of_others()
     seed = torch.initial_seed() % 2**32
     random.seed(seed)

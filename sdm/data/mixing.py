@@ -3,7 +3,7 @@
 Every epoch holds all real training rows once and as many synthetic rows as make them a share
 r of the epoch (drawn without repeats while the synthetic pool lasts, a new draw each epoch);
 r = 1 trains on the synthetic rows alone. Validation stays real. The synthetic source is any
-data source in the Hub schema, typically `python -m sdm.generation.export`'s output.
+data source in the Hub schema, typically `python -m sdm.cli.export`'s output.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import Dataset
 
-from sdm.errors import ConfigError
+from sdm.core.errors import ConfigError
 
 
 def extra_ratio(cfg: Any) -> float:

@@ -20,12 +20,13 @@ import numpy as np
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
-from sdm.atomic import remove_leftovers, temporary_name
+from sdm.core.atomic import remove_leftovers, temporary_name
+from sdm.core.errors import DataError
+from sdm.core.viz import save_png
 from sdm.data.classes import CLASS_NAMES, NUM_CLASSES, colorize
+from sdm.data.pictures import class_frequency_chart, pairs_grid
 from sdm.data.rows import RowError, clean_row, parse_size, resize_pair
 from sdm.data.sources import load_source, source_key
-from sdm.errors import DataError
-from sdm.viz import class_frequency_chart, pairs_grid, save_png
 
 ARROW_FILE = "data.arrow"
 INFO_FILE = "dataset_info.json"
@@ -214,23 +215,6 @@ def describe(prepared: PreparedData) -> str:
         f"  look at: {prepared.root / 'preview.png'} and {prepared.root / 'class_frequency.png'}",
     ]
     return "\n".join(lines)
-
-
-def _main() -> None:
-    import hydra
-
-    from sdm.errors import exit_on_sdm_error
-
-    @hydra.main(version_base="1.3", config_path="../../conf", config_name="prepare")
-    @exit_on_sdm_error
-    def run(cfg: Any) -> None:
-        print(describe(prepare_data(cfg.data)))
-
-    run()
-
-
-if __name__ == "__main__":
-    _main()
 
 
 def split_indices(num_rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from sdm.core.errors import DataError
 from sdm.data.classes import NUM_CLASSES, decolorize
-from sdm.errors import DataError
 
 RESIZE_MODES = ("stretch", "crop")
 

@@ -13,8 +13,8 @@ from typing import Any
 import datasets
 from datasets import Image as ImageFeature
 
+from sdm.core.errors import ConfigError, DataError
 from sdm.data.rows import parse_size
-from sdm.errors import ConfigError, DataError
 
 HUB_ID = "segments/sidewalk-semantic"
 COLUMNS = ("pixel_values", "label")

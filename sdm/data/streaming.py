@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
 
+from sdm.core.errors import DataError
 from sdm.data.rows import RowError, clean_row, parse_size, resize_pair
 from sdm.data.sources import load_source
 from sdm.data.transforms import A, to_item
-from sdm.errors import DataError
 
 
 def in_validation(row: dict, val_fraction: float, seed: int) -> bool:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its import would otherwise call the network
-
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import albumentations as A
+import cv2
+import numpy as np
+import torch
 
 
 def train_transform(size: tuple[int, int], scale: Sequence[float] = (0.6, 1.0), hflip: float = 0.5) -> A.Compose:

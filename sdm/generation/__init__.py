@@ -4,9 +4,9 @@ masks (what to generate from) -> weights (the EMA U-Net) -> run (batches through
 -> layout (files, seeds, manifest) and grids. Nothing here imports the LightningModule.
 """
 
+from sdm.generation.command import generate
 from sdm.generation.layout import default_out_dir, run_dir_of, sample_seed
 from sdm.generation.masks import Mask, folder_masks, load_masks, read_mask, val_masks
-from sdm.generation.run import generate
 from sdm.generation.settings import check_settings
 from sdm.generation.weights import Model, load_model, weights_fingerprint
 

@@ -5,24 +5,22 @@ the export unchanged (`data=sidewalk data.path=<export>` here, `load_dataset("pa
 anywhere); extra columns say where each image came from. The export is built in a temporary
 folder and renamed into place: a reader never sees half of it.
 
-    python -m sdm.generation.export <sample.py folder> [--out DIR] [--size H W] [--rows-per-shard N]
+    python -m sdm.cli.export <sample.py folder> [--out DIR] [--size H W] [--rows-per-shard N]
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from sdm.atomic import remove_leftovers, temporary_name
-from sdm.errors import DataError, SDMError
+from sdm.core.atomic import remove_leftovers, temporary_name
+from sdm.core.errors import DataError
 from sdm.generation.layout import MANIFEST
 
 MARKER = "sdm_export.json"  # what tells a folder is an export of ours (safe to replace)
@@ -157,22 +155,3 @@ def export_dataset(samples: str | Path, out_dir: str | Path | None = None, *, si
     print(f"exported {len(all_rows)} images in {len(shards)} parquet shard(s) to {out} "
           f"(train on it: python train.py data=sidewalk data.path={out})")
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("samples", help="a finished sample.py output folder")
-    parser.add_argument("--out", help="export folder (default: <samples>/hf)")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="resize (labels nearest)")
-    parser.add_argument("--rows-per-shard", type=int, default=ROWS_PER_SHARD)
-    args = parser.parse_args(argv)
-    try:
-        export_dataset(args.samples, args.out, size=tuple(args.size) if args.size else None,
-                       rows_per_shard=args.rows_per_shard)
-    except SDMError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

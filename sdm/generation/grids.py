@@ -6,19 +6,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from sdm.core.viz import grid, save_png
 from sdm.data.classes import colorize
+from sdm.data.rows import read_rgb_file
 from sdm.generation.layout import image_name
 from sdm.generation.masks import Mask
-from sdm.viz import grid, save_png
 
 MASKS_PER_GRID = 8
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 def grid_row(out_dir: Path, mask: Mask, per_mask: int, with_real: bool) -> list[np.ndarray]:
@@ -26,7 +21,7 @@ def grid_row(out_dir: Path, mask: Mask, per_mask: int, with_real: bool) -> list[
     row = [colorize(mask.label)]
     if with_real:
         row.append(mask.real if mask.real is not None else np.full((*mask.label.shape, 3), 128, np.uint8))
-    return row + [read_rgb(out_dir / "images" / image_name(mask.name, k)) for k in range(per_mask)]
+    return row + [read_rgb_file(out_dir / "images" / image_name(mask.name, k)) for k in range(per_mask)]
 
 
 def write_grids(out_dir: Path, masks: Sequence[Mask], per_mask: int, touched: set[str]) -> list[str]:

@@ -11,14 +11,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from sdm.atomic import write_atomically
-from sdm.checkpoints import CHECKPOINT_DIR, EXPORT_DIR
+from sdm.checkpoint.files import CHECKPOINT_DIR, EXPORT_DIR
+from sdm.core.errors import ConfigError
+from sdm.core.seeding import stable_seed
+from sdm.core.viz import save_png
 from sdm.data.classes import colorize
-from sdm.errors import ConfigError
 from sdm.generation.masks import SPLITS, Mask, mask_source, mask_variations
 from sdm.generation.weights import Model
-from sdm.seeding import stable_seed
-from sdm.viz import save_png
 
 MANIFEST = "manifest.json"
 SHARDS_DIR = "shards"  # one record per shard of a sharded generation
@@ -51,12 +50,6 @@ def default_out_dir(cfg: DictConfig, weights_file: Path) -> Path:
 
 def image_name(mask: str, k: int) -> str:
     return f"{mask}_{k}.png"
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """JSON written under a temporary name and renamed, so readers never see half a file."""
-    text = json.dumps(data, indent=2)
-    write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def run_settings(cfg: DictConfig, model: Model) -> dict[str, Any]:

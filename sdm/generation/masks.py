@@ -12,10 +12,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
+from sdm.core.errors import ConfigError, DataError
 from sdm.data.prepare import decode_row, prepare_data, split_indices
 from sdm.data.rows import label_to_ids, read_rgb_file
 from sdm.data.sources import SOURCES, overlay_source
-from sdm.errors import ConfigError, DataError
 from sdm.generation.weights import Model
 
 

@@ -15,11 +15,12 @@ import torch
 import torch.multiprocessing as mp
 from omegaconf import DictConfig, OmegaConf
 
-from sdm.checkpoints import resolve_weights_source
-from sdm.errors import ConfigError, SDMError
+from sdm.checkpoint.files import resolve_weights_source
+from sdm.core.errors import ConfigError, SDMError
+from sdm.core.hardware import resolve_device
 from sdm.generation.layout import MANIFEST, default_out_dir
+from sdm.generation.run import generate_here
 from sdm.generation.shards import parse_shard, read_record
-from sdm.hardware import resolve_device
 
 
 def process_plan(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -37,11 +38,9 @@ def process_plan(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 def _worker(j: int, cfg_yaml: str, plan: list[dict[str, Any]], threads: int) -> None:
-    from sdm.generation.run import generate
-
     torch.set_num_threads(threads)
     try:
-        generate(OmegaConf.merge(OmegaConf.create(cfg_yaml), plan[j]))
+        generate_here(OmegaConf.merge(OmegaConf.create(cfg_yaml), plan[j]))
     except SDMError as err:
         print(f"error: process {j} ({plan[j]['shard']}): {err}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -19,9 +19,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from sdm.config import require
+from sdm.core.atomic import write_json
+from sdm.core.checks import require
+from sdm.core.errors import ConfigError
+from sdm.core.hardware import cpu_has_bf16, resolve_device
+from sdm.core.viz import save_png, to_uint8_image
 from sdm.diffusion import noise_config, sample
-from sdm.errors import ConfigError
 from sdm.generation.grids import write_grids
 from sdm.generation.layout import (
     FOLDERS,
@@ -33,16 +36,13 @@ from sdm.generation.layout import (
     run_dir_of,
     run_settings,
     sample_seed,
-    write_json,
     write_mask_files,
 )
 from sdm.generation.masks import Mask, load_masks, mask_source, mask_variations
 from sdm.generation.settings import check_settings
 from sdm.generation.shards import merge_shards, parse_shard, shard_masks, shard_record_path
 from sdm.generation.weights import Model, load_model
-from sdm.hardware import cpu_has_bf16, resolve_device
 from sdm.models import label_to_condition
-from sdm.viz import save_png, to_uint8_image
 
 
 def sample_batch(model: Model, jobs: Sequence[tuple[Mask, int]], batch: int, cfg: DictConfig,
@@ -103,15 +103,10 @@ def run_jobs(model: Model, masks: Sequence[Mask], out_dir: Path, cfg: DictConfig
     return made
 
 
-def generate(cfg: DictConfig) -> dict[str, Any]:
-    """Run a whole generation as configured (one shard of it with shard=i/n, or all of it in
-    `devices` local processes); returns the manifest, or {"complete": False, ...} for a shard
-    that finished while others still run."""
+def generate_here(cfg: DictConfig) -> dict[str, Any]:
+    """Run the generation (or the shard=i/n of it) in this process; returns the manifest, or
+    {"complete": False, ...} for a shard that finished while others still run."""
     check_settings(cfg)
-    if int(cfg.devices) > 1:
-        from sdm.generation.processes import run_in_processes
-
-        return run_in_processes(cfg)
     started = time.perf_counter()
     index, count = parse_shard(cfg.shard)
     device = resolve_device(str(cfg.device))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sdm.config import number, require
+from sdm.core.checks import number, require
+from sdm.core.errors import ConfigError
 from sdm.diffusion import SAMPLERS
 from sdm.diffusion.sampling import TIMESTEP_SPACINGS
-from sdm.errors import ConfigError
 from sdm.generation.masks import VARIATIONS
 from sdm.generation.shards import parse_shard
 

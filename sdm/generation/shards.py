@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sdm.errors import ConfigError
+from sdm.core.atomic import write_json
+from sdm.core.errors import ConfigError
 from sdm.generation.grids import write_grids
-from sdm.generation.layout import MANIFEST, SHARDS_DIR, manifest_items, write_json
+from sdm.generation.layout import MANIFEST, SHARDS_DIR, manifest_items
 from sdm.generation.masks import Mask
 
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")

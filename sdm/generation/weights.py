@@ -1,4 +1,4 @@
-"""The EMA U-Net of a trained run: weights and training config read through sdm.checkpoints,
+"""The EMA U-Net of a trained run: weights and training config read through sdm.checkpoint.files,
 the network built by sdm.models (never through the LightningModule), and a fingerprint of
 the weights that tells a resumed generation whether they changed."""
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from sdm.checkpoints import (
+from sdm.checkpoint.files import (
     ema_state_dict,
     load_checkpoint,
     load_ema_weights,
@@ -19,8 +19,8 @@ from sdm.checkpoints import (
     read_export_config,
     resolve_weights_source,
 )
+from sdm.core.errors import CheckpointError
 from sdm.data.rows import parse_size
-from sdm.errors import CheckpointError
 from sdm.models import SDMUNet, build_unet
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")

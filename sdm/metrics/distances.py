@@ -8,8 +8,6 @@ that needs no downloaded weights, reported under its own name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import torch
 from scipy import linalg
@@ -39,14 +37,6 @@ def gaussian_of(features: Tensor) -> tuple[np.ndarray, np.ndarray]:
     return array.mean(0), np.cov(array, rowvar=False)
 
 
-def feature_distance(features: nn.Module, real: Iterable[Tensor], fake: Iterable[Tensor]) -> float:
-    """Fréchet distance between the two image sets in the space of `features` (images in [-1, 1])."""
-    with torch.no_grad():
-        real_f = torch.cat([features(batch).flatten(1) for batch in real])
-        fake_f = torch.cat([features(batch).flatten(1) for batch in fake])
-    return frechet_distance(*gaussian_of(real_f), *gaussian_of(fake_f))
-
-
 def to_uint8(images: Tensor) -> Tensor:
     """[-1, 1] float images -> uint8, the input FID's Inception network expects."""
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -74,15 +64,3 @@ class InceptionDistances:
     def compute(self) -> dict[str, float]:
         kid_mean, kid_std = self.kid.compute()
         return {"fid": float(self.fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
-
-
-def fid_and_kid(real: Iterable[Tensor], fake: Iterable[Tensor], feature: int | nn.Module = 2048,
-                kid_subset_size: int = 1000) -> dict[str, float]:
-    """FID and KID (mean and std over subsets) of two lists of [-1, 1] image batches."""
-    real, fake = list(real), list(fake)
-    distances = InceptionDistances(feature, sum(len(b) for b in real), sum(len(b) for b in fake), kid_subset_size)
-    for batch in real:
-        distances.update(batch, real=True)
-    for batch in fake:
-        distances.update(batch, real=False)
-    return distances.compute()

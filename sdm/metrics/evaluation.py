@@ -1,6 +1,6 @@
 """An evaluation from start to end: read the set, find the networks, score, write the report.
 
-`python -m sdm.evaluate samples=<sample.py folder>` or `images=<dir> labels=<dir> [real=<dir>]`,
+`python -m sdm.cli.evaluate samples=<sample.py folder>` or `images=<dir> labels=<dir> [real=<dir>]`,
 and `python sample.py ... evaluate=true` after a generation (conf/evaluate.yaml,
 conf/evaluation/default.yaml).
 """
@@ -16,10 +16,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sdm.core.atomic import write_json
+from sdm.core.configs import CONFIG_DIR
+from sdm.core.errors import ConfigError
+from sdm.core.hardware import resolve_device
+from sdm.core.viz import save_png
 from sdm.data.classes import NUM_CLASSES
 from sdm.data.sources import SOURCES
-from sdm.errors import ConfigError
-from sdm.hardware import resolve_device
 from sdm.metrics.image_sets import ImageSet, from_folders, from_sample_folder
 from sdm.metrics.pictures import calibration_grid, ranked_masks, ranking_grid
 from sdm.metrics.report import (
@@ -31,15 +34,13 @@ from sdm.metrics.report import (
     library_versions,
     log_to_tensorboard,
     text_report,
-    write_json,
     write_text,
 )
 from sdm.metrics.report_html import page
 from sdm.metrics.scoring import Calibration, Networks, score_set
 from sdm.metrics.weights import missing_message, use_weights_dir
-from sdm.viz import save_png
 
-SEGMENTER_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "segmenter.yaml"
+SEGMENTER_CONFIG = CONFIG_DIR / "segmenter.yaml"
 RANKED = 4  # masks shown in each of the best and worst grids
 
 
@@ -51,7 +52,7 @@ def default_segmenter_settings() -> dict[str, Any]:
 def cached_segmenter_folder(train_data: dict[str, Any]) -> Path:
     """Where the default segmenter of a run's data lives (trained or not)."""
     from sdm.data.prepare import prepare_data
-    from sdm.metrics.segmenter import cache_folder
+    from sdm.segmenter.cache import cache_folder
 
     prepared = prepare_data(OmegaConf.create(train_data), show_progress=False)
     return cache_folder(prepared.root.name, default_segmenter_settings())
@@ -67,7 +68,7 @@ def find_segmenter(spec: str, image_set: ImageSet, train: bool, notes: list[str]
         return Path(spec).expanduser()
     if image_set.train_data is None:
         notes.append("semantic consistency skipped: these folders do not say which data trained their model; "
-                     "pass evaluation.segmenter=<folder> (python -m sdm.metrics.segmenter data=...)")
+                     "pass evaluation.segmenter=<folder> (python -m sdm.cli.segmenter data=...)")
         return None
     if image_set.train_data.get("name") not in SOURCES:  # e.g. a model converted from the official code
         notes.append(f"semantic consistency skipped: the model was trained on data.name="
@@ -79,9 +80,9 @@ def find_segmenter(spec: str, image_set: ImageSet, train: bool, notes: list[str]
         return folder
     if not train:
         notes.append(f"semantic consistency skipped: no segmenter cached at {folder}; run python -m "
-                     "sdm.metrics.segmenter with the run's data, or pass evaluation.train_segmenter=true")
+                     "sdm.segmenter.fit with the run's data, or pass evaluation.train_segmenter=true")
         return None
-    from sdm.metrics.segmenter import train_segmenter
+    from sdm.segmenter.fit import train_segmenter
 
     print(f"no segmenter for this data yet: training the default one (once per dataset and size) -> {folder}")
     cfg = OmegaConf.create({"data": image_set.train_data, "seed": 0, "output_dir": str(folder / "train"),
@@ -91,7 +92,7 @@ def find_segmenter(spec: str, image_set: ImageSet, train: bool, notes: list[str]
 
 def load_networks(ecfg: DictConfig, image_set: ImageSet) -> tuple[Networks, dict[str, Any]]:
     """The metric networks the settings and the weights on disk allow, and what was used."""
-    from sdm.metrics.segmenter import load_segmenter
+    from sdm.segmenter.cache import load_segmenter
 
     nets = Networks()
     use_weights_dir(ecfg.weights_dir)
@@ -224,6 +225,6 @@ def evaluate_set(image_set: ImageSet, out_dir: Path, ecfg: DictConfig, num_class
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """The `python -m sdm.evaluate` job (conf/evaluate.yaml)."""
+    """The `python -m sdm.cli.evaluate` job (conf/evaluate.yaml)."""
     image_set, out_dir = open_set(cfg)
     return evaluate_set(image_set, out_dir, cfg.evaluation, class_count(cfg))

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from sdm.data.rows import label_to_ids, read_rgb_file
-from sdm.errors import DataError
+from sdm.core.errors import DataError
+from sdm.data.rows import label_to_ids
 
 MANIFEST = "manifest.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -57,10 +57,6 @@ class ImageSet:
     def num_images(self) -> int:
         return sum(len(e.samples) for e in self.entries)
 
-    @property
-    def has_real(self) -> bool:
-        return any(e.real is not None for e in self.entries)
-
 
 def read_label(path: Path, num_classes: int) -> np.ndarray:
     """Class ids of a label PNG (mode L ids or palette colours), with the file named on failure."""
@@ -71,11 +67,6 @@ def read_label(path: Path, num_classes: int) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError) as err:
         reason = str(err).removeprefix("field 'label': ")
         raise DataError(f"label file '{path}' cannot be used: {reason}") from None
-
-
-def read_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """H x W x 3 uint8 of an image file at `size` = (H, W) (Lanczos when it differs)."""
-    return read_rgb_file(path, size)
 
 
 def _require_file(path: Path, what: str) -> Path:

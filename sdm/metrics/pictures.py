@@ -11,11 +11,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from sdm.core.viz import grid
 from sdm.data.classes import colorize
-from sdm.metrics.controls import blur_control
-from sdm.metrics.image_sets import ImageSet, read_rgb
+from sdm.data.rows import read_rgb_file
+from sdm.metrics.image_sets import ImageSet
 from sdm.metrics.scoring import to_tensor
-from sdm.viz import grid
+from sdm.segmenter.controls import blur_control
 
 GREY = 128
 
@@ -37,8 +38,8 @@ def mask_row(image_set: ImageSet, index: int, segmenter: nn.Module | None, devic
     """mask | real photo (grey without one) | sample, segmenter's reading of it | ..."""
     entry = image_set.entries[index]
     size = image_set.size
-    real = read_rgb(entry.real, size) if entry.real is not None else np.full((*size, 3), GREY, np.uint8)
-    samples = [read_rgb(p, size) for p in entry.samples[:samples_shown]]
+    real = read_rgb_file(entry.real, size) if entry.real is not None else np.full((*size, 3), GREY, np.uint8)
+    samples = [read_rgb_file(p, size) for p in entry.samples[:samples_shown]]
     row = [colorize(entry.label), real]
     predictions: list[np.ndarray | None] = [None] * len(samples)
     if segmenter is not None:
@@ -78,10 +79,10 @@ def calibration_grid(image_set: ImageSet, indices: Sequence[int], blur_factor: i
         entry = image_set.entries[index]
         if entry.real is None:
             continue
-        real = read_rgb(entry.real, image_set.size)
+        real = read_rgb_file(entry.real, image_set.size)
         blurred = blur_control(to_tensor([real]), blur_factor)[0]
         blurred = ((blurred.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-        samples = [read_rgb(p, image_set.size) for p in entry.samples[:samples_shown]]
+        samples = [read_rgb_file(p, image_set.size) for p in entry.samples[:samples_shown]]
         samples += [np.full_like(real, GREY)] * (samples_shown - len(samples))  # the real column stays in place
         rows.append([fit(tile, longest) for tile in (colorize(entry.label), blurred, *samples, real)])
     return grid(rows) if rows else None

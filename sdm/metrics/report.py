@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sdm.atomic import write_atomically
+from sdm.core.atomic import write_atomically
 
 JSON_FILE = "evaluation.json"
 TEXT_FILE = "evaluation_report.txt"
@@ -69,11 +69,6 @@ def format_value(value: float | None) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     return f"{value:.4g}" if abs(value) < 1000 else f"{value:.1f}"
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2, default=str)
-    write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def history(report: dict[str, Any], run_dir: Path | None, own_folder: Path) -> list[dict[str, Any]]:

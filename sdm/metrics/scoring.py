@@ -25,11 +25,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from sdm.metrics.consistency import ConfusionMatrix, confusion_matrix, segmentation_scores
-from sdm.metrics.controls import BLUR_FACTOR, blur_control
+from sdm.data.rows import read_rgb_file
 from sdm.metrics.distances import InceptionDistances, frechet_distance, gaussian_of
 from sdm.metrics.diversity import lpips_distance, mean_pairwise, ssim_distance
-from sdm.metrics.image_sets import ImageSet, MaskEntry, read_rgb
+from sdm.metrics.image_sets import ImageSet, MaskEntry
+from sdm.segmenter.controls import BLUR_FACTOR, blur_control
+from sdm.segmenter.scores import ConfusionMatrix, confusion_matrix, segmentation_scores
 
 MIN_CEILING = 0.8  # a segmenter below this on real photos is too weak to judge consistency by
 MAX_BLUR_RATIO = 0.8  # ... and one that rates blurred photos above this share of real cannot see detail
@@ -99,10 +100,10 @@ def score_batch(image_set: ImageSet, indices: list[int], nets: Networks, acc: Ac
     size = image_set.size
     for i in indices:
         entry = entries[i]
-        samples = to_tensor([read_rgb(p, size) for p in entry.samples])
+        samples = to_tensor([read_rgb_file(p, size) for p in entry.samples])
         label = torch.from_numpy(entry.label).long()
         row: dict[str, Any] = {"mask": entry.name, "images": len(entry.samples)}
-        real = to_tensor([read_rgb(entry.real, size)]) if entry.real is not None else None
+        real = to_tensor([read_rgb_file(entry.real, size)]) if entry.real is not None else None
         if nets.segmenter is not None:
             pred, features = segment(nets.segmenter, samples, device)
             targets = label.expand_as(pred)
@@ -226,7 +227,7 @@ def instrument_verdict(metrics: dict[str, float], calibration: Calibration) -> d
     verdict["summary"] = (f"the instrument can judge detail (ceiling {ceiling:.2f}, blurred photos at {blur:.0%} of "
                           "it): consistency ratio reliable" if not reasons else
                           "UNRELIABLE consistency ratio: the instrument cannot judge detail (" + "; ".join(reasons)
-                          + "); train a stronger segmenter (python -m sdm.metrics.segmenter)")
+                          + "); train a stronger segmenter (python -m sdm.cli.segmenter)")
     return verdict
 
 
@@ -248,7 +249,7 @@ def summarise(image_set: ImageSet, nets: Networks, acc: Accumulators, inception:
         found, per_class, sources = consistency(image_set, nets, acc, notes, calibration.blur_factor)
         metrics.update(found)
     else:
-        notes.append("semantic consistency skipped: no segmenter (train one with `python -m sdm.metrics.segmenter "
+        notes.append("semantic consistency skipped: no segmenter (train one with `python -m sdm.cli.segmenter "
                      "data=...`, then pass evaluation.segmenter=<its folder>)")
     instrument = instrument_verdict(metrics, calibration) if nets.segmenter is not None else None
     return {

@@ -9,7 +9,6 @@ with one line saying so and how to fix it; every other metric still runs.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +59,7 @@ def missing_message(name: str, weights_dir: str | Path | None = None) -> str | N
         return None
     entry = WEIGHT_FILES[name]
     return (f"{entry.metric} skipped: {path} not found. On a machine with internet run "
-            f"`python -m sdm.metrics.weights download --dir <folder>`, then pass evaluation.weights_dir=<folder>")
+            f"`python -m sdm.cli.weights download --dir <folder>`, then pass evaluation.weights_dir=<folder>")
 
 
 def download(weights_dir: str | Path | None = None) -> list[Path]:
@@ -75,24 +74,3 @@ def download(weights_dir: str | Path | None = None) -> list[Path]:
             torch.hub.download_url_to_file(entry.url, str(path), progress=True)
         paths.append(path)
     return paths
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Fetch or check the metric weights (FID/KID, LPIPS).")
-    parser.add_argument("command", choices=["download", "check"])
-    parser.add_argument("--dir", default=None, help="a torch hub folder (files go to <dir>/checkpoints; default: torch's own)")
-    args = parser.parse_args(argv)
-    if args.command == "download":
-        for path in download(args.dir):
-            print(f"ok {path}")
-        if args.dir:
-            print(f"use it with evaluation.weights_dir={args.dir}")
-        return
-    problems = [m for m in (missing_message(n, args.dir) for n in WEIGHT_FILES) if m]
-    for name in WEIGHT_FILES:
-        print(f"{'ok     ' if weight_path(name, args.dir).is_file() else 'missing'} {weight_path(name, args.dir)}")
-    raise SystemExit(1 if problems else 0)
-
-
-if __name__ == "__main__":
-    main()

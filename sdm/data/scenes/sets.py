@@ -1,11 +1,9 @@
 """Many scenes at once: the Hub-schema dataset, a grid for people to look at, the measurement
-behind the reference colours, and the command line (`python -m sdm.data.scenes`)."""
+behind the reference colours, and the command line (`python -m sdm.cli.scenes`)."""
 
 from __future__ import annotations
 
-import argparse
 import io
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -69,23 +67,3 @@ def scene_grid(num: int, height: int, width: int, seed: int = 0, cols: int = 8) 
         rows.append(np.concatenate([im for im, _ in pairs] + pad, axis=1))
         rows.append(np.concatenate([colorize(lb) for _, lb in pairs] + pad, axis=1))
     return np.concatenate(rows, axis=0)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: write a grid PNG of generated scenes (images above their coloured masks)."""
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--num", type=int, default=16)
-    ap.add_argument("--size", type=int, default=256, help="square size, or use --height/--width")
-    ap.add_argument("--height", type=int)
-    ap.add_argument("--width", type=int)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cols", type=int, default=8)
-    ap.add_argument("--out", type=Path, default=Path("."), help="directory for scenes_grid.png")
-    args = ap.parse_args(argv)
-    height, width = args.height or args.size, args.width or args.size
-    grid = scene_grid(args.num, height, width, args.seed, args.cols)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "scenes_grid.png"
-    Image.fromarray(grid).save(path)
-    print(f"wrote {path} ({args.num} scenes)")
-

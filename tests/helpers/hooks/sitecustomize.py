@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 if os.environ.get("SDM_TEST_DIE"):
-    from sdm import callbacks
+    from sdm.training import callbacks
 
     name, step, *target = os.environ["SDM_TEST_DIE"].split(":")
     signum, step = getattr(signal, name), int(step)
@@ -46,8 +46,8 @@ if os.environ.get("SDM_TEST_DIE"):
 if os.environ.get("SDM_TEST_FAIL_WRITE"):
     import errno
 
-    from sdm import callbacks
-    from sdm.atomic import WriteError, describe_write_failure
+    from sdm.core.atomic import WriteError, describe_write_failure
+    from sdm.training import callbacks
 
     failing_step = int(os.environ["SDM_TEST_FAIL_WRITE"])
     save = callbacks.AtomicCheckpointIO.save_checkpoint
@@ -62,7 +62,7 @@ if os.environ.get("SDM_TEST_FAIL_WRITE"):
 if os.environ.get("SDM_TEST_DUMP_EMA"):
     import torch
 
-    from sdm.module import SDMModule
+    from sdm.training.module import SDMModule
 
     def dump_ema(self):
         path = Path(self.cfg["output_dir"]) / f"ema-rank{self.global_rank}.pt"

@@ -175,7 +175,7 @@ def install_checks() -> None:
         launcher = importlib.import_module("hydra_plugins.hydra_submitit_launcher.submitit_launcher").SlurmLauncher
     except ImportError:  # without the plugin hydra/launcher=slurm cannot be chosen at all
         return
-    from sdm.slurm_watch import install_queue_fallback
+    from sdm.cluster.watch import install_queue_fallback
 
     install_queue_fallback()
     if getattr(launcher.launch, "__name__", "") != "checked_launch":

@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sdm.core.errors import SDMError
+from sdm.core.seeding import stable_seed
+from sdm.core.viz import grid, to_uint8_image
 from sdm.data.classes import colorize
 from sdm.diffusion import add_noise, build_noise_scheduler, hybrid_loss, noise_config, sample
-from sdm.ema import EMA, ema_decay
-from sdm.errors import SDMError
 from sdm.models import build_unet, drop_condition, label_to_condition
-from sdm.seeding import stable_seed
-from sdm.viz import grid, to_uint8_image
+from sdm.training.ema import EMA, ema_decay
 
 
 class DivergedError(SDMError):
@@ -73,7 +73,7 @@ class SDMModule(L.LightningModule):
         self.channels_last = bool(cfg.get("channels_last", False))
         self._val_batch: dict[str, Tensor] | None = None
         # (samples, labels, per_mask) -> metrics of the validation grid; set by training.py, so the
-        # module never holds a metric network (sdm.metrics.validation)
+        # module never holds a metric network (sdm.training.validation)
         self.sample_scorer: Callable[[Tensor, Tensor, int], dict[str, float]] | None = None
         if self.channels_last:
             self.unet.to(memory_format=torch.channels_last)

@@ -3,7 +3,7 @@
 Full Lightning checkpoints hold raw and EMA weights, optimizer, schedulers and loop state.
 Exports hold the EMA weights alone as safetensors with the resolved config beside them,
 which is what `sample.py` reads. Everything is loaded with `weights_only=True`, and every file
-the project writes carries a digest of its contents that each loader checks (sdm.integrity).
+the project writes carries a digest of its contents that each loader checks (sdm.core.integrity).
 Reading weights never imports Lightning.
 """
 
@@ -20,9 +20,9 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from sdm.atomic import write_atomically
-from sdm.errors import CheckpointError
-from sdm.integrity import DIGEST_KEY, content_digest, first_non_finite
+from sdm.core.atomic import write_atomically
+from sdm.core.errors import CheckpointError
+from sdm.core.integrity import DIGEST_KEY, content_digest, first_non_finite
 
 EMA_PREFIX = "ema.module."
 CHECKPOINT_DIR = "checkpoints"
@@ -103,10 +103,6 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
         raise CheckpointError(f"'{path}' holds a {type(checkpoint).__name__}, not a checkpoint (a dict of state)")
     _check_digest(checkpoint, path)
     return checkpoint
-
-
-def is_resumable(path: Path) -> bool:
-    return unusable_reason(path) is None
 
 
 def unusable_reason(path: Path) -> str | None:

@@ -3,7 +3,7 @@
 Widths, depth, the levels with attention, up/down-sampling blocks, the number of label
 channels and whether the variance is learned are all visible in the tensors, so they are
 read rather than assumed. What no shape shows (image size, attention heads, how the label
-channels split into classes and an edge channel) comes from `sdm.official.published`.
+channels split into classes and an edge channel) comes from `sdm.checkpoint.official.published`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from sdm.errors import CheckpointError
+from sdm.core.errors import CheckpointError
 
 BLOCK = re.compile(r"^(input_blocks|output_blocks)\.(\d+)\.(\d+)\.(.+)$")
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
-from sdm.errors import SDMError
+from sdm.core.errors import SDMError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 

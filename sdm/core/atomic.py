@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
@@ -16,8 +17,9 @@ import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from sdm.errors import SDMError
+from sdm.core.errors import SDMError
 
 _HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
 
@@ -102,6 +104,13 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
     finally:
         with contextlib.suppress(OSError):  # a read-only folder refuses even the clean-up
             tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """JSON written under a temporary name and renamed, so readers never see half a file (values JSON
+    cannot hold, such as paths, are written as text)."""
+    text = json.dumps(data, indent=2, default=str)
+    write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def _is_io_failure(err: Exception) -> bool:

@@ -1,14 +1,18 @@
 """The whole pipeline as one command: prepare -> segmenter -> train -> fine-tune -> sample -> evaluate.
 
-    python -m sdm.pipeline conf/pipeline/demo.yaml          (make demo: the scenes, CPU)
-    python -m sdm.pipeline conf/pipeline/sidewalk.yaml      (the real dataset, GPUs)
-    python -m sdm.pipeline conf/pipeline/demo.yaml root=runs/demo2 train.trainer.max_steps=100
+    sdm-pipeline conf/pipeline/demo.yaml          (make demo: the scenes, CPU)
+    sdm-pipeline conf/pipeline/sidewalk.yaml      (the real dataset, GPUs)
+    sdm-pipeline conf/pipeline/demo.yaml root=runs/demo2 train.trainer.max_steps=100
 
 Each stage is the project's own command line, run in a child process with its output in
 `<root>/logs/<stage>.log`. A stage whose outputs are complete is skipped, so re-running the
 command after a failure or a pre-emption carries on; training resumes its last checkpoint
 (ckpt_path=auto). The summary names each stage's status and time, and the first failing
 stage with the end of its log.
+
+Not a Hydra app itself: its first argument is a pipeline file, a path (users keep their own
+pipelines beside their data), read with OmegaConf and the same dotted overrides; every stage it
+runs is a Hydra app.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sdm.errors import ConfigError, SDMError, exit_on_sdm_error
+from sdm.core.configs import CONFIG_DIR, compose
+from sdm.core.errors import ConfigError, SDMError, exit_on_sdm_error
 
 LOG_TAIL = 25
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONFIG_DIR
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,7 @@ def overrides(cfg: DictConfig, key: str) -> list[str]:
 
 def compose_data(overrides_: list[str]) -> dict:
     """The resolved `data` block of the training config these overrides compose."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides_)
+    cfg = compose("train", overrides_)
     return OmegaConf.to_container(cfg.data, resolve=True)
 
 
@@ -107,21 +109,21 @@ def stages(cfg: DictConfig) -> list[Stage]:
     train_dir, finetune_dir, samples = root / "train", root / "finetune", root / "samples"
     weights = finetune_dir if cfg.get("finetune") is not None else train_dir
     plan = [
-        Stage("prepare", [python, "-m", "sdm.data.prepare", *data], lambda: False),  # reuses its cache itself
-        Stage("segmenter", [python, "-m", "sdm.metrics.segmenter", *data, *overrides(cfg, "segmenter")],
+        Stage("prepare", [python, "-m", "sdm.cli.prepare", *data], lambda: False),  # reuses its cache itself
+        Stage("segmenter", [python, "-m", "sdm.cli.segmenter", *data, *overrides(cfg, "segmenter")],
               lambda: False),  # reuses its cache itself
-        Stage("train", [python, "train.py", *overrides(cfg, "train"), *data, f"run_dir={train_dir}", "ckpt_path=auto"],
+        Stage("train", [python, "-m", "sdm.cli.train", *overrides(cfg, "train"), *data, f"run_dir={train_dir}", "ckpt_path=auto"],
               lambda: (train_dir / "export" / "ema.safetensors").is_file()),
     ]
     if cfg.get("finetune") is not None:
-        plan.append(Stage("finetune", [python, "train.py", *overrides(cfg, "train"), *data, "experiment=finetune_cfg",
+        plan.append(Stage("finetune", [python, "-m", "sdm.cli.train", *overrides(cfg, "train"), *data, "experiment=finetune_cfg",
                                        *overrides(cfg, "finetune"), f"init_from={train_dir}",
                                        f"run_dir={finetune_dir}", "ckpt_path=auto"],
                           lambda: (finetune_dir / "export" / "ema.safetensors").is_file()))
     plan += [
-        Stage("sample", [python, "sample.py", f"weights={weights}", f"out_dir={samples}", *overrides(cfg, "sample")],
+        Stage("sample", [python, "-m", "sdm.cli.sample", f"weights={weights}", f"out_dir={samples}", *overrides(cfg, "sample")],
               lambda: manifest_complete(samples)),
-        Stage("evaluate", [python, "-m", "sdm.evaluate", f"samples={samples}", "evaluation.progress=false",
+        Stage("evaluate", [python, "-m", "sdm.cli.evaluate", f"samples={samples}", "evaluation.progress=false",
                            *overrides(cfg, "evaluate")], lambda: evaluated(samples)),
     ]
     return plan
@@ -144,7 +146,7 @@ def tail(path: Path, lines: int = LOG_TAIL) -> str:
 def run_pipeline(cfg: DictConfig, cwd: Path | None = None) -> list[tuple[str, str, float]]:
     """Run every stage not yet done; returns (stage, status, seconds). Stops at the first failure."""
     root = Path(str(cfg.root)).expanduser()
-    cwd = cwd or Path(__file__).resolve().parents[1]
+    cwd = cwd or Path(__file__).resolve().parents[2]
     plan = stages(cfg)
     summary: list[tuple[str, str, float]] = []
     for number, stage in enumerate(plan, 1):

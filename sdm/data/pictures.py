@@ -1,41 +1,14 @@
-"""Pictures for people: coloured masks, comparison grids, the class-frequency chart."""
+"""Pictures of a dataset for people: images over their coloured masks, the class-frequency chart."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
-from sdm.atomic import write_atomically
+from sdm.core.viz import grid
 from sdm.data.classes import CLASS_NAMES, PALETTE, colorize
-
-
-def to_uint8_image(tensor: torch.Tensor) -> np.ndarray:
-    """A 3 x H x W tensor in [-1, 1] -> H x W x 3 uint8."""
-    array = ((tensor.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()
-    return array.permute(1, 2, 0).cpu().numpy()
-
-
-def grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, fill: int = 255) -> np.ndarray:
-    """Tile H x W x 3 uint8 tiles into a grid; all tiles must share a size, short rows are padded."""
-    tiles = [t for row in rows for t in row]
-    if not tiles:
-        raise ValueError("grid needs at least one tile")
-    height, width = tiles[0].shape[:2]
-    columns = max(len(row) for row in rows)
-    out = np.full(
-        (len(rows) * (height + pad) + pad, columns * (width + pad) + pad, 3), fill, dtype=np.uint8
-    )
-    for r, row in enumerate(rows):
-        for c, tile in enumerate(row):
-            if tile.shape[:2] != (height, width):
-                raise ValueError(f"tile ({r}, {c}) is {tile.shape[:2]}, expected {(height, width)}")
-            y, x = pad + r * (height + pad), pad + c * (width + pad)
-            out[y : y + height, x : x + width] = tile[..., :3] if tile.ndim == 3 else tile[..., None]
-    return out
 
 
 def pairs_grid(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], columns: int = 8) -> np.ndarray:
@@ -64,8 +37,3 @@ def class_frequency_chart(
         draw.rectangle((label_w, y, label_w + max(length, 1), y + row_h - 4), fill=colour, outline="black")
         draw.text((label_w + length + 4, y), f"{freq:.2%}", fill="black")
     return np.asarray(image)
-
-
-def save_png(array: np.ndarray, path: str | Path) -> None:
-    """Write an image atomically (temporary name, fsync, rename)."""
-    write_atomically(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))

@@ -10,9 +10,9 @@ import lightning as L
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from sdm.checkpoints import load_checkpoint, save_checkpoint_file
-from sdm.errors import CheckpointError
-from sdm.stopping import StopSignals, TrainingStopped
+from sdm.checkpoint.files import load_checkpoint, save_checkpoint_file
+from sdm.core.errors import CheckpointError
+from sdm.core.stopping import StopSignals, TrainingStopped
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -27,7 +27,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class PeriodicCheckpoint(ModelCheckpoint):
     """Every-N-steps checkpoints plus `last.ckpt`, one more when training ends, and one when a
-    stop signal arrives (sdm.stopping), after which training stops with a resume hint.
+    stop signal arrives (sdm.core.stopping), after which training stops with a resume hint.
 
     Lightning saves only on multiples of N; the final state matters as much (it is what
     `ckpt_path=last` and the export should see), so it is written too.
@@ -113,7 +113,7 @@ class PeriodicCheckpoint(ModelCheckpoint):
 
 class SameResumePoint(L.Callback):
     """Every rank must resume from the checkpoint rank 0 resumes from. Each rank picks its own
-    before the ranks can talk (sdm.training.resolve_ckpt_path); the pick is a function of the
+    before the ranks can talk (sdm.training.fit.resolve_ckpt_path); the pick is a function of the
     files, so ranks differ only when nodes see the run dir differently: then all stop, saying so,
     instead of training on from different states."""
 

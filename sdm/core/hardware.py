@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from sdm.config import require
-from sdm.errors import ConfigError
+from sdm.core.checks import require
+from sdm.core.errors import ConfigError
 
 
 def cpu_has_bf16() -> bool:

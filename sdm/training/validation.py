@@ -1,6 +1,6 @@
 """What the validation step measures on its sample grid: does each sample follow its mask?
 
-With a segmenter cached for the run's data and size (`python -m sdm.metrics.segmenter`),
+With a segmenter cached for the run's data and size (`python -m sdm.cli.segmenter`),
 its mIoU against the sample's own mask and against another mask of the grid. Without
 one, on the embedded scenes only, the nearest-colour agreement, under a name that says so.
 training.py attaches the scorer to the module, which never imports a metric network.
@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sdm.errors import ConfigError
-from sdm.metrics.consistency import confusion_matrix, segmentation_scores
+from sdm.core.errors import ConfigError
+from sdm.segmenter.scores import confusion_matrix, segmentation_scores
 
 Scorer = Callable[[Tensor, Tensor, int], dict[str, float]]  # (samples, labels, per_mask) -> metrics
 
@@ -57,7 +57,7 @@ def colour_scorer(samples: Tensor, labels: Tensor, per_mask: int) -> dict[str, f
 def find_scorer(cfg: dict[str, Any]) -> Scorer | None:
     """The scorer of a run's validation grid, per `validation.segmenter` (auto | none | a folder)."""
     from sdm.metrics.evaluation import cached_segmenter_folder
-    from sdm.metrics.segmenter import INFO_FILE, load_segmenter
+    from sdm.segmenter.cache import INFO_FILE, load_segmenter
 
     spec = str(cfg["validation"].get("segmenter", "auto"))
     fallback = colour_scorer if cfg["data"]["name"] == "scenes" else None
@@ -88,10 +88,10 @@ class LazyScorer:
 def validation_scorer(cfg: dict[str, Any]) -> Scorer:
     """What training.py attaches to the module (`module.sample_scorer`); a folder given by
     name is checked now, not at the first validation."""
-    from sdm.metrics.segmenter import INFO_FILE
+    from sdm.segmenter.cache import INFO_FILE
 
     spec = str(cfg["validation"].get("segmenter", "auto"))
     if spec not in ("auto", "none") and not (Path(spec).expanduser() / INFO_FILE).is_file():
         raise ConfigError(f"validation.segmenter={spec}: no trained segmenter there ({INFO_FILE} missing); "
-                          "use auto, none, or a folder made by python -m sdm.metrics.segmenter")
+                          "use auto, none, or a folder made by python -m sdm.cli.segmenter")
     return LazyScorer(cfg)

@@ -7,7 +7,6 @@ same generator of scenes with another seed. Every row of it is scored, no split.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from sdm.atomic import write_atomically
-from sdm.errors import ConfigError
-from sdm.metrics.consistency import confusion_matrix, segmentation_scores
-from sdm.metrics.controls import BLUR_FACTOR, blur_control
+from sdm.core.atomic import write_json
+from sdm.core.errors import ConfigError
+from sdm.segmenter.controls import BLUR_FACTOR, blur_control
+from sdm.segmenter.scores import confusion_matrix, segmentation_scores
 
 IGNORE = 0
 
@@ -102,7 +101,7 @@ def calibration_scores(network: nn.Module, data: DictConfig, blur_factor: int = 
 def score_held_out(folder: Path, data: DictConfig, test: Any, info_file: str) -> dict[str, Any]:
     """Score the segmenter in `folder` on the test source and record it in its info file."""
     from sdm.data.prepare import prepare_data
-    from sdm.metrics.segmenter import load_segmenter
+    from sdm.segmenter.cache import load_segmenter
 
     if OmegaConf.is_config(test):
         test = OmegaConf.to_container(test, resolve=True)
@@ -111,7 +110,7 @@ def score_held_out(folder: Path, data: DictConfig, test: Any, info_file: str) ->
     refuse_training_rows(test, prepare_data(test_cfg, show_progress=False).root.name, str(info["data_key"]))
     scores = held_out_scores(network, test_cfg)
     info["test"] = scores
-    write_atomically(folder / info_file, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+    write_json(folder / info_file, info)
     print(f"segmenter on the held-out test set ({scores['rows']} rows, {scores['data_key']}): "
           f"mIoU {scores['miou']:.3f}, pixel accuracy {scores['pixel_accuracy']:.3f}")
     return scores

@@ -19,9 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
-from sdm.atomic import ensure_writable, remove_leftovers
-from sdm.callbacks import AtomicCheckpointIO, SameResumePoint
-from sdm.checkpoints import (
+from sdm.checkpoint.files import (
     CHECKPOINT_DIR,
     EXPORT_DIR,
     check_resumable,
@@ -30,13 +28,15 @@ from sdm.checkpoints import (
     load_into,
     load_stage_one,
 )
-from sdm.config import check_accelerator, check_train_config
+from sdm.core.atomic import ensure_writable, remove_leftovers
+from sdm.core.errors import CheckpointError, ConfigError, SDMError
+from sdm.core.hardware import cpu_has_bf16
+from sdm.core.stopping import StopSignals, TrainingStopped, error_from_worker
 from sdm.data.datamodule import SidewalkDataModule
-from sdm.errors import CheckpointError, ConfigError, SDMError
-from sdm.hardware import cpu_has_bf16
-from sdm.metrics.validation import validation_scorer
-from sdm.module import SDMModule
-from sdm.stopping import StopSignals, TrainingStopped, error_from_worker
+from sdm.training.callbacks import AtomicCheckpointIO, SameResumePoint
+from sdm.training.config import check_accelerator, check_train_config
+from sdm.training.module import SDMModule
+from sdm.training.validation import validation_scorer
 
 # The DataModule saves and restores its sampler position itself (SidewalkDataModule.state_dict).
 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")

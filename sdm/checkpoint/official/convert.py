@@ -1,7 +1,7 @@
 """Turn a checkpoint of the paper's official code into this project's export (ema.safetensors +
 config.yaml), which `sample.py weights=<out>` and the evaluation read like any trained run.
 
-    python -m sdm.convert_official <model*.pt | ema_0.9999_*.pt> dataset=ade20k|celeba|coco
+    python -m sdm.cli.convert <model*.pt | ema_0.9999_*.pt> dataset=ade20k|celeba|coco
         [out=<folder>] [image_size=256] [num_classes=N] [no_instance=true|false]
         [num_head_channels=64 | num_heads=N] [use_new_attention_order=false]
         [diffusion_steps=1000] [noise_schedule=linear|cosine] [overwrite=false]
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -24,19 +23,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sdm.atomic import WriteError, describe_write_failure, remove_leftovers, temporary_name
-from sdm.checkpoints import (
+from sdm.checkpoint.files import (
     EXPORT_CONFIG,
     EXPORT_WEIGHTS,
     check_weights_fit,
     export_ema,
     load_checkpoint,
 )
-from sdm.errors import CheckpointError, ConfigError, exit_on_sdm_error
+from sdm.checkpoint.official.keys import is_qkv, legacy_qkv_to_ours, our_name
+from sdm.checkpoint.official.layout import Layout, read_layout
+from sdm.checkpoint.official.published import (
+    NOISE_SCHEDULES,
+    PUBLISHED,
+    Published,
+    diffusion_config,
+)
+from sdm.core.atomic import WriteError, describe_write_failure, remove_leftovers, temporary_name
+from sdm.core.errors import CheckpointError, ConfigError
 from sdm.models import build_unet
-from sdm.official.keys import is_qkv, legacy_qkv_to_ours, our_name
-from sdm.official.layout import Layout, read_layout
-from sdm.official.published import NOISE_SCHEDULES, PUBLISHED, Published, diffusion_config
 
 OFFICIAL_CODE = "https://github.com/WeilunWang/semantic-diffusion-model"
 DEFAULT_ROOT = Path("runs") / "official"
@@ -313,16 +317,3 @@ def run(options: Options) -> Path:
     edges = " (instance maps in a sibling instances/ folder)" if config["model"]["edge_channel"] else ""
     print(f"wrote {written} and {EXPORT_CONFIG}\nsample: python sample.py weights={out} masks={masks}{edges}")
     return written
-
-
-@exit_on_sdm_error
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return
-    run(parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,1 @@
+"""The commands, one module each, as console scripts (`sdm-train`, `sdm-sample`, ...) and `python -m sdm.cli.<name>`."""

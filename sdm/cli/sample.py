@@ -1,0 +1,39 @@
+"""`sdm-sample weights=runs/<run>` (or `python sample.py ...`; conf/sample.yaml): generate images for
+masks, then optionally export them as a dataset and evaluate them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from sdm.cluster.launcher import install_checks
+from sdm.core.configs import CONFIG_DIR
+from sdm.core.errors import exit_on_sdm_error
+from sdm.generation import generate
+from sdm.generation.export import export_dataset
+from sdm.metrics.evaluation import evaluate_set
+from sdm.metrics.image_sets import from_sample_folder
+
+install_checks()  # hydra/launcher=slurm refuses a misconfigured sweep before submitting it
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="sample")
+@exit_on_sdm_error
+def main(cfg: DictConfig) -> None:
+    manifest = generate(cfg)
+    if (cfg.evaluate or cfg.export) and not manifest.get("complete"):
+        print("evaluate/export: the other shards are still running; the last one to finish does it")
+        return
+    if cfg.export:
+        size = tuple(int(v) for v in cfg.export_size) if cfg.export_size else None
+        export_dataset(manifest["out_dir"], cfg.export_dir, size=size)
+    if cfg.evaluate:
+        out_dir = Path(manifest["out_dir"])
+        num_classes = int(manifest["train_data"]["num_classes"])  # the model's, not sidewalk's 35
+        evaluate_set(from_sample_folder(out_dir, num_classes), out_dir, cfg.evaluation, num_classes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Where trained segmenters live: one folder per dataset, size, architecture and seed, holding the
+weights and an info file with the held-out scores and the calibration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from torch import nn
+
+from sdm.checkpoint.files import load_safetensors
+from sdm.core.errors import CheckpointError
+from sdm.data.mixing import extra_ratio, extra_source_cfg
+from sdm.data.prepare import prepare_data
+from sdm.segmenter.networks import build_segmenter
+
+WEIGHTS_FILE = "segmenter.safetensors"
+INFO_FILE = "segmenter.json"
+
+
+def cache_folder(data_key: str, settings: dict[str, Any], seed: int = 0) -> Path:
+    """One folder per prepared dataset (source, size, resize), architecture and seed."""
+    name = f"{data_key}-{settings['arch']}" + (f"-w{settings['width']}" if settings["arch"] in ("unet", "small") else "")
+    name += f"-seed{seed}" if seed else ""
+    return Path(str(settings["cache_dir"])).expanduser() / name
+
+
+def load_segmenter(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A trained segmenter (eval mode, CPU) and its info (architecture, data, held-out scores)."""
+    folder = Path(folder)
+    info_path, weights_path = folder / INFO_FILE, folder / WEIGHTS_FILE
+    if not info_path.is_file() or not weights_path.is_file():
+        raise CheckpointError(f"'{folder}' holds no trained segmenter ({INFO_FILE} and {WEIGHTS_FILE})")
+    info = json.loads(info_path.read_text())
+    network = build_segmenter(info["arch"], int(info["num_classes"]), int(info.get("width", 16)))
+    state = load_safetensors(weights_path)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"'{weights_path}' does not fit a {info['arch']} segmenter: "
+                              f"{str(err).splitlines()[0]}") from None
+    return network.eval().requires_grad_(False), info
+
+
+def data_key(data: DictConfig, real_key: str) -> str:
+    """The cache key of what a segmenter trains on: the real rows' key, and with data.extra the
+    synthetic rows' key and share, so a mixed segmenter never stands in for the real data's one."""
+    if not data.get("extra"):
+        return real_key
+    synthetic = prepare_data(extra_source_cfg(data), show_progress=False)
+    return f"{real_key}+{synthetic.root.name}-r{extra_ratio(data):g}"

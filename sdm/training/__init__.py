@@ -1,0 +1,1 @@
+"""Training: the LightningModule, fit (train(cfg)), callbacks, EMA, start-up config checks and validation scoring."""
