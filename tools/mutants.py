@@ -37,74 +37,74 @@ EQUIVALENT = REPO / "tools" / "mutants_equivalent.yaml"
 
 # package -> (files to mutate, test files that cover them, pytest -k deselection)
 PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
-    "models": (["sdm/models/*.py"], ["tests/test_models.py", "tests/test_blocks.py"], ""),
-    "diffusion": (["sdm/diffusion/*.py"], ["tests/test_diffusion.py"], ""),
+    "models": (["sdm/models/*.py"], ["tests/models/test_models.py", "tests/models/test_blocks.py"], ""),
+    "diffusion": (["sdm/diffusion/*.py"], ["tests/diffusion/test_diffusion.py"], ""),
     "data": (
         ["sdm/data/rows.py", "sdm/data/transforms.py", "sdm/data/datamodule.py",
          "sdm/data/prepare.py", "sdm/data/classes.py", "sdm/data/pictures.py", "sdm/cli/prepare.py"],
-        ["tests/test_data.py", "tests/test_data_edges.py"],
+        ["tests/data/test_data.py", "tests/data/test_data_edges.py"],
         "not cli",
     ),
     # the module's survivors re-run every fit that covers them: its own run fits one session
     "checkpoints": (
         ["sdm/checkpoint/files.py", "sdm/training/ema.py"],
-        ["tests/test_checkpoints.py", "tests/test_training.py"],
+        ["tests/checkpoint/test_checkpoints.py", "tests/training/test_training.py"],
         "not cli and not multirun and not sigkill",
     ),
     "module": (
         ["sdm/training/module.py"],
-        ["tests/test_module.py", "tests/test_training.py"],
+        ["tests/training/test_module.py", "tests/training/test_training.py"],
         "not cli and not multirun and not sigkill",
     ),
     "generation": (
         ["sdm/generation/settings.py", "sdm/generation/weights.py",
          "sdm/generation/layout.py", "sdm/generation/grids.py", "sdm/generation/run.py"],
-        ["tests/test_generate.py", "tests/test_generate_edges.py", "tests/test_generate_shards.py",
-         "tests/test_generate_masks.py"],
+        ["tests/generation/test_generate.py", "tests/generation/test_generate_edges.py", "tests/generation/test_generate_shards.py",
+         "tests/generation/test_generate_masks.py"],
         "not cli",
     ),
     # which masks a generation uses: splits, another source, variations
     "masks": (
         ["sdm/generation/masks.py"],
-        ["tests/test_generate_masks.py", "tests/test_generate_edges.py", "tests/test_generate.py"],
+        ["tests/generation/test_generate_masks.py", "tests/generation/test_generate_edges.py", "tests/generation/test_generate.py"],
         "not cli",
     ),
     # sharding over processes and nodes, export as a Hub-schema dataset, real + synthetic mixing
     "augmentation": (
         ["sdm/generation/shards.py", "sdm/generation/processes.py", "sdm/generation/export.py", "sdm/data/mixing.py",
          "sdm/generation/command.py", "sdm/cli/export.py"],
-        ["tests/test_generate_shards.py", "tests/test_generate_export.py", "tests/test_data_mixing.py"],
-        "not cli",  # tests/test_generate_processes.py stays out: its spawned children outlive a time-out
+        ["tests/generation/test_generate_shards.py", "tests/generation/test_generate_export.py", "tests/data/test_data_mixing.py"],
+        "not cli",  # tests/generation/test_generate_processes.py stays out: its spawned children outlive a time-out
     ),
     "metrics": (
         ["sdm/segmenter/scores.py", "sdm/metrics/distances.py", "sdm/metrics/diversity.py",
          "sdm/metrics/image_sets.py", "sdm/metrics/scoring.py", "sdm/training/validation.py", "sdm/cli/pipeline.py"],
-        ["tests/test_metrics.py", "tests/test_evaluation.py", "tests/test_pipeline.py"],
+        ["tests/metrics/test_metrics.py", "tests/metrics/test_evaluation.py", "tests/cli/test_pipeline.py"],
         "not cli",
     ),
     # the instrument's calibration: the blur control and the verdict (a focused re-run of scoring.py)
     "instrument": (
         ["sdm/segmenter/controls.py", "sdm/metrics/scoring.py"],
-        ["tests/test_evaluation.py"],
+        ["tests/metrics/test_evaluation.py"],
         "not cli and not chromium",
     ),
     "report": (
         ["sdm/metrics/report.py", "sdm/metrics/report_html.py", "sdm/metrics/pictures.py",
          "sdm/metrics/evaluation.py", "sdm/metrics/weights.py", "sdm/cli/weights.py",
          "sdm/segmenter/networks.py", "sdm/segmenter/cache.py", "sdm/segmenter/fit.py", "sdm/cli/segmenter.py"],
-        ["tests/test_metrics.py", "tests/test_evaluation.py", "tests/test_segmenter.py"],
+        ["tests/metrics/test_metrics.py", "tests/metrics/test_evaluation.py", "tests/segmenter/test_segmenter.py"],
         "not cli",
     ),
     # surviving faults: content digests, atomic writes and leftovers, stop signals, SLURM checks
     "faults": (
         ["sdm/core/integrity.py", "sdm/core/atomic.py", "sdm/core/stopping.py", "sdm/cluster/launcher.py", "sdm/cluster/watch.py"],
-        ["tests/test_faults.py", "tests/test_fault_units.py", "tests/test_checkpoints.py"],
+        ["tests/training/test_faults.py", "tests/core/test_fault_units.py", "tests/checkpoint/test_checkpoints.py"],
         "not cli and not tmpfs",
     ),
     # the published checkpoints: key names, qkv order, layout from shapes, the CLI
     "convert": (
         ["sdm/checkpoint/official/*.py", "sdm/cli/convert.py"],
-        ["tests/test_convert_official.py"],
+        ["tests/checkpoint/test_convert_official.py"],
         "not python_dash_m and not sample_py",
     ),
 }
@@ -116,7 +116,7 @@ KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 def tracked_files() -> list[str]:
     out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
                          capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if (REPO / line).is_file()]
+    return [line for line in out.splitlines() if (REPO / line).is_symlink() or (REPO / line).is_file()]
 
 
 def changed_files(base: str) -> list[str]:
@@ -139,7 +139,10 @@ def prepare_copy(work: Path, only: list[str], tests: list[str], deselect: str) -
     for rel in tracked_files():
         target = work / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, target)
+        if (REPO / rel).is_symlink():  # sdm/conf -> ../conf, docs/experiments -> ../experiments: links stay links
+            target.symlink_to(os.readlink(REPO / rel))
+        else:
+            shutil.copy2(REPO / rel, target)
     selection = [t for t in tests if (REPO / t).is_file()] + ["-m", "not slow", "-p", "no:cacheprovider"]
     if deselect:
         selection += ["-k", deselect]

@@ -1,0 +1,128 @@
+"""The one-command pipeline: its stages, skipping what is complete, naming the failing stage."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from sdm.cli import pipeline
+from sdm.cli.pipeline import PipelineError, Stage, as_overrides, load_config, run_pipeline, stages
+from sdm.core.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_nested_blocks_become_hydra_overrides():
+    block = {"experiment": "quickstart", "trainer": {"max_steps": 5, "devices": None}, "data": {"size": [32, 48]}}
+    assert as_overrides(block) == ["experiment=quickstart", "trainer.max_steps=5", "trainer.devices=null",
+                                   "data.size=[32,48]"]
+    assert as_overrides({"num": 3}, "data.scenes") == ["data.scenes.num=3"]
+
+
+def test_demo_stages_share_the_data_and_resume_training(tmp_path):
+    cfg = load_config(str(REPO / "conf" / "pipeline" / "demo.yaml"), [f"root={tmp_path}", "data.scenes.num=50"])
+    plan = {stage.name: stage.command for stage in stages(cfg)}
+    assert list(plan) == ["prepare", "segmenter", "train", "sample", "evaluate"]  # no fine-tune in the demo
+    data = [arg for arg in plan["prepare"] if arg.startswith("data")]
+    # the quickstart's own data settings reach prepare and the segmenter: one cache key for all
+    assert {"data=scenes", "data.size=[32,32]", "data.scenes.size=[32,32]", "data.scenes.num=50"} <= set(data)
+    assert [a for a in plan["segmenter"] if a.startswith("data")] == data
+    assert [a for a in plan["train"] if a.startswith("data")] == data
+    assert f"run_dir={tmp_path / 'train'}" in plan["train"] and "ckpt_path=auto" in plan["train"]
+    assert f"weights={tmp_path / 'train'}" in plan["sample"] and "num_per_mask=5" in plan["sample"]
+    assert f"samples={tmp_path / 'samples'}" in plan["evaluate"]
+    sidewalk = load_config(str(REPO / "conf" / "pipeline" / "sidewalk.yaml"), [f"root={tmp_path}"])
+    plan = {stage.name: stage.command for stage in stages(sidewalk)}
+    assert "finetune" in plan and f"init_from={tmp_path / 'train'}" in plan["finetune"]
+    assert "experiment=finetune_cfg" in plan["finetune"] and f"weights={tmp_path / 'finetune'}" in plan["sample"]
+    assert "data=sidewalk" in plan["prepare"] and "segmenter.arch=lraspp" in plan["segmenter"]
+
+
+def test_complete_stages_are_skipped_and_the_first_failure_is_named(tmp_path, monkeypatch, capsys):
+    marker = tmp_path / "first.done"
+    plan = [
+        Stage("first", [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('x')"], marker.is_file),
+        Stage("second", [sys.executable, "-c", "import sys; print('line one'); print('it broke'); sys.exit(3)"],
+              lambda: False),
+        Stage("third", [sys.executable, "-c", "raise SystemExit(0)"], lambda: False),
+    ]
+    monkeypatch.setattr(pipeline, "stages", lambda cfg: plan)
+    cfg = OmegaConf.create({"root": str(tmp_path)})
+    with pytest.raises(PipelineError, match=r"stage 'second' failed with exit status 3; its log is .*second\.log"
+                                            r"(.|\n)*it broke"):
+        run_pipeline(cfg, cwd=tmp_path)
+    assert marker.is_file() and not (tmp_path / "logs" / "third.log").exists()
+    out = capsys.readouterr().out
+    assert "first " in out and "ran" in out and "FAILED (exit 3)" in out
+    with pytest.raises(PipelineError):
+        run_pipeline(cfg, cwd=tmp_path)
+    assert "[1/3] first: complete, skipped" in capsys.readouterr().out
+
+
+def test_sample_and_evaluate_are_done_only_when_their_files_say_so(tmp_path):
+    assert not pipeline.manifest_complete(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"complete": False}))
+    assert not pipeline.manifest_complete(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"complete": True}))
+    assert pipeline.manifest_complete(tmp_path) and not pipeline.evaluated(tmp_path)
+    (tmp_path / "evaluation.json").write_text("{}")
+    assert pipeline.evaluated(tmp_path)
+
+
+def test_config_errors_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="pipeline config .* not found"):
+        load_config(str(tmp_path / "missing.yaml"), [])
+    (tmp_path / "p.yaml").write_text("data_source: scenes\n")
+    with pytest.raises(ConfigError, match="'root'"):
+        load_config(str(tmp_path / "p.yaml"), [])
+
+
+def test_every_stage_runs_the_projects_own_command(tmp_path):
+    cfg = load_config(str(REPO / "conf" / "pipeline" / "sidewalk.yaml"), [f"root={tmp_path}"])
+    plan = {stage.name: stage for stage in stages(cfg)}
+    heads = {name: stage.command[:4] for name, stage in plan.items()}
+    python = sys.executable
+    assert heads == {
+        "prepare": [python, "-m", "sdm.cli.prepare", "data=sidewalk"],
+        "segmenter": [python, "-m", "sdm.cli.segmenter", "data=sidewalk"],
+        "train": [python, "-m", "sdm.cli.train", "experiment=sidewalk256"],
+        "finetune": [python, "-m", "sdm.cli.train", "experiment=sidewalk256"],
+        "sample": [python, "-m", "sdm.cli.sample", f"weights={tmp_path / 'finetune'}"],
+        "evaluate": [python, "-m", "sdm.cli.evaluate", f"samples={tmp_path / 'samples'}"],
+    }
+    assert plan["finetune"].command[-2:] == [f"run_dir={tmp_path / 'finetune'}", "ckpt_path=auto"]
+    assert plan["sample"].command[4] == f"out_dir={tmp_path / 'samples'}"
+    assert plan["evaluate"].command[3:5] == [f"samples={tmp_path / 'samples'}", "evaluation.progress=false"]
+    # prepare and the segmenter reuse their own caches: they always run, and are quick when cached
+    assert plan["prepare"].done() is False and plan["segmenter"].done() is False
+    for name in ("train", "finetune"):
+        assert plan[name].done() is False
+        export = tmp_path / name / "export" / "ema.safetensors"
+        export.parent.mkdir(parents=True)
+        export.write_bytes(b"x")
+        assert plan[name].done() is True
+    assert plan["sample"].done() is False and plan["evaluate"].done() is False
+
+
+def test_logs_hold_the_command_and_its_output_and_the_report_is_named(tmp_path, monkeypatch, capsys):
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "evaluation_report.txt").write_text("table")
+    plan = [Stage("only", [sys.executable, "-c", "import os, sys; print(os.getcwd()); print('err', file=sys.stderr)"],
+                  lambda: False)]
+    monkeypatch.setattr(pipeline, "stages", lambda cfg: plan)
+    summary = run_pipeline(OmegaConf.create({"root": str(tmp_path / "nested" / "..")}), cwd=tmp_path)
+    assert [(name, status) for name, status, _ in summary] == [("only", "ran")] and 0 < summary[0][2] < 60
+    log = (tmp_path / "logs" / "only.log").read_text().splitlines()
+    assert log[0] == " ".join(plan[0].command) and log[1] == ""
+    assert log[2] == str(tmp_path) and log[3] == "err"  # the stage ran in cwd, stderr into the same log
+    out = capsys.readouterr().out
+    assert f"report: {tmp_path / 'nested' / '..' / 'samples' / 'evaluation_report.txt'}" in out
+    assert "only        ran" in out
+    assert pipeline.tail(tmp_path / "logs" / "only.log", 2) == f"    {tmp_path}\n    err"
+    monkeypatch.setattr(pipeline, "stages", lambda cfg: [Stage("only", ["true"], lambda: True)])
+    summary = run_pipeline(OmegaConf.create({"root": str(tmp_path)}), cwd=tmp_path)
+    assert summary == [("only", "skipped (complete)", 0.0)]

@@ -1,0 +1,460 @@
+"""The data layer's edges: image modes, exact resize geometry, cache keys and defaults, the
+DataModule's rank and resume wiring. Written from the data package's mutation run."""
+
+from __future__ import annotations
+
+import io
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from helpers.rows import hub_row, street_like, write_hub_parquet
+from omegaconf import OmegaConf
+from PIL import Image
+
+from sdm.core.errors import DataError
+from sdm.data.classes import colorize, decolorize
+from sdm.data.datamodule import ResumableShuffleSampler, SidewalkDataModule, seed_worker
+from sdm.data.prepare import decode_row, describe, prepare_data
+from sdm.data.rows import (
+    RowError,
+    clean_row,
+    image_to_rgb,
+    label_to_ids,
+    open_image,
+    parse_size,
+    read_rgb_file,
+    resize_pair,
+)
+
+# --- image modes ----------------------------------------------------------------------------
+
+
+def test_transparent_images_are_composited_on_black():
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., :3] = (200, 100, 50)
+    rgba[..., 3] = [[255, 0], [128, 255]]
+    rgb, mode = image_to_rgb(Image.fromarray(rgba, "RGBA"))
+    assert mode == "RGBA" and rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3)
+    assert rgb[0, 0].tolist() == [200, 100, 50] and rgb[0, 1].tolist() == [0, 0, 0]  # transparent -> black
+    assert np.abs(rgb[1, 0].astype(int) - [100, 50, 25]).max() <= 1  # half transparent: half the colour
+
+    la = np.stack([np.full((2, 2), 90, np.uint8), np.array([[255, 0], [0, 255]], np.uint8)], -1)
+    rgb, mode = image_to_rgb(Image.fromarray(la, "LA"))
+    assert mode == "LA" and rgb[:, :, 0].tolist() == [[90, 0], [0, 90]] and (rgb[..., 1] == rgb[..., 0]).all()
+
+    pa = Image.fromarray(la[..., 0], "L").convert("RGBA")
+    pa.putalpha(Image.fromarray(la[..., 1]))
+    pa = pa.convert("PA")
+    rgb, mode = image_to_rgb(pa)
+    assert mode == "PA" and rgb[0, 1].tolist() == [0, 0, 0] and rgb[0, 0].tolist() == [90, 90, 90]
+
+    keyed = Image.fromarray(np.array([[90, 40]], np.uint8), "L")
+    keyed.info["transparency"] = 40  # a grey level marked transparent: black, like alpha 0
+    rgb, mode = image_to_rgb(keyed)
+    assert mode == "L" and rgb.tolist() == [[[90, 90, 90], [0, 0, 0]]]
+
+    palette = Image.fromarray(np.array([[0, 1]], np.uint8), "P")
+    palette.putpalette([10, 20, 30, 40, 50, 60] + [0] * 762)
+    rgb, mode = image_to_rgb(palette)
+    assert mode == "P" and rgb.tolist() == [[[10, 20, 30], [40, 50, 60]]]  # no transparency: plain colours
+    palette.info["transparency"] = 1
+    rgb, _ = image_to_rgb(palette)
+    assert rgb.tolist() == [[[10, 20, 30], [0, 0, 0]]]  # the transparent index becomes black
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L", "I"])
+def test_16_bit_images_are_scaled_to_8_bits(mode):
+    deep = np.array([[0, 1000, 65535]], np.uint16)
+    raw = deep.astype(">u2" if mode == "I;16B" else "<u2").tobytes()
+    image = (Image.frombytes(mode, (3, 1), raw) if mode != "I" else Image.fromarray(deep.astype(np.int32), "I"))
+    rgb, reported = image_to_rgb(image)
+    assert reported == mode and rgb.dtype == np.uint8
+    assert rgb[0, :, 0].tolist() == [0, int(1000 * 255 / 65535), 255] and (rgb[..., 2] == rgb[..., 0]).all()
+    near = Image.frombytes("I;16", (3, 1), np.array([[0, 128, 256]], "<u2").tobytes())  # past 255: 16-bit
+    assert image_to_rgb(near)[0][0, :, 0].tolist() == [0, 0, 0]
+    shallow = Image.fromarray(np.array([[0, 17, 255]], np.int32), "I")  # already in 0..255: kept as is
+    assert image_to_rgb(shallow)[0][0, :, 1].tolist() == [0, 17, 255]
+    black = Image.fromarray(np.zeros((1, 2), np.int32), "I")  # a peak of 0 must not divide by zero
+    assert image_to_rgb(black)[0].tolist() == [[[0, 0, 0], [0, 0, 0]]]
+
+
+def test_images_open_from_arrays_paths_and_bytes(tmp_path):
+    array = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    assert np.array_equal(np.asarray(open_image(array, "pixel_values")), array)
+    path = tmp_path / "a.png"
+    Image.fromarray(array).save(path)
+    by_path = open_image({"bytes": None, "path": str(path)}, "pixel_values")
+    assert np.array_equal(np.asarray(by_path), array)
+    by_bytes = open_image({"bytes": path.read_bytes(), "path": "/nowhere.png"}, "pixel_values")
+    assert np.array_equal(np.asarray(by_bytes), array)  # bytes win over a stale path
+    for empty in ({"bytes": None, "path": None}, {}):
+        with pytest.raises(RowError, match="field 'label': expected an image, got dict"):
+            open_image(empty, "label")
+    with pytest.raises(RowError, match="field 'pixel_values': expected an image, got str"):
+        open_image("a.png", "pixel_values")
+
+
+def test_label_modes_and_the_class_count_of_a_row():
+    ids = np.array([[0, 3], [7, 34]], np.uint8)
+    for mode in ("I;16", "I;16B", "I;16L"):
+        raw = ids.astype(">u2" if mode == "I;16B" else "<u2").tobytes()
+        assert label_to_ids(Image.frombytes(mode, (2, 2), raw)).tolist() == ids.tolist()
+    assert label_to_ids(Image.fromarray(ids.astype(np.int32), "I")).tolist() == ids.tolist()
+    palette = Image.fromarray(ids, "P")
+    assert label_to_ids(palette).tolist() == ids.tolist()  # palette index = class id
+    rgba = Image.fromarray(np.concatenate([colorize(ids), np.full((2, 2, 1), 255, np.uint8)], -1), "RGBA")
+    assert label_to_ids(rgba).tolist() == ids.tolist()
+    assert label_to_ids(Image.fromarray(ids)).dtype == np.uint8
+    with pytest.raises(RowError, match="unsupported label mode 'F'"):
+        label_to_ids(Image.fromarray(ids.astype(np.float32)))
+    many = np.arange(50, 60, dtype=np.uint8).reshape(2, 5)
+    with pytest.raises(RowError, match=r"ids \[50, 51, 52, 53, 54, 55, 56, 57\] outside"):
+        label_to_ids(Image.fromarray(many))  # at most eight listed
+
+    image = street_like(4, 4, 0)[0]
+    row = hub_row(image, np.full((4, 4), 7, np.uint8))
+    assert clean_row(row).label.max() == 7
+    with pytest.raises(RowError, match=r"ids \[7\] outside 0..4"):
+        clean_row(row, num_classes=5)
+    broken = {"pixel_values": row["pixel_values"], "label": {"bytes": b"not a png", "path": None}}
+    with pytest.raises(RowError, match="field 'label': cannot decode image"):
+        clean_row(broken)
+
+
+def test_decolorize_refuses_what_is_not_an_rgb_mask():
+    for shape in [(4, 3), (4, 4, 4), (4,)]:
+        with pytest.raises(ValueError, match="expected an H x W x 3 RGB mask"):
+            decolorize(np.zeros(shape, np.uint8))
+    assert decolorize(colorize(np.array([[2, 9]], np.uint8))).dtype == np.uint8
+
+
+def test_read_rgb_file_converts_resizes_and_names_a_bad_file(tmp_path):
+    grey = np.tile(np.arange(0, 240, 20, dtype=np.uint8), (6, 1))  # 6 x 12, mode L
+    path = tmp_path / "g.png"
+    Image.fromarray(grey).save(path)
+    same = read_rgb_file(path)
+    assert same.shape == (6, 12, 3) and np.array_equal(same[..., 1], grey)
+    assert np.array_equal(read_rgb_file(path, (6, 12)), same)  # the right size is not resampled
+    small = read_rgb_file(path, (3, 4))  # (H, W): 3 rows of 4
+    expected = np.asarray(Image.fromarray(grey).convert("RGB").resize((4, 3), Image.Resampling.LANCZOS))
+    assert small.shape == (3, 4, 3) and np.array_equal(small, expected)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    with pytest.raises(DataError, match=f"real image '{bad}' cannot be read"):
+        read_rgb_file(bad, None, "real image")
+    with pytest.raises(DataError, match="image file '.*missing.png' cannot be read"):
+        read_rgb_file(tmp_path / "missing.png")
+
+
+# --- sizes and resizing ---------------------------------------------------------------------
+
+
+def test_size_limits_per_side():
+    assert parse_size([4096, 8]) == (4096, 8) and parse_size([8, 4096]) == (8, 4096)
+    for bad in ([16, 7], [4097, 16], [16, 4097], [7, 7]):
+        with pytest.raises(ValueError, match="8..4096 per side"):
+            parse_size(bad)
+
+
+def test_crop_geometry_is_centred_and_exact():
+    # 40 x 94 -> 32 x 32: scale 0.8, scaled to 75 x 32, centre crop from column 21 (43 // 2: an odd
+    # margin, where a rounded half would start at 22)
+    rows, cols = np.meshgrid(np.arange(40), np.arange(94), indexing="ij")
+    label = ((rows // 5) * 3 + cols // 13).astype(np.uint8) % 35
+    image = np.stack([label * 7] * 3, -1).astype(np.uint8)
+    out_image, out_label = resize_pair(image, label, (32, 32), "crop")
+    scaled = Image.fromarray(label).resize((75, 32), Image.Resampling.NEAREST)
+    assert np.array_equal(out_label, np.asarray(scaled.crop((21, 0, 53, 32))))
+    tall_rows, tall_cols = np.meshgrid(np.arange(94), np.arange(40), indexing="ij")
+    tall = ((tall_rows // 13) * 3 + tall_cols // 5).astype(np.uint8)  # 94 x 40: crop from row 21
+    _, out_tall = resize_pair(np.zeros((94, 40, 3), np.uint8), tall, (32, 32), "crop")
+    scaled = Image.fromarray(tall).resize((32, 75), Image.Resampling.NEAREST)
+    assert np.array_equal(out_tall, np.asarray(scaled.crop((0, 21, 32, 53))))
+    # the image goes through Lanczos (reducing_gap 2: PIL's fast path, within 1 level of exact)
+    lanczos = Image.fromarray(image).resize((75, 32), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    assert np.array_equal(out_image, np.asarray(lanczos.crop((21, 0, 53, 32))))
+    stretched = resize_pair(image, label, (16, 16))  # the default mode stretches
+    assert np.array_equal(stretched[1], np.asarray(Image.fromarray(label).resize((16, 16), Image.Resampling.NEAREST)))
+
+
+def test_downscaling_uses_lanczos_with_a_reducing_gap_of_two():
+    image = (np.random.default_rng(0).random((128, 128, 3)) * 255).astype(np.uint8)
+    out, _ = resize_pair(image, np.zeros((128, 128), np.uint8), (24, 24))
+    for gap, equal in ((2.0, True), (None, False), (3.0, False)):
+        reference = np.asarray(Image.fromarray(image).resize((24, 24), Image.Resampling.LANCZOS, reducing_gap=gap))
+        assert np.array_equal(out, reference) == equal, gap
+    bicubic = np.asarray(Image.fromarray(image).resize((24, 24), reducing_gap=2.0))
+    assert not np.array_equal(out, bicubic)
+
+
+def test_augmentation_keeps_the_aspect_ratio_within_ten_percent():
+    from sdm.data.transforms import train_transform
+
+    for size in [(16, 16), (16, 32)]:
+        crop = train_transform(size, (0.5, 1.0)).transforms[0]
+        aspect = size[1] / size[0]
+        low, high = crop.ratio
+        assert low <= aspect <= high and high / low == pytest.approx(1 / 0.81)
+    for bad in [(0.0, 1.0), (0.5, 1.5), (0.9, 0.5)]:
+        with pytest.raises(ValueError, match="0 < low <= high <= 1"):
+            train_transform((16, 16), bad)
+
+
+def test_a_scale_of_one_keeps_every_pixel_and_only_flips():
+    """scale [1, 1] is no crop at all: no resize that would blur the image against its mask."""
+    from sdm.data.transforms import train_transform
+
+    rng = np.random.default_rng(0)
+    image, label = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), rng.integers(0, 35, (32, 32), dtype=np.uint8)
+    transform = train_transform((32, 32), (1.0, 1.0), hflip=0.5)
+    seen = set()
+    for seed in range(8):
+        transform.set_random_seed(seed)
+        out = transform(image=image, mask=label)
+        flipped = np.array_equal(out["image"], image[:, ::-1])
+        assert flipped or np.array_equal(out["image"], image)
+        assert np.array_equal(out["mask"], label[:, ::-1] if flipped else label)
+        seen.add(flipped)
+    assert seen == {True, False}
+    blurry = train_transform((32, 32), (0.99, 1.0), hflip=0.0)  # any crop resizes
+    assert len(blurry.transforms) == 2
+
+
+# --- preparation: defaults, keys, counting --------------------------------------------------
+
+
+def minimal_cfg(folder, tmp_path, **extra):
+    """A data config with only the keys a user must give: everything else takes its default."""
+    return OmegaConf.create({"name": "sidewalk", "path": str(folder), "size": [8, 8],
+                             "cache_dir": str(tmp_path / "cache"), "hub_cache_dir": str(tmp_path / "hf"), **extra})
+
+
+def test_preparation_defaults_when_keys_are_absent(tmp_path):
+    bad = hub_row(*street_like(8, 8, 1))
+    bad["label"] = hub_row(np.zeros((8, 8, 3), np.uint8), np.full((8, 8), 34, np.uint8))["label"]
+    folder = write_hub_parquet(tmp_path / "src", [hub_row(*street_like(8, 16, 0)), bad])
+    cfg = minimal_cfg(folder, tmp_path / "a")
+    prepared = prepare_data(cfg, show_progress=False)  # 34 is valid with the default 35 classes
+    assert (prepared.info["resize"], prepared.info["num_classes"], prepared.info["rows"]) == ("stretch", 35, 2)
+    assert not (prepared.root / "images").exists()  # no PNG export unless asked
+    nested = minimal_cfg(folder, tmp_path / "b", num_classes=20)
+    nested.cache_dir = str(tmp_path / "b" / "deep" / "er")  # parents are created
+    with pytest.raises(DataError, match=r"ids \[34\] outside 0..19"):  # policy defaults to error
+        prepare_data(nested, show_progress=False)
+
+
+def test_cache_key_follows_the_data_and_both_sides_of_the_size(tmp_path, data_cfg):
+    folder = write_hub_parquet(tmp_path / "src", [hub_row(*street_like(16, 16, 0))])
+    cfg = data_cfg("sidewalk", path=str(folder), size=[16, 32])
+    first = prepare_data(cfg, show_progress=False)
+    assert prepare_data(data_cfg("sidewalk", path=str(folder), size=[32, 32]), show_progress=False).root != first.root
+    time.sleep(0.01)
+    write_hub_parquet(folder, [hub_row(*street_like(16, 16, 5))])  # new content at the same path
+    second = prepare_data(cfg, show_progress=False)
+    assert second.root != first.root, "a changed source must not be served from the old cache"
+    _, label = decode_row(second.open()[0], second.size)
+    expected = resize_pair(*street_like(16, 16, 5), (16, 32), str(cfg.resize))[1]
+    assert np.array_equal(label, expected)
+
+
+def test_scenes_record_their_source_and_describe_height_then_width(data_cfg):
+    prepared = prepare_data(data_cfg("scenes", size=[16, 24], **{"scenes.num": 2}), show_progress=False)
+    assert prepared.info["path"] == "scenes" and prepared.info["source"] == "scenes"
+    assert describe(prepared).splitlines()[0].startswith("prepared 2 rows at 16x24 (")
+
+
+def test_every_bad_row_is_counted_and_the_listing_is_exact(tmp_path, data_cfg):
+    good = hub_row(*street_like(8, 8, 0))
+    bad = hub_row(np.zeros((4, 4, 3), np.uint8), np.full((4, 4), 99, np.uint8))
+    folder = write_hub_parquet(tmp_path / "two", [good, bad, good, bad, good])
+    cfg = data_cfg("sidewalk", path=str(folder), size=[8, 8])
+    with pytest.raises(DataError) as caught:
+        prepare_data(cfg, show_progress=False)
+    lines = str(caught.value).splitlines()
+    reason = "field 'label': ids [99] outside 0..34"
+    assert lines == [f"{folder.name}-train-{lines[0].split('-')[2]}-8x8-{cfg.resize}: 2 of 5 rows are unusable, so the "
+                     "dataset is refused:", f"  row 1: {reason}", f"  row 3: {reason}",
+                     "Fix the rows, or pass data.on_bad_row=skip to leave them out."]
+    ten = write_hub_parquet(tmp_path / "ten", [bad] * 10 + [good])
+    with pytest.raises(DataError) as caught:
+        prepare_data(data_cfg("sidewalk", path=str(ten), size=[8, 8]), show_progress=False)
+    assert "row 9:" in str(caught.value) and "more" not in str(caught.value)
+
+
+def test_at_most_a_hundred_problems_are_kept(tmp_path, data_cfg):
+    bad = hub_row(np.zeros((4, 4, 3), np.uint8), np.full((4, 4), 99, np.uint8))
+    folder = write_hub_parquet(tmp_path / "many", [bad] * 101 + [hub_row(*street_like(8, 8, 0))])
+    info = prepare_data(data_cfg("sidewalk", path=str(folder), size=[8, 8], on_bad_row="skip"),
+                        show_progress=False).info
+    assert info["skipped"] == 101 and len(info["problems"]) == 100 and info["problems"][-1]["row"] == 99
+
+
+def test_single_pixel_classes_count_images_and_one_row_is_enough(tmp_path, data_cfg):
+    from sdm.data.classes import CLASS_NAMES
+
+    label = np.zeros((8, 8), np.uint8)
+    label[3, 3] = 12  # one pixel of class 12
+    folder = write_hub_parquet(tmp_path / "one", [hub_row(np.zeros((8, 8, 3), np.uint8), label)])
+    started = time.perf_counter()
+    info = prepare_data(data_cfg("sidewalk", path=str(folder), size=[8, 8]), show_progress=False).info
+    elapsed = time.perf_counter() - started
+    assert info["rows"] == 1 and info["images_per_class"][CLASS_NAMES[12]] == 1
+    assert isinstance(info["seconds"], float) and 0 <= info["seconds"] <= elapsed + 0.01
+
+
+def test_preview_shows_images_above_masks_and_at_most_sixteen(tmp_path, data_cfg):
+    from sdm.data.pictures import pairs_grid
+
+    rows = [street_like(8, 8, s) for s in range(20)]
+    folder = write_hub_parquet(tmp_path / "twenty", [hub_row(*r) for r in rows])
+    prepared = prepare_data(data_cfg("sidewalk", path=str(folder), size=[8, 8]), show_progress=False)
+    with Image.open(prepared.root / "preview.png") as png:
+        preview = np.asarray(png.convert("RGB"))
+    assert np.array_equal(preview, pairs_grid([r[0] for r in rows[:16]], [r[1] for r in rows[:16]]))
+
+
+def test_a_cache_finished_by_another_process_is_used_and_ours_removed(tmp_path, data_cfg, monkeypatch):
+    from pathlib import Path
+
+    folder = write_hub_parquet(tmp_path / "race", [hub_row(*street_like(8, 8, 0))])
+    cfg = data_cfg("sidewalk", path=str(folder), size=[8, 8])
+    theirs = prepare_data(cfg, show_progress=False)
+    stamp = (theirs.root / "data.arrow").stat().st_mtime_ns
+    info_file = theirs.root / "dataset_info.json"
+    saved = info_file.read_text()
+    info_file.unlink()  # look unfinished to us, so we build our own ...
+    rename = Path.rename
+
+    def lose_the_race(self, target):
+        info_file.write_text(saved)  # ... and the other process finishes first
+        raise OSError("Directory not empty")
+
+    monkeypatch.setattr(Path, "rename", lose_the_race)
+    ours = prepare_data(cfg, show_progress=False)
+    monkeypatch.setattr(Path, "rename", rename)
+    assert ours.root == theirs.root and (ours.root / "data.arrow").stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in ours.root.parent.iterdir()) == [theirs.root.name]  # no temporary folder left
+
+    info_file.unlink()  # a rename that fails for another reason is an error, and cleans up
+    monkeypatch.setattr(Path, "rename", lambda self, target: (_ for _ in ()).throw(OSError("read-only")))
+    with pytest.raises(OSError, match="read-only"):
+        prepare_data(cfg, show_progress=False)
+    assert sorted(p.name for p in theirs.root.parent.iterdir()) == [theirs.root.name]
+
+
+# --- the DataModule's wiring ----------------------------------------------------------------
+
+
+def test_ranks_shard_the_training_rows(data_cfg):
+    cfg = data_cfg("scenes", size=[16, 16], batch_size=2, num_workers=1, val_fraction=0.0, **{"scenes.num": 8})
+    alone = SidewalkDataModule(cfg)
+    alone.setup("fit")
+    loader = alone.train_dataloader()
+    assert list(loader.sampler) == list(ResumableShuffleSampler(8, int(cfg.split_seed)))  # rank 0 of 1
+    assert loader.persistent_workers  # one worker is kept between epochs too
+    second = SidewalkDataModule(cfg)
+    second.trainer = SimpleNamespace(global_rank=1, world_size=2, current_epoch=0)
+    second.setup("fit")
+    sampler = second.train_dataloader().sampler
+    assert (sampler.rank, sampler.world_size, len(sampler)) == (1, 2, 4)
+    assert list(sampler) == list(ResumableShuffleSampler(8, int(cfg.split_seed), 1, 2))
+    exact = SidewalkDataModule(data_cfg("scenes", size=[16, 16], batch_size=4, num_workers=0, val_fraction=0.0,
+                                        **{"scenes.num": 8}))
+    exact.trainer = SimpleNamespace(global_rank=0, world_size=2, current_epoch=0)
+    exact.setup("fit")
+    assert len(exact.train_dataloader().sampler) == 4  # 8 rows over 2 ranks fill one batch of 4 exactly
+    assert len(ResumableShuffleSampler(3, 0, 2, 3)) == 1  # as many rows as ranks is enough
+
+
+def test_ranks_share_out_the_validation_rows_and_the_grid_shows_the_same_masks(data_cfg):
+    cfg = data_cfg("scenes", size=[16, 16], batch_size=2, num_workers=0, val_fraction=0.5, **{"scenes.num": 12})
+    ranks = []
+    for rank in range(2):
+        dm = SidewalkDataModule(cfg)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, current_epoch=0)
+        dm.setup("fit")
+        ranks.append([b["index"].tolist() for b in dm.val_dataloader()])
+    alone = SidewalkDataModule(cfg)
+    alone.setup("fit")
+    everything = [i for b in alone.val_dataloader() for i in b["index"].tolist()]
+    assert everything == list(range(len(alone.val_set)))
+    assert sorted(i for r in ranks for b in r for i in b) == everything
+    assert [i for b in ranks[1] for i in b] == everything[1::2]
+    grid = alone.first_val_rows(2)  # rows 0 and 1 of the set, whichever rank draws the grid
+    assert torch.equal(grid["label"], torch.stack([alone.val_set[0]["label"], alone.val_set[1]["label"]]))
+
+
+def test_a_resume_applies_to_one_loader_only(data_cfg):
+    dm = SidewalkDataModule(data_cfg("scenes", size=[16, 16], batch_size=2, num_workers=0, **{"scenes.num": 10}))
+    dm.setup("fit")
+    dm.load_state_dict({"epoch": 0, "consumed": 4})
+    resumed = list(dm.train_dataloader().sampler)
+    fresh = list(dm.train_dataloader().sampler)  # e.g. Lightning reloading the loader later
+    assert resumed == fresh[4:] and len(fresh) == len(dm.train_set)
+
+
+def test_streaming_defaults_and_loaders(tmp_path, data_cfg):
+    folder = write_hub_parquet(tmp_path / "stream", [hub_row(*street_like(40, 40, s)) for s in range(6)])
+    cfg = data_cfg("sidewalk", path=str(folder), size=[16, 16], streaming=True, num_workers=0, batch_size=2)
+    cfg.augment = None
+    dm = SidewalkDataModule(cfg)
+    dm.setup("fit")
+    (flip,) = dm.train_set.transform.transforms  # no augment group: no crop, no flip
+    assert flip.p == 0.0
+    assert (dm.train_set.rank, dm.train_set.world_size, dm.val_set.world_size) == (0, 1, 1)
+    assert dm.train_dataloader().drop_last and not dm.val_dataloader().drop_last
+
+
+def test_worker_seeds_keep_every_bit_below_two_to_the_32(monkeypatch):
+    import random
+
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: SimpleNamespace(dataset=SimpleNamespace()))
+
+    def draws(seed: int) -> tuple[float, float]:
+        torch.manual_seed(seed)
+        seed_worker(0)  # a dataset without a transform is fine
+        return random.random(), float(np.random.rand())
+
+    assert draws(1234) != draws(1236)  # seeds of the same parity differ too
+    assert draws(2**32 + 7) == draws(7)  # 64-bit worker seeds are folded into numpy's range
+
+
+def test_png_bytes_helper_round_trips():
+    """The helper the tests build rows with keeps pixels exactly (a broken helper would hide bugs)."""
+    image = street_like(8, 8, 3)[0]
+    with Image.open(io.BytesIO(hub_row(image, np.zeros((8, 8), np.uint8))["pixel_values"]["bytes"])) as png:
+        assert np.array_equal(np.asarray(png), image)
+
+
+WORKER_SCRIPT = """
+import subprocess, time
+from torch.utils.data import DataLoader
+from sdm.data.datamodule import seed_worker
+loader = DataLoader(list(range(100)), batch_size=1, num_workers=1, worker_init_fn=seed_worker,
+                    persistent_workers=True)
+kept = iter(loader)  # alive until exit, like an iterator a crash leaves behind
+next(kept)
+worker = kept._workers[0].pid
+for name in ("TERM", "USR1", "USR2"):  # what SLURM sends every process of a job
+    subprocess.run(["kill", "-" + name, str(worker)], check=True)
+time.sleep(1)
+print("served after the signals:", int(next(kept)), flush=True)
+"""
+
+
+def test_dataloader_workers_outlive_slurm_s_signals_and_end_with_their_trainer():
+    """Workers ignore stop signals from other processes (the trainer must live to write its
+    checkpoint), but end on the SIGTERM their own trainer sends at exit: a worker that ignored
+    that too made every process exit hang in multiprocessing's join (a CI run hung so)."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    done = subprocess.run([sys.executable, "-c", WORKER_SCRIPT], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "served after the signals: 1" in done.stdout
