@@ -12,9 +12,6 @@ from sdm.cluster.launcher import install_checks
 from sdm.core.configs import CONFIG_DIR
 from sdm.core.errors import exit_on_sdm_error
 from sdm.generation import generate
-from sdm.generation.export import export_dataset
-from sdm.metrics.evaluation import evaluate_set
-from sdm.metrics.image_sets import from_sample_folder
 
 install_checks()  # hydra/launcher=slurm refuses a misconfigured sweep before submitting it
 
@@ -26,10 +23,17 @@ def main(cfg: DictConfig) -> None:
     if (cfg.evaluate or cfg.export) and not manifest.get("complete"):
         print("evaluate/export: the other shards are still running; the last one to finish does it")
         return
+    # imported here, not at the top: a sampling job (one per GPU or shard) starts without Lightning and
+    # the metric networks, which only the evaluation needs
     if cfg.export:
+        from sdm.generation.export import export_dataset
+
         size = tuple(int(v) for v in cfg.export_size) if cfg.export_size else None
         export_dataset(manifest["out_dir"], cfg.export_dir, size=size)
     if cfg.evaluate:
+        from sdm.metrics.evaluation import evaluate_set
+        from sdm.metrics.image_sets import from_sample_folder
+
         out_dir = Path(manifest["out_dir"])
         num_classes = int(manifest["train_data"]["num_classes"])  # the model's, not sidewalk's 35
         evaluate_set(from_sample_folder(out_dir, num_classes), out_dir, cfg.evaluation, num_classes)

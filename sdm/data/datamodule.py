@@ -16,6 +16,8 @@ from sdm.core.seeding import stable_seed
 from sdm.core.stopping import outlive_stop_signals_of_others
 from sdm.data.mixing import MixedPairs, epoch_items, epoch_size, extra_ratio, extra_source_cfg
 from sdm.data.prepare import PreparedData, decode_row, prepare_data, split_indices
+from sdm.data.rows import parse_size
+from sdm.data.streaming import StreamingPairs
 from sdm.data.transforms import A, to_item, train_transform
 
 
@@ -141,9 +143,6 @@ class SidewalkDataModule(L.LightningDataModule):
             return
         augment = self.cfg.get("augment") or {}
         if self.streaming:
-            from sdm.data.rows import parse_size
-            from sdm.data.streaming import StreamingPairs
-
             size = parse_size(self.cfg.size)
             transform = train_transform(size, augment.get("scale", (1.0, 1.0)), augment.get("hflip", 0.0))
             rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)

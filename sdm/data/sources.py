@@ -15,6 +15,7 @@ from datasets import Image as ImageFeature
 
 from sdm.core.errors import ConfigError, DataError
 from sdm.data.rows import parse_size
+from sdm.data.scenes import scenes_dataset
 
 HUB_ID = "segments/sidewalk-semantic"
 COLUMNS = ("pixel_values", "label")
@@ -98,8 +99,6 @@ def undecoded(
 
 def load_scenes(num: int, height: int, width: int, seed: int = 0) -> datasets.Dataset:
     """The embedded street scenes, in the Hub schema, so everything downstream is shared."""
-    from sdm.data.scenes import scenes_dataset
-
     if num < 1:
         raise DataError(f"data.scenes.num must be at least 1, got {num}")
     return undecoded(scenes_dataset(num, height, width, seed=seed, show_progress=True), "scenes")

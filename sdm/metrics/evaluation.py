@@ -22,6 +22,7 @@ from sdm.core.errors import ConfigError
 from sdm.core.hardware import resolve_device
 from sdm.core.viz import save_png
 from sdm.data.classes import NUM_CLASSES
+from sdm.data.prepare import prepare_data
 from sdm.data.sources import SOURCES
 from sdm.metrics.image_sets import ImageSet, from_folders, from_sample_folder
 from sdm.metrics.pictures import calibration_grid, ranked_masks, ranking_grid
@@ -39,6 +40,8 @@ from sdm.metrics.report import (
 from sdm.metrics.report_html import page
 from sdm.metrics.scoring import Calibration, Networks, score_set
 from sdm.metrics.weights import missing_message, use_weights_dir
+from sdm.segmenter.cache import cache_folder, load_segmenter
+from sdm.segmenter.fit import train_segmenter
 
 SEGMENTER_CONFIG = CONFIG_DIR / "segmenter.yaml"
 RANKED = 4  # masks shown in each of the best and worst grids
@@ -51,9 +54,6 @@ def default_segmenter_settings() -> dict[str, Any]:
 
 def cached_segmenter_folder(train_data: dict[str, Any]) -> Path:
     """Where the default segmenter of a run's data lives (trained or not)."""
-    from sdm.data.prepare import prepare_data
-    from sdm.segmenter.cache import cache_folder
-
     prepared = prepare_data(OmegaConf.create(train_data), show_progress=False)
     return cache_folder(prepared.root.name, default_segmenter_settings())
 
@@ -82,7 +82,6 @@ def find_segmenter(spec: str, image_set: ImageSet, train: bool, notes: list[str]
         notes.append(f"semantic consistency skipped: no segmenter cached at {folder}; run python -m "
                      "sdm.segmenter.fit with the run's data, or pass evaluation.train_segmenter=true")
         return None
-    from sdm.segmenter.fit import train_segmenter
 
     print(f"no segmenter for this data yet: training the default one (once per dataset and size) -> {folder}")
     cfg = OmegaConf.create({"data": image_set.train_data, "seed": 0, "output_dir": str(folder / "train"),
@@ -92,8 +91,6 @@ def find_segmenter(spec: str, image_set: ImageSet, train: bool, notes: list[str]
 
 def load_networks(ecfg: DictConfig, image_set: ImageSet) -> tuple[Networks, dict[str, Any]]:
     """The metric networks the settings and the weights on disk allow, and what was used."""
-    from sdm.segmenter.cache import load_segmenter
-
     nets = Networks()
     use_weights_dir(ecfg.weights_dir)
     folder = find_segmenter(str(ecfg.segmenter), image_set, bool(ecfg.train_segmenter), nets.notes)

@@ -18,6 +18,10 @@ from tqdm.auto import tqdm
 
 from sdm.core.atomic import write_json
 from sdm.core.errors import ConfigError
+from sdm.data.prepare import decode_row, prepare_data
+from sdm.data.sources import overlay_source
+from sdm.data.transforms import to_item
+from sdm.segmenter.cache import load_segmenter
 from sdm.segmenter.controls import BLUR_FACTOR, blur_control
 from sdm.segmenter.scores import confusion_matrix, segmentation_scores
 
@@ -26,8 +30,6 @@ IGNORE = 0
 
 def test_data_cfg(data: DictConfig, test: Any) -> DictConfig:
     """The run's data settings with the test source laid over them (size kept, no synthetic rows)."""
-    from sdm.data.sources import overlay_source
-
     return overlay_source(data, test, "segmenter.test")
 
 
@@ -42,8 +44,6 @@ def refuse_training_rows(test: Any, test_key: str, train_key: str) -> None:
 def held_out_scores(network: nn.Module, data: DictConfig, batch_size: int = 64,
                     progress: bool = False) -> dict[str, Any]:
     """mIoU and pixel accuracy (class 0 ignored) of `network` on every row of the prepared `data`."""
-    from sdm.data.prepare import prepare_data
-
     prepared = prepare_data(data, show_progress=False)
     num_classes = int(data.num_classes)
     matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
@@ -82,9 +82,6 @@ def calibrate(network: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_
 
 def prepared_batches(data: DictConfig, batch_size: int = 64) -> Iterator[tuple[Tensor, Tensor]]:
     """(images, labels) of every row of the prepared `data`, in order, without augmentation."""
-    from sdm.data.prepare import decode_row, prepare_data
-    from sdm.data.transforms import to_item
-
     prepared = prepare_data(data, show_progress=False)
     rows = prepared.open()
     for start in range(0, len(prepared), batch_size):
@@ -100,9 +97,6 @@ def calibration_scores(network: nn.Module, data: DictConfig, blur_factor: int = 
 
 def score_held_out(folder: Path, data: DictConfig, test: Any, info_file: str) -> dict[str, Any]:
     """Score the segmenter in `folder` on the test source and record it in its info file."""
-    from sdm.data.prepare import prepare_data
-    from sdm.segmenter.cache import load_segmenter
-
     if OmegaConf.is_config(test):
         test = OmegaConf.to_container(test, resolve=True)
     test_cfg = test_data_cfg(data, test)

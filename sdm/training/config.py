@@ -6,6 +6,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from sdm.core.checks import number, require
 from sdm.core.errors import ConfigError
+from sdm.data.mixing import extra_ratio
+from sdm.data.rows import parse_size
+from sdm.diffusion import SAMPLERS
+from sdm.diffusion.schedule import BETA_SCHEDULES, PREDICTION_TYPES
+from sdm.models import build_unet
 
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
 
@@ -23,9 +28,6 @@ NUMERIC_KEYS = {
 
 def check_train_config(cfg: DictConfig) -> None:
     """Range checks of the keys people override most; raises `ConfigError` naming the key."""
-    from sdm.diffusion import SAMPLERS
-    from sdm.diffusion.schedule import BETA_SCHEDULES, PREDICTION_TYPES
-
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as err:  # missing mandatory value or broken interpolation
@@ -58,8 +60,6 @@ def check_train_config(cfg: DictConfig) -> None:
     require(float(cfg.sampler.guidance_scale) >= 0, "sampler.guidance_scale", cfg.sampler.guidance_scale, ">= 0")
     require(int(cfg.data.batch_size) >= 1, "data.batch_size", cfg.data.batch_size, "an integer >= 1")
     if cfg.data.get("extra"):
-        from sdm.data.mixing import extra_ratio
-
         extra_ratio(cfg.data)
         require(not cfg.data.get("streaming", False), "data.extra", cfg.data.extra,
                 "unset with data.streaming=true: synthetic rows mix into a prepared source only")
@@ -78,8 +78,6 @@ def check_size_and_model(cfg: DictConfig) -> None:
     memory, no time) turns any constraint of the network into an error naming the model."""
     import torch
 
-    from sdm.data.rows import parse_size
-    from sdm.models import build_unet
 
     size = cfg.data.size
     shown = OmegaConf.to_object(size) if OmegaConf.is_config(size) else size

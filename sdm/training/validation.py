@@ -16,6 +16,9 @@ import torch
 from torch import Tensor
 
 from sdm.core.errors import ConfigError
+from sdm.metrics.evaluation import cached_segmenter_folder
+from sdm.metrics.scene_agreement import agreement_own_and_other
+from sdm.segmenter.cache import INFO_FILE, load_segmenter
 from sdm.segmenter.scores import confusion_matrix, segmentation_scores
 
 Scorer = Callable[[Tensor, Tensor, int], dict[str, float]]  # (samples, labels, per_mask) -> metrics
@@ -46,8 +49,6 @@ class SegmenterScorer:
 
 
 def colour_scorer(samples: Tensor, labels: Tensor, per_mask: int) -> dict[str, float]:
-    from sdm.metrics.scene_agreement import agreement_own_and_other
-
     if len(labels) < 2:
         return {}
     own, other = agreement_own_and_other(samples, labels, per_mask)
@@ -56,9 +57,6 @@ def colour_scorer(samples: Tensor, labels: Tensor, per_mask: int) -> dict[str, f
 
 def find_scorer(cfg: dict[str, Any]) -> Scorer | None:
     """The scorer of a run's validation grid, per `validation.segmenter` (auto | none | a folder)."""
-    from sdm.metrics.evaluation import cached_segmenter_folder
-    from sdm.segmenter.cache import INFO_FILE, load_segmenter
-
     spec = str(cfg["validation"].get("segmenter", "auto"))
     fallback = colour_scorer if cfg["data"]["name"] == "scenes" else None
     if spec == "none" or (spec == "auto" and cfg["data"].get("streaming")):  # a stream has no cache key
@@ -88,7 +86,6 @@ class LazyScorer:
 def validation_scorer(cfg: dict[str, Any]) -> Scorer:
     """What training.py attaches to the module (`module.sample_scorer`); a folder given by
     name is checked now, not at the first validation."""
-    from sdm.segmenter.cache import INFO_FILE
 
     spec = str(cfg["validation"].get("segmenter", "auto"))
     if spec not in ("auto", "none") and not (Path(spec).expanduser() / INFO_FILE).is_file():
