@@ -149,7 +149,7 @@ def prepare_copy(work: Path, only: list[str], tests: list[str], deselect: str) -
     config = {
         "source_paths": ["sdm"],
         "only_mutate": only,
-        "also_copy": ["conf", "tests", "train.py", "sample.py"],
+        "also_copy": ["conf", "sdm/conf", "tests", "train.py", "sample.py"],  # mutmut skips the sdm/conf link
         "pytest_add_cli_args_test_selection": selection,
         "do_not_mutate_patterns": SKIP_PATTERNS,
         "timeout_multiplier": 6.0,
