@@ -3,6 +3,7 @@ generation runs (the contracts in pyproject.toml, checked by import-linter as `m
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ def test_an_upward_import_or_a_cycle_breaks_a_contract(tmp_path: Path) -> None:
     """The contracts can fail: a copy of the package where core imports Lightning and two modules of
     generation import each other breaks both."""
     copy = tmp_path / "repo"
-    subprocess.run(["cp", "-r", str(REPO / "sdm"), str(copy / "sdm")] if copy.mkdir() is None else [], check=True)
+    shutil.copytree(REPO / "sdm", copy / "sdm", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
     with open(copy / "sdm" / "core" / "seeding.py", "a") as handle:
         handle.write("\nimport lightning  # noqa: E402,F401\n")
