@@ -65,6 +65,16 @@ def test_perfect_samples_score_like_the_real_photos(tmp_path):
     assert m["fid"] < 1e-2 and m["segmenter_frechet_distance"] < 1e-2
 
 
+def test_real_photos_of_another_size_are_read_at_the_masks_size(tmp_path):
+    """A real photo stored at twice the size is resized to the set's size before the segmenter reads it."""
+    labels = [stripes(16, seed) for seed in range(4)]
+    photos = [colorize(label) for label in labels]
+    large = [np.repeat(np.repeat(photo, 2, axis=0), 2, axis=1) for photo in photos]
+    root = write_sample_folder(tmp_path / "s", labels, [[photo] for photo in photos], real=large)
+    m = score_set(from_sample_folder(root), oracle(), progress=False)["metrics"]
+    assert m["real_miou"] > 0.95 and m["miou"] == 1.0
+
+
 def test_noise_lowers_consistency_and_raises_diversity_and_distances(tmp_path):
     clean = score_set(from_sample_folder(coloured_set(tmp_path / "a", noise=0)[0]), oracle(), progress=False)
     noisy = score_set(from_sample_folder(coloured_set(tmp_path / "b", noise=40)[0]), oracle(), progress=False)
