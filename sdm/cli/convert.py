@@ -12,7 +12,7 @@ import sys
 
 from sdm.checkpoint.official.convert import __doc__ as USAGE
 from sdm.checkpoint.official.convert import parse_args, run
-from sdm.core.errors import exit_on_sdm_error
+from sdm.core.exits import exit_on_sdm_error
 
 
 @exit_on_sdm_error

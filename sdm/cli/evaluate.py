@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sdm.core.configs import CONFIG_DIR
-from sdm.core.errors import exit_on_sdm_error
+from sdm.core.exits import exit_on_sdm_error
 from sdm.metrics.evaluation import evaluate
 
 

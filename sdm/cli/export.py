@@ -8,12 +8,12 @@ config to compose (`sample.py export=true` is the Hydra way to the same export).
 from __future__ import annotations
 
 import argparse
-import sys
 
-from sdm.core.errors import SDMError
+from sdm.core.exits import exit_on_sdm_error
 from sdm.generation.export import ROWS_PER_SHARD, export_dataset
 
 
+@exit_on_sdm_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("samples", help="a finished sample.py output folder")
@@ -21,12 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="resize (labels nearest)")
     parser.add_argument("--rows-per-shard", type=int, default=ROWS_PER_SHARD)
     args = parser.parse_args(argv)
-    try:
-        export_dataset(args.samples, args.out, size=tuple(args.size) if args.size else None,
-                       rows_per_shard=args.rows_per_shard)
-    except SDMError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    export_dataset(args.samples, args.out, size=tuple(args.size) if args.size else None,
+                   rows_per_shard=args.rows_per_shard)
 
 
 if __name__ == "__main__":

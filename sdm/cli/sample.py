@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from sdm.cluster.launcher import install_checks
 from sdm.core.configs import CONFIG_DIR
-from sdm.core.errors import exit_on_sdm_error
+from sdm.core.exits import exit_on_sdm_error
 from sdm.generation import generate
 
 install_checks()  # hydra/launcher=slurm refuses a misconfigured sweep before submitting it
@@ -29,7 +29,7 @@ def main(cfg: DictConfig) -> None:
         from sdm.generation.export import export_dataset
 
         size = tuple(int(v) for v in cfg.export_size) if cfg.export_size else None
-        export_dataset(manifest["out_dir"], cfg.export_dir, size=size)
+        export_dataset(manifest["out_dir"], cfg.export_dir, size=size, setting="export_dir")
     if cfg.evaluate:
         from sdm.metrics.evaluation import evaluate_set
         from sdm.metrics.image_sets import from_sample_folder

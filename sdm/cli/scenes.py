@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from PIL import Image
-
+from sdm.core.exits import exit_on_sdm_error
+from sdm.core.places import check_output_folder
+from sdm.core.viz import save_png
 from sdm.data.scenes.sets import scene_grid
 
 
+@exit_on_sdm_error
 def main(argv: list[str] | None = None) -> None:
     """CLI: write a grid PNG of generated scenes (images above their coloured masks)."""
     ap = argparse.ArgumentParser(description=main.__doc__)
@@ -25,10 +27,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("."), help="directory for scenes_grid.png")
     args = ap.parse_args(argv)
     height, width = args.height or args.size, args.width or args.size
+    out = check_output_folder(args.out, "--out")
     grid = scene_grid(args.num, height, width, args.seed, args.cols)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "scenes_grid.png"
-    Image.fromarray(grid).save(path)
+    path = out / "scenes_grid.png"
+    save_png(grid, path)
     print(f"wrote {path} ({args.num} scenes)")
 
 

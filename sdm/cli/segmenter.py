@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from sdm.core.configs import CONFIG_DIR
-from sdm.core.errors import exit_on_sdm_error
+from sdm.core.exits import exit_on_sdm_error
 from sdm.data.prepare import prepare_data
 from sdm.segmenter.cache import INFO_FILE
 from sdm.segmenter.fit import train_segmenter

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from sdm.cluster.launcher import install_checks
 from sdm.core.configs import CONFIG_DIR
-from sdm.core.errors import exit_on_sdm_error
+from sdm.core.exits import exit_on_sdm_error
 from sdm.training.fit import register_resolvers, train
 
 register_resolvers()

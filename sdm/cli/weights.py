@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 
+from sdm.core.exits import exit_on_sdm_error
 from sdm.metrics.weights import WEIGHT_FILES, download, missing_message, weight_path
 
 
+@exit_on_sdm_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Fetch or check the metric weights (FID/KID, LPIPS).")
     parser.add_argument("command", choices=["download", "check"])

@@ -11,14 +11,32 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from sdm.core.errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose(config_name: str, overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
     """The config `config_name` (train, sample, evaluate, prepare, segmenter) with command-line
-    overrides, as the command would compose it (Hydra's own settings only when asked)."""
+    overrides, as the command would compose it (Hydra's own settings only when asked). A bad
+    override is a ConfigError of one line, not Hydra's exception."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import HydraException
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+    except HydraException as err:
+        raise ConfigError(one_line(str(err))) from None
+
+
+def one_line(hydra_message: str) -> str:
+    """Hydra's multi-line composition error as one line: its first, and the options it lists
+    (not its search path, nor its advice to append a key with `+`, which a typo does not want)."""
+    lines = hydra_message.split("Config search path:")[0].splitlines()
+    options = [line.strip() for line in lines if line.startswith("\t")]
+    first = next((line for line in lines if line.strip()), "the overrides cannot be composed")
+    if first.startswith("Could not override"):
+        first += " It is not a setting of this config: check its spelling"
+    return first + (f" (available: {', '.join(options)})" if options else "")

@@ -1,6 +1,7 @@
 """Stop signals: a SLURM time limit or preemption (SIGTERM, or submitit's SIGUSR2), `scancel`,
-`kill`. The run finishes its step, writes `last.ckpt`, and stops with a non-zero exit and the
-command that continues it; under submitit the job is then requeued by submitit itself.
+`kill`, Ctrl-C (SIGINT). The run finishes its step, writes `last.ckpt`, and stops with exit
+128 + signal (130 for Ctrl-C) and the command that continues it; under submitit the job is then
+requeued by submitit itself.
 
 Lightning's own SIGTERM handling stops without a checkpoint and exits 0, and its SLURM
 auto-requeue clashes with submitit's (shared/FACTS.md), so the project handles the signals.
@@ -22,7 +23,8 @@ from typing import Any
 
 from sdm.core.errors import SDMError
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+# Ctrl-C too: Lightning's own answer to it is exit 1 without a checkpoint
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class TrainingStopped(SDMError):

@@ -40,3 +40,20 @@ def grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, fill: int = 255) ->
 def save_png(array: np.ndarray, path: str | Path) -> None:
     """Write an image atomically (temporary name, fsync, rename)."""
     write_atomically(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+def image_problem(path: str | Path, size: tuple[int, int] | None = None) -> str | None:
+    """Why the image file at `path` cannot be used (missing, truncated, not an image, or not
+    `size` = (height, width)); None when it decodes whole. A killed writer of another tool, a
+    full disk or a copy cut short leave such files, and an image counted as done stays wrong."""
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes every pixel: a truncated PNG fails here, not at its header
+            found = (image.height, image.width)
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+        return f"cannot be decoded ({err})"
+    if size is not None and found != tuple(size):
+        return f"is {found[0]}x{found[1]}, expected {size[0]}x{size[1]}"
+    return None

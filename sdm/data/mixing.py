@@ -34,7 +34,8 @@ def extra_ratio(cfg: Any) -> float:
 def extra_source_cfg(cfg: Any) -> Any:
     """The data config of the synthetic rows: the run's sizes and cache, the export as a local source."""
     extra = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "scenes"}
-    extra.update(name="sidewalk", path=str(cfg.extra), revision=None, split="train", streaming=False, extra=None)
+    extra.update(name="sidewalk", path=str(cfg.extra), revision=None, split="train", streaming=False, extra=None,
+                 path_setting="data.extra")
     return OmegaConf.create(extra)
 
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from sdm.core.atomic import remove_leftovers, temporary_name
 from sdm.core.errors import DataError
+from sdm.core.places import check_output_folder
 from sdm.core.viz import save_png
 from sdm.data.classes import CLASS_NAMES, NUM_CLASSES, colorize
 from sdm.data.pictures import class_frequency_chart, pairs_grid
@@ -96,6 +97,7 @@ def prepare_data(cfg: Any, *, show_progress: bool = True) -> PreparedData:
             raise _refusal([(p["row"], p["reason"]) for p in info["problems"]], info["source_rows"], key)
         return PreparedData(root, info)
 
+    check_output_folder(root.parent, "data.cache_dir")  # before the rows are read and resized
     if rows is None:
         rows = load_source(cfg)
     root.parent.mkdir(parents=True, exist_ok=True)

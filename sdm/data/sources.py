@@ -46,8 +46,10 @@ def load_sidewalk(
     split: str = "train",
     streaming: bool = False,
     cache_dir: str | None = None,
+    setting: str = "data.path",
 ) -> datasets.Dataset | datasets.IterableDataset:
-    """Load the sidewalk dataset by Hub id, local folder, or parquet file(s)."""
+    """Load the sidewalk dataset by Hub id, local folder, or parquet file(s). `setting` is the key
+    the user wrote the path in (data.path, data.extra, mask_source.path), for the messages."""
     kwargs: dict[str, Any] = {"split": split, "streaming": streaming, "cache_dir": cache_dir}
     try:
         if _is_local(path):
@@ -56,12 +58,12 @@ def load_sidewalk(
                 ds = datasets.load_dataset(str(local), **kwargs)
             elif local.suffix == ".parquet" or "*" in path:
                 if "*" not in path and not local.exists():
-                    raise DataError(f"data.path '{path}' does not exist")
+                    raise DataError(f"{setting} '{path}' does not exist")
                 kwargs["split"] = "train"  # data_files without a split name land in 'train'
                 ds = datasets.load_dataset("parquet", data_files=str(local), **kwargs)
             else:
                 raise DataError(
-                    f"data.path '{path}' is neither a folder nor a .parquet file (or glob); "
+                    f"{setting} '{path}' is neither a folder nor a .parquet file (or glob); "
                     f"give a local copy in the Hub schema or the Hub id '{HUB_ID}'"
                 )
         else:
@@ -70,7 +72,7 @@ def load_sidewalk(
         raise
     except Exception as err:  # the Hub and fsspec raise many types for the same problem
         if _is_local(path):
-            raise DataError(f"cannot read the local dataset at '{path}': {err}") from err
+            raise DataError(f"{setting}: cannot read the local dataset at '{path}': {err}") from err
         raise DataError(hub_help(path, err)) from err
     return undecoded(ds, origin=path)
 
@@ -119,6 +121,7 @@ def load_source(cfg: Any) -> datasets.Dataset | datasets.IterableDataset:
             split=cfg.get("split", "train"),
             streaming=bool(cfg.get("streaming", False)),
             cache_dir=cfg.get("hub_cache_dir"),
+            setting=str(cfg.get("path_setting") or "data.path"),
         )
     raise DataError(f"unknown data source data.name={cfg.name!r}; expected 'sidewalk' or 'scenes'")
 
@@ -156,6 +159,7 @@ def overlay_source(data: Any, overrides: dict[str, Any], what: str) -> Any:
         overrides["path"] = str(path.resolve()) if path.exists() else str(overrides["path"])
     merged = OmegaConf.merge(OmegaConf.create(plain), overrides)
     merged.extra = None
+    merged.path_setting = f"{what}.path"  # messages name the key the user wrote
     if merged.name == "scenes" and not OmegaConf.select(merged, "scenes.num"):
         raise ConfigError(f"{what} names the embedded scenes without a count: add scenes.num, e.g. "
                           f"'{what}={{scenes:{{num:500,seed:1}}}}'")

@@ -19,8 +19,10 @@ from typing import Any
 
 from PIL import Image
 
-from sdm.core.atomic import remove_leftovers, temporary_name
+from sdm.core.atomic import WriteError, describe_write_failure, remove_leftovers, temporary_name
 from sdm.core.errors import DataError
+from sdm.core.places import check_output_folder
+from sdm.core.viz import image_problem
 from sdm.generation.layout import MANIFEST
 
 MARKER = "sdm_export.json"  # what tells a folder is an export of ours (safe to replace)
@@ -52,8 +54,13 @@ def read_finished_manifest(samples: Path) -> dict[str, Any]:
     return manifest
 
 
-def png_bytes(path: Path, size: tuple[int, int] | None, label: bool) -> bytes:
-    """The file's PNG bytes, resized to (height, width) when asked (labels nearest, photos Lanczos)."""
+def png_bytes(path: Path, expected: tuple[int, int], size: tuple[int, int] | None, label: bool) -> bytes:
+    """The file's PNG bytes, checked to decode whole at the generation's (height, width), and
+    resized to `size` when asked (labels nearest, photos Lanczos)."""
+    problem = image_problem(path, expected)
+    if problem is not None:
+        raise DataError(f"{path} {problem}; re-run the same sample.py command, which draws a damaged image "
+                        "again, then export")
     if size is None:
         return path.read_bytes()
     with Image.open(path) as image:
@@ -66,18 +73,19 @@ def png_bytes(path: Path, size: tuple[int, int] | None, label: bool) -> bytes:
 
 def rows(samples: Path, manifest: dict[str, Any], size: tuple[int, int] | None) -> Iterator[dict[str, Any]]:
     sampler = manifest["settings"]["sampler"]
+    expected = tuple(int(v) for v in manifest["settings"]["size"])
     for item in manifest["items"]:
         label_path = samples / item["label"]
         if not label_path.is_file():
             raise DataError(f"{label_path} is listed in {MANIFEST} but missing")
-        label = png_bytes(label_path, size, label=True)
+        label = png_bytes(label_path, expected, size, label=True)
         if len(item["images"]) != len(item["sample_seeds"]):
             raise DataError(f"{samples / MANIFEST}: mask {item['mask']!r} lists {len(item['images'])} images but "
                             f"{len(item['sample_seeds'])} seeds; the manifest was edited or damaged")
         for k, (image, seed) in enumerate(zip(item["images"], item["sample_seeds"], strict=True)):
             if not (samples / image).is_file():
                 raise DataError(f"{samples / image} is listed in {MANIFEST} but missing")
-            yield {"pixel_values": {"bytes": png_bytes(samples / image, size, label=False)},
+            yield {"pixel_values": {"bytes": png_bytes(samples / image, expected, size, label=False)},
                    "label": {"bytes": label}, "source_mask": str(item["mask"]), "sample_index": k,
                    "seed": int(seed), "sampler": str(sampler["name"]), "num_steps": int(sampler["num_steps"]),
                    "guidance_scale": float(sampler["guidance_scale"])}
@@ -119,12 +127,13 @@ non-commercial use only).
 
 
 def export_dataset(samples: str | Path, out_dir: str | Path | None = None, *, size: tuple[int, int] | None = None,
-                   rows_per_shard: int = ROWS_PER_SHARD) -> Path:
-    """Write `samples` (a finished sample.py folder) as parquet shards + a dataset card; returns the folder."""
+                   rows_per_shard: int = ROWS_PER_SHARD, setting: str = "--out") -> Path:
+    """Write `samples` (a finished sample.py folder) as parquet shards + a dataset card; returns the folder.
+    `setting` names the output folder in messages as the user wrote it (`--out`, `export_dir`)."""
     import datasets
 
     samples = Path(samples).expanduser()
-    out = Path(out_dir).expanduser() if out_dir else samples / "hf"
+    out = check_output_folder(Path(out_dir).expanduser() if out_dir else samples / "hf", setting)
     if rows_per_shard < 1:
         raise DataError(f"rows_per_shard must be at least 1, got {rows_per_shard}")
     if size is not None and (len(size) != 2 or min(size) < 1):
@@ -150,6 +159,9 @@ def export_dataset(samples: str | Path, out_dir: str | Path | None = None, *, si
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
+    except OSError as err:  # pyarrow and fsspec report a full disk as OSError from deep inside
+        raise WriteError(f"the export to {out} failed: {describe_write_failure(tmp / 'data' / 'train.parquet', err)}"
+                         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"exported {len(all_rows)} images in {len(shards)} parquet shard(s) to {out} "

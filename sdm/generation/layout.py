@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from sdm.checkpoint.files import CHECKPOINT_DIR, EXPORT_DIR
 from sdm.core.errors import ConfigError
 from sdm.core.seeding import stable_seed
-from sdm.core.viz import save_png
+from sdm.core.viz import image_problem, save_png
 from sdm.data.classes import colorize
 from sdm.generation.masks import SPLITS, Mask, mask_source, mask_variations
 from sdm.generation.weights import Model
@@ -106,7 +106,7 @@ def write_mask_files(out_dir: Path, masks: Sequence[Mask]) -> None:
         files = {"labels": mask.label, "colored_masks": colorize(mask.label), "real": mask.real}
         for folder, array in files.items():
             path = out_dir / folder / f"{mask.name}.png"
-            if array is not None and not path.is_file():
+            if array is not None and image_problem(path, array.shape[:2]) is not None:  # missing or damaged
                 save_png(array, path)
 
 

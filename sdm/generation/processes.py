@@ -16,8 +16,10 @@ import torch.multiprocessing as mp
 from omegaconf import DictConfig, OmegaConf
 
 from sdm.checkpoint.files import resolve_weights_source
+from sdm.core.children import end_with_parent
 from sdm.core.errors import ConfigError, SDMError
 from sdm.core.hardware import resolve_device
+from sdm.core.places import check_output_folder
 from sdm.generation.layout import MANIFEST, default_out_dir
 from sdm.generation.run import generate_here
 from sdm.generation.shards import parse_shard, read_record
@@ -37,13 +39,17 @@ def process_plan(cfg: DictConfig) -> list[dict[str, Any]]:
              "device": f"cuda:{j}" if device.type == "cuda" else str(device)} for j in range(devices)]
 
 
-def _worker(j: int, cfg_yaml: str, plan: list[dict[str, Any]], threads: int) -> None:
+def _worker(j: int, cfg_yaml: str, plan: list[dict[str, Any]], threads: int, parent: int | None = None) -> None:
+    if parent is not None and parent != os.getpid():  # a spawned child (tests run the body in-process)
+        end_with_parent(parent)  # a parent killed with SIGKILL leaves no worker running on
     torch.set_num_threads(threads)
     try:
         generate_here(OmegaConf.merge(OmegaConf.create(cfg_yaml), plan[j]))
     except SDMError as err:
         print(f"error: process {j} ({plan[j]['shard']}): {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal: the parent says it once
+        sys.exit(130)
 
 
 def run_in_processes(cfg: DictConfig) -> dict[str, Any]:
@@ -51,12 +57,15 @@ def run_in_processes(cfg: DictConfig) -> dict[str, Any]:
     plan = process_plan(cfg)
     if not cfg.out_dir:  # every process must write into one folder (a dated default would differ)
         cfg = OmegaConf.merge(cfg, {"out_dir": str(default_out_dir(cfg, resolve_weights_source(str(cfg.weights))))})
+    check_output_folder(cfg.out_dir, "out_dir")  # once, before any process starts
     threads = max(1, (os.cpu_count() or 1) // len(plan))
     print(f"devices={len(plan)}: shards {plan[0]['shard']} .. {plan[-1]['shard']} -> {cfg.out_dir}")
     try:
-        mp.start_processes(_worker, args=(OmegaConf.to_yaml(cfg), plan, threads), nprocs=len(plan),
+        mp.start_processes(_worker, args=(OmegaConf.to_yaml(cfg), plan, threads, os.getpid()), nprocs=len(plan),
                            join=True, start_method="spawn")
     except mp.ProcessExitedException as err:
+        if err.exit_code == 130:  # a worker stopped by Ctrl-C (torch has ended the others)
+            raise KeyboardInterrupt from None
         raise SDMError(f"generation process {err.error_index} ({plan[err.error_index]['shard']}) failed with exit "
                        f"code {err.exit_code} (its message is above); re-run the same command to resume: "
                        "finished images are kept") from None

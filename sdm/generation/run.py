@@ -23,7 +23,8 @@ from sdm.core.atomic import write_json
 from sdm.core.checks import require
 from sdm.core.errors import ConfigError
 from sdm.core.hardware import cpu_has_bf16, resolve_device
-from sdm.core.viz import save_png, to_uint8_image
+from sdm.core.places import check_output_folder
+from sdm.core.viz import image_problem, save_png, to_uint8_image
 from sdm.diffusion import noise_config, sample
 from sdm.generation.grids import write_grids
 from sdm.generation.layout import (
@@ -75,12 +76,25 @@ def pass_size(cfg: DictConfig, num_masks: int) -> int:
     return min(int(cfg.batch_size), num_masks * int(cfg.num_per_mask))
 
 
+def image_done(path: Path, size: tuple[int, ...]) -> bool:
+    """An image there decodes whole at the mask's size; a damaged one (a copy cut short, a full disk
+    under another writer) is removed, to be drawn again with its own seed."""
+    if not path.is_file():
+        return False
+    problem = image_problem(path, size[:2])
+    if problem is None:
+        return True
+    print(f"{path} {problem}: drawing it again")
+    path.unlink()
+    return False
+
+
 def run_jobs(model: Model, masks: Sequence[Mask], out_dir: Path, cfg: DictConfig,
              device: torch.device, batch: int, desc: str = "sample") -> Counter[str]:
     """Generate every missing image, `batch` per pass; returns how many were made per mask."""
     per_mask = int(cfg.num_per_mask)
-    jobs = [(m, k) for m in masks for k in range(per_mask)
-            if not (out_dir / "images" / image_name(m.name, k)).is_file()]
+    jobs = [(m, k) for m in masks for k in range(per_mask) if not image_done(out_dir / "images" / image_name(m.name, k),
+                                                                              m.label.shape)]
     left = Counter(mask.name for mask, _ in jobs)
     bar = tqdm(total=len(masks), initial=len(masks) - len(left), desc=desc, unit="mask")
     steps = int(cfg.sampler.num_steps)
@@ -103,6 +117,14 @@ def run_jobs(model: Model, masks: Sequence[Mask], out_dir: Path, cfg: DictConfig
     return made
 
 
+def absolute_caches(data: dict[str, Any]) -> dict[str, Any]:
+    """A run's data settings with its cache folders made absolute from here, where the run is used:
+    relative, they would send an evaluation elsewhere to prepare the dataset again where it stands."""
+    folders = {key: str(Path(str(data[key])).expanduser().absolute()) for key in ("cache_dir", "hub_cache_dir")
+               if data.get(key)}
+    return {**data, **folders}
+
+
 def generate_here(cfg: DictConfig) -> dict[str, Any]:
     """Run the generation (or the shard=i/n of it) in this process; returns the manifest, or
     {"complete": False, ...} for a shard that finished while others still run."""
@@ -115,6 +137,8 @@ def generate_here(cfg: DictConfig) -> dict[str, Any]:
               "slower than float32; sampling in fp32 instead")
         cfg = OmegaConf.merge(cfg, {"precision": "fp32"})
     model = load_model(str(cfg.weights))
+    out_dir = Path(str(cfg.out_dir)).expanduser() if cfg.out_dir else default_out_dir(cfg, model.path)
+    out_dir = check_output_folder(out_dir, "out_dir")  # before the masks are read and the first image made
     total_steps = int(model.cfg["diffusion"]["num_train_timesteps"])
     require(int(cfg.sampler.num_steps) <= total_steps, "sampler.num_steps", cfg.sampler.num_steps,
              f"at most the {total_steps} training timesteps")
@@ -124,17 +148,17 @@ def generate_here(cfg: DictConfig) -> dict[str, Any]:
     limit = None if cfg.limit is None else int(cfg.limit)
     masks = load_masks(str(cfg.masks), model, limit, mask_source(cfg), mask_variations(cfg), int(cfg.seed))
     mine = shard_masks(masks, index, count)
-    out_dir = Path(str(cfg.out_dir)).expanduser() if cfg.out_dir else default_out_dir(cfg, model.path)
     settings = run_settings(cfg, model)
     check_resumable(out_dir, settings)
     for folder in FOLDERS:
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     per_mask = int(cfg.num_per_mask)
-    base: dict[str, Any] = {
+    run_dir = run_dir_of(model.path)
+    base: dict[str, Any] = {  # paths absolute: an evaluation started from another folder reads the same places
         "settings": settings,
-        "weights": {"given": str(cfg.weights), "file": str(model.path), "run": model.cfg.get("run_name"),
-                    "run_dir": str(run_dir_of(model.path)) if run_dir_of(model.path) else None},
-        "train_data": model.cfg["data"],  # the evaluation finds the segmenter of this data
+        "weights": {"given": str(cfg.weights), "file": str(model.path.absolute()), "run": model.cfg.get("run_name"),
+                    "run_dir": str(run_dir.absolute()) if run_dir else None},
+        "train_data": absolute_caches(model.cfg["data"]),  # the evaluation finds the segmenter of this data
         "num_per_mask": per_mask,
         "batch_size": int(cfg.batch_size),
         "seeding": "sample k of mask i: torch.Generator seeded with sdm.generation.sample_seed(seed + i, k)",

@@ -10,16 +10,20 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sdm.core.atomic import write_json
+from sdm.core.atomic import WriteError, remove_leftovers, temporary_name, write_json
 from sdm.core.configs import CONFIG_DIR
 from sdm.core.errors import ConfigError
 from sdm.core.hardware import resolve_device
+from sdm.core.places import check_output_folder
 from sdm.core.viz import save_png
 from sdm.data.classes import NUM_CLASSES
 from sdm.data.prepare import prepare_data
@@ -173,6 +177,10 @@ def evaluate_set(image_set: ImageSet, out_dir: Path, ecfg: DictConfig, num_class
     """
     started = time.perf_counter()
     calibration = calibration_settings(ecfg)  # checked before any network is loaded or trained
+    out_dir = check_output_folder(out_dir, "out_dir")  # and the places it writes: before the work
+    logdir = tensorboard_folder(image_set, out_dir) if ecfg.tensorboard else None
+    if logdir is not None:
+        check_output_folder(logdir, "evaluation.tensorboard (its folder)")
     device = resolve_device(str(ecfg.device))
     segmenter_used: dict[str, Any] = {"folder": "injected"} if nets is not None else {}
     if nets is None:
@@ -181,18 +189,6 @@ def evaluate_set(image_set: ImageSet, out_dir: Path, ecfg: DictConfig, num_class
                        images_per_batch=int(ecfg.batch_size), device=device,
                        kid_subset_size=int(ecfg.kid_subset_size), progress=bool(ecfg.progress),
                        calibration=calibration)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pictures = {}
-    best, worst = ranked_masks(scores["per_mask"], RANKED)
-    for caption, name, indices in (("best masks", "best.png", best), ("worst masks", "worst.png", worst)):
-        if indices:
-            save_png(ranking_grid(image_set, indices, nets.segmenter, device), out_dir / PICTURES_DIR / name)
-            pictures[caption] = f"{PICTURES_DIR}/{name}"
-    with_photos = [i for i, entry in enumerate(image_set.entries) if entry.real is not None][:RANKED]
-    shown = calibration_grid(image_set, with_photos, calibration.blur_factor)
-    if shown is not None and nets.segmenter is not None:
-        save_png(shown, out_dir / PICTURES_DIR / "calibration.png")
-        pictures["blur control | generated | real (the ratio's scale)"] = f"{PICTURES_DIR}/calibration.png"
     report = {
         **scores,
         "created": dt.datetime.now().isoformat(timespec="seconds"),
@@ -205,20 +201,65 @@ def evaluate_set(image_set: ImageSet, out_dir: Path, ecfg: DictConfig, num_class
         "device": str(device),
         "versions": library_versions(),
         "files": {"json": str(out_dir / JSON_FILE), "text": str(out_dir / TEXT_FILE),
-                  "html": str(out_dir / HTML_FILE), "pictures": pictures},
+                  "html": str(out_dir / HTML_FILE), "pictures": {}},
     }
-    report["seconds"] = round(time.perf_counter() - started, 2)
-    rows = history(report, image_set.run_dir, out_dir)
-    write_text(out_dir / HTML_FILE, page(report, pictures, rows))
-    text = text_report(report)
-    write_text(out_dir / TEXT_FILE, text)
-    if ecfg.tensorboard:
-        logdir = image_set.run_dir / "tb" / f"eval-{out_dir.name}" if image_set.run_dir else out_dir / PICTURES_DIR / "tb"
-        log_to_tensorboard(report, logdir)
-        report["files"]["tensorboard"] = str(logdir)
-    write_json(out_dir / JSON_FILE, report)
+    with staged_outputs(out_dir) as stage:
+        report["files"]["pictures"] = pictures = write_pictures(image_set, nets, calibration, report, stage, device)
+        report["seconds"] = round(time.perf_counter() - started, 2)
+        write_text(stage / HTML_FILE, page(report, pictures, history(report, image_set.run_dir, out_dir)))
+        text = text_report(report)
+        write_text(stage / TEXT_FILE, text)
+        if logdir is not None:
+            log_to_tensorboard(report, logdir)
+            report["files"]["tensorboard"] = str(logdir)
+        write_json(stage / JSON_FILE, report)  # moved into place last: its presence means the rest is there
     print(text, end="")
     return report
+
+
+def tensorboard_folder(image_set: ImageSet, out_dir: Path) -> Path:
+    """The run's TensorBoard (so evaluations sit beside the training curves), else one beside the report."""
+    if image_set.run_dir is not None and image_set.run_dir.is_dir():
+        return image_set.run_dir.absolute() / "tb" / f"eval-{out_dir.name}"
+    return out_dir / PICTURES_DIR / "tb"
+
+
+def write_pictures(image_set: ImageSet, nets: Networks, calibration: Calibration, report: dict[str, Any],
+                   folder: Path, device: Any) -> dict[str, str]:
+    """The best and worst masks and the calibration grid, as PNGs under `folder`; caption -> file."""
+    pictures = {}
+    best, worst = ranked_masks(report["per_mask"], RANKED)
+    for caption, name, indices in (("best masks", "best.png", best), ("worst masks", "worst.png", worst)):
+        if indices:
+            save_png(ranking_grid(image_set, indices, nets.segmenter, device), folder / PICTURES_DIR / name)
+            pictures[caption] = f"{PICTURES_DIR}/{name}"
+    with_photos = [i for i, entry in enumerate(image_set.entries) if entry.real is not None][:RANKED]
+    shown = calibration_grid(image_set, with_photos, calibration.blur_factor)
+    if shown is not None and nets.segmenter is not None:
+        save_png(shown, folder / PICTURES_DIR / "calibration.png")
+        pictures["blur control | generated | real (the ratio's scale)"] = f"{PICTURES_DIR}/calibration.png"
+    return pictures
+
+
+@contextlib.contextmanager
+def staged_outputs(out_dir: Path) -> Iterator[Path]:
+    """A hidden folder beside the report for all its files, moved into `out_dir` only when every
+    one is written (renames need no room): a full disk leaves the previous report whole, never
+    new pictures beside an old or missing evaluation.json."""
+    for leftover in remove_leftovers(out_dir, "partial", "evaluation") if out_dir.is_dir() else []:
+        print(f"removed {leftover}: the unfinished report of a killed evaluation")
+    stage = temporary_name(out_dir / "evaluation", "partial")
+    try:
+        yield stage
+        files = sorted((p for p in stage.rglob("*") if p.is_file()), key=lambda p: p.name == JSON_FILE)
+        for path in files:
+            target = out_dir / path.relative_to(stage)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    except WriteError as err:
+        raise WriteError(f"the evaluation could not be written to {out_dir}: {err}") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

@@ -16,8 +16,10 @@ report leads with it.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,6 +88,17 @@ class Accumulators:
         self.per_mask: list[dict[str, Any]] = []
         self.ssim: list[float] = []
         self.lpips: list[float] = []
+        self.resized: Counter[str] = Counter()  # "generated 64x48" -> images read at another size
+
+
+def read_at_mask_size(path: Path, size: tuple[int, int], acc: Accumulators, kind: str) -> np.ndarray:
+    """An image at the masks' size; one of another size is resized (Lanczos) and counted, so the
+    report says so instead of scoring it silently."""
+    image = read_rgb_file(path)
+    if image.shape[:2] == tuple(size):
+        return image
+    acc.resized[f"{kind} {image.shape[0]}x{image.shape[1]}"] += 1
+    return read_rgb_file(path, size)
 
 
 def segment(network: nn.Module, images: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -100,10 +113,10 @@ def score_batch(image_set: ImageSet, indices: list[int], nets: Networks, acc: Ac
     size = image_set.size
     for i in indices:
         entry = entries[i]
-        samples = to_tensor([read_rgb_file(p, size) for p in entry.samples])
+        samples = to_tensor([read_at_mask_size(p, size, acc, "generated") for p in entry.samples])
         label = torch.from_numpy(entry.label).long()
         row: dict[str, Any] = {"mask": entry.name, "images": len(entry.samples)}
-        real = to_tensor([read_rgb_file(entry.real, size)]) if entry.real is not None else None
+        real = to_tensor([read_at_mask_size(entry.real, size, acc, "real")]) if entry.real is not None else None
         if nets.segmenter is not None:
             pred, features = segment(nets.segmenter, samples, device)
             targets = label.expand_as(pred)
@@ -157,6 +170,8 @@ def score_set(image_set: ImageSet, nets: Networks, *, num_classes: int = 35, ima
             score_batch(image_set, indices, nets, acc, inception, device, calibration.blur_factor)
             bar.update(len(indices))
     bar.close()
+    notes += [f"{count} {found.split()[0]} image(s) were {found.split()[1]}, not the masks' {image_set.size[0]}x"
+              f"{image_set.size[1]}: resized (Lanczos) before scoring" for found, count in sorted(acc.resized.items())]
     return summarise(image_set, nets, acc, inception, notes, calibration)
 
 

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import torch
 
+from sdm.core.errors import DataError
+from sdm.core.exits import WRITE_ERRNOS
+from sdm.core.places import check_output_folder
+
 
 @dataclass(frozen=True)
 class WeightFile:
@@ -65,12 +69,17 @@ def missing_message(name: str, weights_dir: str | Path | None = None) -> str | N
 def download(weights_dir: str | Path | None = None) -> list[Path]:
     """Fetch every metric weight file into the cache (skipping those already there)."""
     folder = checkpoint_dir(weights_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for entry in WEIGHT_FILES.values():
-        path = folder / entry.filename
-        if not path.is_file():
-            print(f"downloading {entry.url}")
-            torch.hub.download_url_to_file(entry.url, str(path), progress=True)
-        paths.append(path)
-    return paths
+    missing = [entry for entry in WEIGHT_FILES.values() if not (folder / entry.filename).is_file()]
+    if missing:  # about 330 MB: the place is checked before the first byte comes
+        check_output_folder(folder, "--dir" if weights_dir else "torch's hub folder", need_bytes=400 * 2**20)
+        folder.mkdir(parents=True, exist_ok=True)
+    for entry in missing:
+        print(f"downloading {entry.url}")
+        try:  # torch writes to a temporary name and renames it: a failure leaves no half file
+            torch.hub.download_url_to_file(entry.url, str(folder / entry.filename), progress=True)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError
+            if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+                raise
+            raise DataError(f"could not download {entry.url} to {folder}: {err}; on a machine without internet, "
+                            "run `sdm-weights download --dir DIR` where there is, and copy DIR here") from None
+    return [folder / entry.filename for entry in WEIGHT_FILES.values()]

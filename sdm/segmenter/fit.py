@@ -25,6 +25,7 @@ from sdm.checkpoint.files import save_safetensors
 from sdm.core.atomic import write_json
 from sdm.core.errors import ConfigError
 from sdm.core.hardware import cpu_has_bf16
+from sdm.core.places import check_output_folder
 from sdm.data.datamodule import SidewalkDataModule
 from sdm.data.prepare import prepare_data
 from sdm.segmenter.cache import INFO_FILE, WEIGHTS_FILE, cache_folder, data_key
@@ -107,6 +108,8 @@ def train_segmenter(cfg: DictConfig) -> Path:
     elif cached is not None and not settings.get("retrain"):
         print(f"using the cached segmenter {folder} (segmenter.retrain=true trains a new one)")
         return folder
+    check_output_folder(settings["cache_dir"], "segmenter.cache_dir")  # before the training, not after it
+    tensorboard = Path(str(OmegaConf.select(cfg, "output_dir") or folder)) / "tb"
     started = time.perf_counter()
     L.seed_everything(int(cfg.seed), workers=True)
     task = SegmenterTask(settings, int(cfg.data.num_classes))
@@ -116,7 +119,7 @@ def train_segmenter(cfg: DictConfig) -> Path:
     if settings.get("augment") is not None:  # and its own augmentations
         data.augment = settings["augment"]
     datamodule = SidewalkDataModule(data)
-    logger = L.pytorch.loggers.TensorBoardLogger(str(cfg.output_dir), name="tb", version="", default_hp_metric=False)
+    logger = L.pytorch.loggers.TensorBoardLogger(str(tensorboard.parent), name="tb", version="", default_hp_metric=False)
     every = min(int(settings["val_every"]), int(settings["max_steps"]))
     trainer = L.Trainer(
         max_steps=int(settings["max_steps"]), max_epochs=-1, precision=training_precision(settings), logger=logger,
@@ -137,7 +140,7 @@ def train_segmenter(cfg: DictConfig) -> Path:
         "real_val_miou": scores["miou"], "real_val_pixel_accuracy": scores["pixel_accuracy"],
         "real_val_per_class_iou": {str(k): v for k, v in scores["per_class_iou"].items()},
         "calibration": calibration,  # the validation split: ceiling, blur control, other masks
-        "seconds": round(time.perf_counter() - started, 1), "tensorboard": str(Path(str(cfg.output_dir)) / "tb"),
+        "seconds": round(time.perf_counter() - started, 1), "tensorboard": str(tensorboard),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in task.network.state_dict().items()}
     save_safetensors(state, folder / WEIGHTS_FILE)

@@ -123,6 +123,6 @@ def test_logs_hold_the_command_and_its_output_and_the_report_is_named(tmp_path, 
     assert f"report: {tmp_path / 'nested' / '..' / 'samples' / 'evaluation_report.txt'}" in out
     assert "only        ran" in out
     assert pipeline.tail(tmp_path / "logs" / "only.log", 2) == f"    {tmp_path}\n    err"
-    monkeypatch.setattr(pipeline, "stages", lambda cfg: [Stage("only", ["true"], lambda: True)])
+    monkeypatch.setattr(pipeline, "stages", lambda cfg: [Stage("only", plan[0].command, lambda: True)])
     summary = run_pipeline(OmegaConf.create({"root": str(tmp_path)}), cwd=tmp_path)
     assert summary == [("only", "skipped (complete)", 0.0)]

@@ -82,7 +82,7 @@ def test_the_synthetic_source_is_the_runs_data_config_reading_the_export(tmp_pat
     extra = OmegaConf.to_container(extra_source_cfg(data))
     expected = {k: v for k, v in OmegaConf.to_container(data, resolve=True).items() if k != "scenes"}
     expected.update(name="sidewalk", path=str(tmp_path / "export"), revision=None, split="train", streaming=False,
-                    extra=None)
+                    extra=None, path_setting="data.extra")  # its messages name data.extra, not data.path
     assert extra == expected
     assert (extra["size"], extra["resize"], extra["on_bad_row"]) == ([SIZE, SIZE], "crop", "skip")
 

@@ -17,6 +17,7 @@ from helpers.processes import leftover_path
 from PIL import Image
 
 from sdm.cli.export import main
+from sdm.core.atomic import WriteError
 from sdm.core.errors import ConfigError, DataError
 from sdm.generation import generate
 from sdm.generation.export import EXTRA_COLUMNS, export_dataset
@@ -170,9 +171,10 @@ def test_resized_photos_are_lanczos_and_labels_nearest(samples, tmp_path):
         lanczos = np.asarray(image.resize((20, 24), Image.Resampling.LANCZOS))
     with Image.open(label) as image:
         nearest = np.asarray(image.resize((20, 24), Image.Resampling.NEAREST))
-    assert np.array_equal(decoded({"bytes": png_bytes(photo, (24, 20), label=False)}), lanczos)
-    assert np.array_equal(decoded({"bytes": png_bytes(label, (24, 20), label=True)}), nearest)
-    assert png_bytes(photo, None, label=False) == photo.read_bytes()  # no size: the file as it is
+    size = (SIZE, SIZE)  # the generation's
+    assert np.array_equal(decoded({"bytes": png_bytes(photo, size, (24, 20), label=False)}), lanczos)
+    assert np.array_equal(decoded({"bytes": png_bytes(label, size, (24, 20), label=True)}), nearest)
+    assert png_bytes(photo, size, None, label=False) == photo.read_bytes()  # no size: the file as it is
 
 
 def test_a_damaged_generation_fails_clearly_and_leaves_no_temporary_folder(samples, tmp_path):
@@ -208,7 +210,7 @@ def test_a_failure_while_writing_leaves_the_old_export_and_no_temporary(samples,
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(export, "dataset_card", disk_full)  # after the parquet shards are written
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(WriteError, match=f"the export to {out} failed: the disk holding .* is full"):
         export_dataset(samples, out)
     assert sorted(p.name for p in (out / "data").iterdir()) == before  # the previous export, whole
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -31,7 +31,6 @@ def segmenter_cfg(tmp_path, *overrides: str):
     cfg = compose("segmenter", ["data.size=[32,32]", "data.num_workers=1", "data.export_png=false",
                                           f"data.cache_dir={tmp_path / 'data'}", "segmenter.progress_bar=false",
                                           *overrides])
-    cfg.output_dir = str(tmp_path / "run")
     return cfg
 
 

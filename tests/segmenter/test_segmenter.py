@@ -23,7 +23,6 @@ def segmenter_cfg(tmp_path, *overrides: str):
         "segmenter.val_every=3", "segmenter.precision=32-true", "segmenter.progress_bar=false",
         f"segmenter.cache_dir={tmp_path / 'segmenters'}", "segmenter.accelerator=cpu", *overrides,
     ])  # fmt: skip
-    cfg.output_dir = str(tmp_path / "run")
     return cfg
 
 
@@ -37,7 +36,7 @@ def test_trains_caches_and_reloads(tmp_path):
     assert calibration["real_miou"] == pytest.approx(info["real_val_miou"])
     assert calibration["blur_ratio"] == pytest.approx(calibration["blur_miou"] / calibration["real_miou"])
     assert 0 <= info["real_val_miou"] <= 1 and info["data_key"] in folder.name
-    assert list((tmp_path / "run" / "tb").glob("events.*"))
+    assert list((folder / "tb").glob("events.*")) and info["tensorboard"] == str(folder / "tb")  # beside its weights
     stamp = (folder / WEIGHTS_FILE).stat().st_mtime_ns
     assert train_segmenter(segmenter_cfg(tmp_path)) == folder  # reused, not retrained
     assert (folder / WEIGHTS_FILE).stat().st_mtime_ns == stamp

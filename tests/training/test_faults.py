@@ -220,28 +220,6 @@ def test_a_failed_checkpoint_write_during_training_is_named(tmp_path, monkeypatc
         train(compose_train(tmp_path / "run", "trainer.max_steps=2", "checkpoint.every_n_steps=2"))
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """mount(size, read_only) -> a folder on its own small tmpfs (needs root, as in CI)."""
-    mounted = []
-
-    def mount(name: str, size: str = "256k", read_only: bool = False) -> Path:
-        folder = tmp_path / name
-        folder.mkdir(parents=True)
-        options = f"size={size}" + (",ro" if read_only else "")
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
-        if done.returncode != 0:
-            if os.environ.get("SDM_REQUIRE_TMPFS"):  # .ci/run sets it: there the test must run
-                pytest.fail(f"could not mount a tmpfs (needs root): {done.stderr.decode().strip()}")
-            pytest.skip("mounting a tmpfs needs root (CI runs as root and sets SDM_REQUIRE_TMPFS=1)")
-        mounted.append(folder)
-        return folder
-
-    yield mount
-    for folder in mounted:
-        subprocess.run(["umount", str(folder)], check=False)
-
-
 def test_a_full_disk_and_a_read_only_folder_are_named_during_training(tmp_path, tmpfs):
     full = tmpfs("full/checkpoints", size="64k")  # the run dir has room, its checkpoint folder not
     with pytest.raises(WriteError, match=f"the disk holding {full} is full or over quota"):

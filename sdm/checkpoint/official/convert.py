@@ -40,6 +40,7 @@ from sdm.checkpoint.official.published import (
 )
 from sdm.core.atomic import WriteError, describe_write_failure, remove_leftovers, temporary_name
 from sdm.core.errors import CheckpointError, ConfigError
+from sdm.core.places import MIN_FREE_BYTES, check_output_folder
 from sdm.models import build_unet
 
 OFFICIAL_CODE = "https://github.com/WeilunWang/semantic-diffusion-model"
@@ -308,9 +309,12 @@ def describe(config: dict[str, Any]) -> str:
 
 def run(options: Options) -> Path:
     """Read, convert, check and write; returns the written ema.safetensors."""
+    out = options.out or DEFAULT_ROOT / f"{options.dataset}-{options.checkpoint.stem}"
+    if not (out.is_dir() and any(out.iterdir()) and not options.overwrite):  # that refusal names it itself
+        check_output_folder(out, "out", need_bytes=max(MIN_FREE_BYTES, 2 * options.checkpoint.stat().st_size)
+                            if options.checkpoint.is_file() else MIN_FREE_BYTES)
     state = load_official(options.checkpoint)
     weights, config = convert(state, options)
-    out = options.out or DEFAULT_ROOT / f"{options.dataset}-{options.checkpoint.stem}"
     print(f"read {options.checkpoint}: {len(state)} tensors\n{describe(config)}")
     written = write_export(weights, config, out, options.overwrite)
     masks = "<folder of label PNGs in the model's class ids>"

@@ -1,0 +1,137 @@
+"""Every command against a bad output place: a file where its folder should be, a read-only
+mount, a full disk. Each must stop with one `error:` line that names the place, exit non-zero,
+write nothing (not even into the folder it was started from), and succeed on a good place.
+
+The commands run as users start them (`python -m sdm.cli.<name>`, a fresh interpreter) from an
+empty working folder. The read-only and full places are tmpfs mounts (root, as in CI).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from helpers import REPO
+from helpers.configs import compose_train
+from helpers.generation import SIZE, masks_of, sample_cfg
+from helpers.official import Official
+from omegaconf import OmegaConf
+
+from sdm.checkpoint.files import EXPORT_DIR, export_ema
+from sdm.generation import generate
+from sdm.training.module import SDMModule
+
+QUIET_EVALUATION = ["evaluation.segmenter=none", "evaluation.fid=false", "evaluation.lpips=false",
+                    "evaluation.progress=false"]
+SAMPLING = ["sampler=ddim", "sampler.num_steps=2", "precision=fp32", "device=cpu", "num_per_mask=1"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> SimpleNamespace:
+    """What the commands read: an exported tiny model, masks, a finished sample folder, an
+    official checkpoint."""
+    root = tmp_path_factory.mktemp("places")
+    run = root / "run"
+    cfg = OmegaConf.to_container(compose_train(run, f"data.size=[{SIZE},{SIZE}]", "data.scenes.num=8"), resolve=True)
+    module = SDMModule(cfg)
+    export_ema(module.ema.module.state_dict(), cfg, run / EXPORT_DIR)
+    masks = masks_of(root, 2)
+    generate(sample_cfg(f"weights={run}", f"masks={masks}", f"out_dir={root / 'samples'}", "num_per_mask=1"))
+    torch.save(Official(label_channels=10).state, root / "official.pt")
+    return SimpleNamespace(root=root, run=run, masks=masks, samples=root / "samples", official=root / "official.pt")
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str
+    args: Callable[[Path, SimpleNamespace], list[str]]
+    rerun: bool = True  # a good place succeeds (the pipeline and the download are too long or need the internet)
+
+
+SMALL_SCENES = ["data=scenes", "data.scenes.num=4", f"data.size=[{SIZE},{SIZE}]"]
+COMMANDS = {
+    "prepare": Command("prepare", lambda out, w: [*SMALL_SCENES, f"data.cache_dir={out}"]),
+    "segmenter": Command("segmenter", lambda out, w: [
+        *SMALL_SCENES, f"data.cache_dir={w.root / 'segmenter-data'}", f"segmenter.cache_dir={out}",
+        "segmenter.max_steps=2", "segmenter.val_every=2", "segmenter.batch_size=2", "segmenter.width=8",
+        "segmenter.progress_bar=false", "segmenter.precision=32-true"]),
+    "train": Command("train", lambda out, w: [
+        "experiment=quickstart", "debug=fast", f"data.size=[{SIZE},{SIZE}]", "data.scenes.num=8",
+        f"data.cache_dir={w.root / 'train-data'}", f"run_dir={out}", "trainer.max_steps=1", "logger=none",
+        "validation.every_n_steps=1", "checkpoint.every_n_steps=1"]),
+    "sample": Command("sample", lambda out, w: [f"weights={w.run}", f"masks={w.masks}", f"out_dir={out}", *SAMPLING]),
+    "sample+evaluate": Command("sample", lambda out, w: [
+        f"weights={w.run}", f"masks={w.masks}", f"out_dir={out}", *SAMPLING, "evaluate=true", *QUIET_EVALUATION]),
+    "evaluate": Command("evaluate", lambda out, w: [f"samples={w.samples}", f"out_dir={out}", *QUIET_EVALUATION]),
+    "export": Command("export", lambda out, w: [str(w.samples), "--out", str(out)]),
+    "pipeline": Command("pipeline", lambda out, w: [str(REPO / "conf" / "pipeline" / "demo.yaml"), f"root={out}"],
+                        rerun=False),
+    "convert": Command("convert", lambda out, w: [str(w.official), "dataset=coco", "num_classes=9",
+                                                  "no_instance=false", f"out={out}"]),
+    "scenes": Command("scenes", lambda out, w: ["--num", "2", "--size", "16", "--out", str(out)]),
+    "weights": Command("weights", lambda out, w: ["download", "--dir", str(out)], rerun=False),
+}
+
+
+def run_command(command: Command, out: Path, world: SimpleNamespace, cwd: Path) -> subprocess.CompletedProcess:
+    cwd.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "SDM_SEGMENTER_DIR": str(world.root / "seg")}
+    return subprocess.run([sys.executable, "-m", f"sdm.cli.{command.module}", *command.args(out, world)], cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def problems_of(done: subprocess.CompletedProcess, place: Path, cwd: Path, written: Path | None) -> list[str]:
+    """What a user would hold against the command's answer to a bad place (empty: none)."""
+    problems = []
+    if done.returncode == 0:
+        problems.append("exit 0")
+    if "Traceback (most recent call last)" in done.stderr + done.stdout:
+        problems.append("traceback")
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    if len(errors) != 1:
+        problems.append(f"{len(errors)} error: lines")
+    elif str(place) not in errors[0]:
+        problems.append("place not named")
+    if written is not None and any(p.is_file() for p in written.rglob("*")):
+        problems.append("half-written: " + ", ".join(str(p.relative_to(written)) for p in written.rglob("*") if p.is_file()))
+    if any(cwd.iterdir()):
+        problems.append("wrote into the working folder: " + ", ".join(p.name for p in cwd.iterdir()))
+    return problems
+
+
+def bad_place(fault: str, tmp_path: Path, tmpfs) -> tuple[Path, Path, Path | None]:
+    """(the out setting, the place the error must name, the folder that must stay empty)."""
+    if fault == "file":
+        out = tmp_path / "taken"
+        out.write_text("a file, not a folder")
+        return out, out, None
+    if fault == "read_only":
+        out = tmpfs("read-only", read_only=True)
+        return out, out, None
+    full = tmpfs("full", size="64k")
+    return full / "out", full / "out", full
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["file", "read_only", "full"])
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_a_bad_output_place_is_named_before_any_work_and_a_good_one_then_works(name, fault, world, tmp_path, tmpfs):
+    command = COMMANDS[name]
+    out, place, written = bad_place(fault, tmp_path, tmpfs)
+    done = run_command(command, out, world, tmp_path / "cwd")
+    problems = problems_of(done, place, tmp_path / "cwd", written)
+    assert not problems, f"problems: {problems}\n{done.stderr[-3000:]}"
+    if command.rerun and fault == "file":  # once per command: the same command on a good place
+        good = tmp_path / "good"
+        shutil.rmtree(tmp_path / "cwd")
+        done = run_command(command, good, world, tmp_path / "cwd")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert any(p.is_file() for p in good.rglob("*"))
