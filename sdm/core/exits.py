@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +18,7 @@ from sdm.core.errors import SDMError
 T = TypeVar("T")
 
 INTERRUPTED = "interrupted; re-run the same command to continue"
+_command_running = False  # set by exit_on_sdm_error: from then on Ctrl-C is a KeyboardInterrupt it reports
 # failed writes that reach a command's top from inside a library (pyarrow, TensorBoard, PIL)
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST}
 
@@ -28,6 +31,8 @@ def exit_on_sdm_error(fn: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        global _command_running
+        _command_running = True
         try:
             return fn(*args, **kwargs)
         except SDMError as err:
@@ -43,3 +48,18 @@ def exit_on_sdm_error(fn: Callable[..., T]) -> Callable[..., T]:
             sys.exit(2)
 
     return wrapper
+
+
+def quiet_ctrl_c_while_starting() -> None:
+    """Ctrl-C during a command's first seconds (importing torch and Lightning, composing its
+    config) ends it with the same one line and exit 130, not a traceback from inside an import.
+    Once the command runs, Ctrl-C is a KeyboardInterrupt again, which exit_on_sdm_error reports
+    after the `finally` blocks have cleaned up."""
+
+    def on_ctrl_c(signum: int, frame: object) -> None:
+        if _command_running:
+            raise KeyboardInterrupt
+        os.write(2, f"\n{INTERRUPTED}\n".encode())
+        os._exit(130)  # nothing is written before the command runs: nothing to clean up
+
+    signal.signal(signal.SIGINT, on_ctrl_c)

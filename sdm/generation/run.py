@@ -105,15 +105,15 @@ def run_jobs(model: Model, masks: Sequence[Mask], out_dir: Path, cfg: DictConfig
             bar.set_postfix_str(f"step {i + 1}/{total}")
 
     made: Counter[str] = Counter()
-    for start in range(0, len(jobs), batch):
-        chunk = jobs[start : start + batch]
-        for (mask, k), image in zip(chunk, sample_batch(model, chunk, batch, cfg, device, on_step), strict=True):
-            save_png(to_uint8_image(image), out_dir / "images" / image_name(mask.name, k))
-            made[mask.name] += 1
-            left[mask.name] -= 1
-            if left[mask.name] == 0:
-                bar.update(1)
-    bar.close()
+    with bar:  # closed before an error or Ctrl-C is reported, not after it
+        for start in range(0, len(jobs), batch):
+            chunk = jobs[start : start + batch]
+            for (mask, k), image in zip(chunk, sample_batch(model, chunk, batch, cfg, device, on_step), strict=True):
+                save_png(to_uint8_image(image), out_dir / "images" / image_name(mask.name, k))
+                made[mask.name] += 1
+                left[mask.name] -= 1
+                if left[mask.name] == 0:
+                    bar.update(1)
     return made
 
 

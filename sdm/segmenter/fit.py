@@ -127,7 +127,12 @@ def train_segmenter(cfg: DictConfig) -> Path:
         enable_checkpointing=False, enable_progress_bar=bool(settings.get("progress_bar", True)),
         log_every_n_steps=10, accelerator=settings.get("accelerator", "auto"), devices=1,
     )
-    trainer.fit(task, datamodule=datamodule)
+    try:
+        trainer.fit(task, datamodule=datamodule)
+    except SystemExit:  # Lightning answers Ctrl-C with exit 1: it is an interruption, said as every command says it
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
     trainer.validate(task, datamodule=datamodule, verbose=False)
     scores = task.last_scores
     network = task.network.float().to(memory_format=torch.contiguous_format).cpu().eval()

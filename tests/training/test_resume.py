@@ -33,9 +33,10 @@ def test_resume_after_sigkill_with_workers_is_exact(straight, tmp_path):
 
 
 @pytest.mark.slow  # two runs in fresh interpreters
-# SLURM's stop, and submitit's warning without submitit; the SIGTERM lands before step 5, a
-# validation step (validation.every_n_steps=5), the SIGUSR2 before step 8, an ordinary one
-@pytest.mark.parametrize(("name", "sent_after"), [("SIGTERM", 4), ("SIGUSR2", 7)])
+# SLURM's stop, submitit's warning without submitit, and Ctrl-C (to the whole process group, DataLoader
+# workers included, as a terminal sends it); the SIGTERM lands before step 5, a validation step
+# (validation.every_n_steps=5), the SIGUSR2 and SIGINT before step 8 and 7, ordinary ones
+@pytest.mark.parametrize(("name", "sent_after"), [("SIGTERM", 4), ("SIGUSR2", 7), ("SIGINT", 6)])
 def test_a_stop_signal_writes_a_checkpoint_and_a_resume_hint(straight, tmp_path, name, sent_after):
     resumed = tmp_path / "resumed"
     keep = "checkpoint.keep_periodic=-1"  # the quickstart keeps last.ckpt only: here every file counts

@@ -5,7 +5,8 @@ environment variables:
 - SDM_TEST_DIE=SIGNAL:STEP[:parent] - rank 0 sends SIGNAL at the end of optimizer step STEP, as a
   scheduler would (SIGTERM, SIGUSR2), to itself or, with `:parent`, to its parent process (the
   `ddp_spawn` launcher, which `kill <pid>` reaches); SIGKILL goes to the whole process group
-  (every rank and DataLoader worker), as a node failure would.
+  (every rank and DataLoader worker), as a node failure would, and SIGINT too, as Ctrl-C in a
+  terminal does.
 - SDM_TEST_FAIL_WRITE=STEP - rank 0's checkpoint write of step STEP fails as on a full disk.
 - SDM_TEST_DUMP_EMA=1 - each rank saves its EMA weights to <run dir>/ema-rank<r>.pt at the end.
 """
@@ -27,8 +28,9 @@ if os.environ.get("SDM_TEST_DIE"):
     def then_die(self, trainer, *args, **kwargs):
         original(self, trainer, *args, **kwargs)
         if trainer.global_step == step and trainer.is_global_zero:
-            if signum == signal.SIGKILL:
-                os.killpg(os.getpgid(0), signal.SIGKILL)
+            if signum in (signal.SIGKILL, signal.SIGINT):
+                os.killpg(os.getpgid(0), signum)
+                return
             if target != ["parent"]:
                 os.kill(os.getpid(), signum)
                 return
