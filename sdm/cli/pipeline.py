@@ -101,8 +101,11 @@ def data_overrides(cfg: DictConfig) -> list[str]:
     """
     extra = as_overrides(OmegaConf.to_container(cfg.data, resolve=True), "data") if cfg.get("data") else []
     source = [f"data={cfg.data_source}"]
-    trained = compose_data([*overrides(cfg, "train"), *source, *extra])
-    defaults = compose_data(source)
+    try:
+        trained = compose_data([*overrides(cfg, "train"), *source, *extra])
+        defaults = compose_data(source)
+    except ConfigError as err:
+        raise ConfigError(f"stage 'train': {err}") from None
     return [*source, *as_overrides(changed(trained, defaults), "data")]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -126,3 +127,81 @@ def test_logs_hold_the_command_and_its_output_and_the_report_is_named(tmp_path, 
     monkeypatch.setattr(pipeline, "stages", lambda cfg: [Stage("only", plan[0].command, lambda: True)])
     summary = run_pipeline(OmegaConf.create({"root": str(tmp_path)}), cwd=tmp_path)
     assert summary == [("only", "skipped (complete)", 0.0)]
+
+
+# --- what users get wrong: places, typos, changed settings (issue 24) ------------------------
+
+
+def writer_stage(name: str, cfg, done=lambda: False, outputs=None) -> Stage:
+    """A stage that writes <root>/<name>.out and says from which folder it ran."""
+    code = f"import os; open({str(Path(str(cfg.root)) / (name + '.out'))!r}, 'w').write(os.getcwd())"
+    return Stage(name, [sys.executable, "-c", code], done, outputs=outputs)
+
+
+def test_a_relative_root_is_one_folder_for_logs_checks_and_stages(tmp_path, monkeypatch):
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    monkeypatch.chdir(caller)
+    seen = []
+    monkeypatch.setattr(pipeline, "stages", lambda cfg: seen.append(cfg.root) or [writer_stage("only", cfg)])
+    run_pipeline(OmegaConf.create({"root": "runs/mine"}))
+    assert seen == [str(caller / "runs" / "mine")]  # resolved once, from the folder the pipeline started in
+    assert (caller / "runs" / "mine" / "only.out").read_text() == str(caller)  # the stage ran there too
+    assert (caller / "runs" / "mine" / "logs" / "only.log").is_file()
+
+
+def test_a_misspelt_stage_or_setting_is_refused_before_any_stage_runs(tmp_path, capsys):
+    demo = str(REPO / "conf" / "pipeline" / "demo.yaml")
+    with pytest.raises(ConfigError, match=r"'smaple' is not a stage or setting of a pipeline \(did you mean 'sample'\?\)"):
+        load_config(demo, [f"root={tmp_path}", "smaple.limit=2"])
+    with pytest.raises(ConfigError, match="'limit' is not a setting: pass key=value"):
+        load_config(demo, [f"root={tmp_path}", "limit"])
+    cases = {"train.trainer.max_stepz=3": r"stage 'train': Could not override 'trainer\.max_stepz'\. It is not a setting",
+             "data_source=foo": r"Could not find 'data/foo' \(available: scenes, sidewalk\)",
+             "sample.sampler.num_stepz=2": r"stage 'sample': Could not override 'sampler\.num_stepz'"}
+    for override, message in cases.items():
+        with pytest.raises(SystemExit) as code:
+            pipeline.main([demo, f"root={tmp_path / 'root'}", override])
+        err = capsys.readouterr().err
+        assert code.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+        assert re.search(message, err), err
+        assert not (tmp_path / "root" / "logs").exists()  # no stage started
+
+
+def test_a_finished_stage_with_changed_settings_is_refused_until_forced(tmp_path, monkeypatch, capsys):
+    samples = tmp_path / "samples"
+    version = {"value": "5"}
+
+    def plan(cfg):
+        train = writer_stage("train", cfg, done=lambda: (tmp_path / "train.out").is_file())
+        sample = Stage("sample", [sys.executable, "-c", f"import os; os.makedirs({str(samples)!r}, exist_ok=True); "
+                                  f"open({str(samples / 'made')!r}, 'a').write('x')", f"num_per_mask={version['value']}"],
+                       lambda: (samples / "made").is_file(), outputs=samples)
+        return [train, sample]
+
+    monkeypatch.setattr(pipeline, "stages", plan)
+    cfg = OmegaConf.create({"root": str(tmp_path)})
+    run_pipeline(cfg)
+    assert (samples / "made").read_text() == "x"
+    version["value"] = "2"  # sample.num_per_mask=2 on a finished root
+    with pytest.raises(PipelineError, match=r"finished stages made with other settings:\n  sample: num_per_mask=5 -> "
+                                            r"num_per_mask=2\n.*Pass force=sample"):
+        run_pipeline(cfg)
+    assert (samples / "made").read_text() == "x"  # kept as it was: nothing ran
+    with pytest.raises(ConfigError, match="force=smaple: no stage 'smaple' in this pipeline; its stages are train, sample"):
+        run_pipeline(OmegaConf.create({"root": str(tmp_path), "force": "smaple"}))
+    summary = run_pipeline(OmegaConf.create({"root": str(tmp_path), "force": "sample"}))
+    assert [status for _, status, _ in summary] == ["skipped (complete)", "ran"]
+    assert (samples / "made").read_text() == "x"  # made anew, not appended to
+    assert run_pipeline(cfg)[1][1] == "skipped (complete)"  # the new settings are now the finished ones
+    summary = run_pipeline(OmegaConf.create({"root": str(tmp_path), "force": "train"}))
+    assert [status for _, status, _ in summary] == ["ran", "ran"]  # a stage after a re-run one is made again
+    assert "sample: made again, so" in capsys.readouterr().out
+
+
+def test_a_bad_root_is_named_before_any_stage(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(SystemExit) as code:
+        pipeline.main([str(REPO / "conf" / "pipeline" / "demo.yaml"), f"root={tmp_path / 'taken'}"])
+    err = capsys.readouterr().err
+    assert code.value.code == 2 and err == f"error: root={tmp_path / 'taken'} is a file, not a folder; choose a folder\n"

@@ -18,6 +18,7 @@ from sdm.diffusion import (
     build_noise_scheduler,
     guided_prediction,
     hybrid_loss,
+    noise_config,
     sample,
     training_target,
 )
@@ -115,6 +116,20 @@ def test_diffusion_configs_build(name):
     assert scheduler.config.variance_type == "learned_range"
     np.testing.assert_allclose(scheduler.betas.double().numpy(), _np_betas(name), rtol=1e-6, atol=1e-9)
     assert build_noise_scheduler(**cfg, learn_sigma=False).config.variance_type == "fixed_small"
+
+
+def test_noise_config_is_the_diffusion_group_with_the_models_learn_sigma():
+    """Training and sampling build their scheduler from a run config: every key of its diffusion
+    group, and learn_sigma from the model group (it decides the network's 6 output channels)."""
+    diffusion = OmegaConf.to_container(OmegaConf.load(CONF / "diffusion" / "cosine.yaml"))
+    cfg = {"diffusion": diffusion, "model": {"name": "tiny", "learn_sigma": True}, "data": {"num_classes": 5}}
+    assert noise_config(cfg) == {**diffusion, "learn_sigma": True}
+    scheduler = build_noise_scheduler(**noise_config(cfg))
+    assert scheduler.config.variance_type == "learned_range"
+    np.testing.assert_allclose(scheduler.betas.double().numpy(), _np_betas("cosine"), rtol=1e-6, atol=1e-9)
+    fixed = noise_config({**cfg, "model": {"name": "tiny", "learn_sigma": False}})
+    assert fixed == {**diffusion, "learn_sigma": False}
+    assert build_noise_scheduler(**fixed).config.variance_type == "fixed_small"
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
