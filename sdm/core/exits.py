@@ -62,4 +62,6 @@ def quiet_ctrl_c_while_starting() -> None:
         os.write(2, f"\n{INTERRUPTED}\n".encode())
         os._exit(130)  # nothing is written before the command runs: nothing to clean up
 
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return  # started in the background (`cmd &`, nohup): Ctrl-C is not meant for it, as Python itself holds
     signal.signal(signal.SIGINT, on_ctrl_c)

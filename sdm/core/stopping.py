@@ -51,6 +51,8 @@ class StopSignals:
 
     def install(self) -> None:
         for signum in STOP_SIGNALS:
+            if signum == signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN:
+                continue  # a background job (`&`, nohup): the terminal's Ctrl-C is not for it
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._record)
 

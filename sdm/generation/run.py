@@ -105,7 +105,7 @@ def run_jobs(model: Model, masks: Sequence[Mask], out_dir: Path, cfg: DictConfig
             bar.set_postfix_str(f"step {i + 1}/{total}")
 
     made: Counter[str] = Counter()
-    with bar:  # closed before an error or Ctrl-C is reported, not after it
+    try:
         for start in range(0, len(jobs), batch):
             chunk = jobs[start : start + batch]
             for (mask, k), image in zip(chunk, sample_batch(model, chunk, batch, cfg, device, on_step), strict=True):
@@ -114,6 +114,8 @@ def run_jobs(model: Model, masks: Sequence[Mask], out_dir: Path, cfg: DictConfig
                 left[mask.name] -= 1
                 if left[mask.name] == 0:
                     bar.update(1)
+    finally:
+        bar.close()  # before an error or Ctrl-C is reported, not after it
     return made
 
 

@@ -33,7 +33,14 @@ def start(module: str, *args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([sys.executable, "-m", f"sdm.cli.{module}", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=ctrl_c_as_in_a_terminal)
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """A test run in the background (`pytest &`, CI) hands its children SIGINT ignored, and a
+    program started so keeps ignoring Ctrl-C, as Python does: the command gets a terminal's default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(condition: Callable[[], bool], process: subprocess.Popen, what: str, seconds: float = 180) -> None:

@@ -22,6 +22,7 @@ from sdm.core.atomic import (
     remove_leftovers,
     temporary_name,
     write_atomically,
+    write_json,
 )
 from sdm.core.integrity import content_digest
 
@@ -116,6 +117,38 @@ def test_leftovers_of_dead_writers_on_this_host_go_and_no_others(tmp_path):
     assert remove_leftovers(tmp_path) == [dead_file]
     assert remove_leftovers(tmp_path, kind="tmp", name="cache") == [dead_dir]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, elsewhere.name])
+
+
+def test_a_live_writer_is_only_looked_up_never_signalled(tmp_path):
+    """remove_leftovers asks whether a writer lives with signal 0: a live writer on this host (a
+    running train.py) keeps its temporary and is not disturbed, whatever it does on a signal."""
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "import signal, time\n"
+                              "for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_DFL)\n"
+                              "print('ready', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"  # its default handlers are in place: any real signal ends it
+        host = temporary_name(tmp_path / "last.ckpt").name.split(".partial-")[1].rsplit("-", 2)[0]
+        alive = tmp_path / f".last.ckpt.partial-{host}-{child.pid}-abc123"
+        alive.write_bytes(b"x")
+        assert remove_leftovers(tmp_path) == [] and alive.exists()
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=0.5)  # still running
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_json_is_written_whole_indented_and_with_paths_as_text(tmp_path):
+    """Manifests, records and reports: two-space indented JSON that people read, paths (which
+    json cannot hold) as their text, replacing the old file in one rename with no temporary left."""
+    target = tmp_path / "record.json"
+    target.write_text("old")
+    write_json(target, {"out_dir": tmp_path / "samples", "steps": [1, 2], "done": True})
+    assert target.read_text() == (f'{{\n  "out_dir": "{tmp_path / "samples"}",\n  "steps": [\n    1,\n    2\n  ],\n'
+                                  '  "done": true\n}')
+    assert [p.name for p in tmp_path.iterdir()] == ["record.json"]
 
 
 def test_the_content_digest_tells_every_nesting_apart():

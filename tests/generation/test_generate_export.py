@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 
@@ -16,6 +17,7 @@ from helpers.generation import bands, mask_folder, pixels, sample_cfg
 from helpers.processes import leftover_path
 from PIL import Image
 
+from sdm.cli import export as export_command
 from sdm.cli.export import main
 from sdm.core.atomic import WriteError
 from sdm.core.errors import ConfigError, DataError
@@ -161,6 +163,7 @@ def test_the_command_line_exports_with_its_options(samples, tmp_path, capsys):
         assert re.search(rf"(?m)\s{re.escape(phrase)}$", text), phrase
     assert "sdm-export <samples folder>" in text and "--size HEIGHT WIDTH" in text
     assert "--rows-per-shard ROWS_PER_SHARD" in text
+    assert export_command.__doc__.strip() in text  # the synopsis and paragraphs as written, not re-wrapped
 
 
 def test_resized_photos_are_lanczos_and_labels_nearest(samples, tmp_path):
@@ -198,6 +201,30 @@ def test_a_damaged_generation_fails_clearly_and_leaves_no_temporary_folder(sampl
     (stale / "junk.txt").write_text("old")
     done = export_dataset(samples, tmp_path / "out")  # a killed export's temporary is cleared first
     assert not (done / "junk.txt").exists() and not stale.exists()
+
+
+def test_the_export_is_staged_beside_its_folder_under_a_name_its_clean_up_knows(samples, tmp_path, monkeypatch):
+    """The staging folder sits beside the export (one rename on one disk) under the name that
+    remove_leftovers(out.parent, "tmp", out.name) clears once its writer is killed; the next export
+    clears only those of its own folder, not a killed writer's of a sibling."""
+    import sdm.generation.export as export
+
+    out = tmp_path / "out"
+    sibling = leftover_path(tmp_path / "other", "tmp")  # a killed export to another folder: its own to clear
+    sibling.mkdir()
+    staged, card = [], export.dataset_card
+
+    def card_while_staged(*args):  # written last, into the staging folder
+        staged.extend(p for p in tmp_path.iterdir() if p.name.startswith(".") and p != sibling)
+        return card(*args)
+
+    monkeypatch.setattr(export, "dataset_card", card_while_staged)
+    export_dataset(samples, out)
+    mine = leftover_path(out, "tmp").name  # the name this process would leave, with a dead pid
+    assert len(staged) == 1 and staged[0].parent == out.parent
+    assert staged[0].name.rsplit("-", 2)[0] == mine.rsplit("-", 2)[0]  # .out.tmp-<host>-<pid>-<tag>
+    assert staged[0].name.split("-")[-2] == str(os.getpid()) and not staged[0].exists()
+    assert sibling.is_dir() and sorted(p.name for p in tmp_path.iterdir()) == sorted([sibling.name, "out"])
 
 
 def test_a_failure_while_writing_leaves_the_old_export_and_no_temporary(samples, tmp_path, monkeypatch):

@@ -45,13 +45,19 @@ def cli(run_dir: Path, cache: Path, *extra: str, die: tuple[str, int] | tuple[st
            "SDM_TEST_DUMP_EMA": "1" if dump_ema else "",
            "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "helpers" / "hooks"), os.environ.get("PYTHONPATH", "")])}
     with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                          start_new_session=True) as process:
+                          start_new_session=True, preexec_fn=ctrl_c_as_in_a_terminal) as process:
         try:
             stdout, stderr = process.communicate(timeout=600)
         finally:  # nothing of the run outlives the test (a spawned rank, a DataLoader worker)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """Children of a test run in the background inherit SIGINT ignored (and keep ignoring Ctrl-C,
+    as Python does): train.py gets a terminal's default instead."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def assert_same_run(straight: Path, resumed: Path) -> None:

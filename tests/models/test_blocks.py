@@ -208,6 +208,20 @@ def test_group_norm_runs_in_float32_and_returns_the_input_dtype():
     assert not GroupNorm32(32, affine=False).affine
 
 
+def test_group_norm_of_a_bf16_network_scales_and_shifts_by_its_own_weights():
+    """A network cast to bf16 still normalises in float32, with its learnt per-channel scale and
+    shift (not the identity ones a freshly built norm has)."""
+    norm = randomize(GroupNorm32(64), seed=1, scale=1.0).to(torch.bfloat16)
+    x = (torch.randn(2, 64, 4, 4, generator=torch.Generator().manual_seed(2)) * 50 + 300).to(torch.bfloat16)
+    groups = x.float().reshape(2, 32, -1)  # 2 channels x 16 pixels per group
+    mean, var = groups.mean(-1, keepdim=True), groups.var(-1, unbiased=False, keepdim=True)
+    normalised = ((groups - mean) / torch.sqrt(var + 1e-5)).reshape(2, 64, 4, 4)
+    weight, bias = norm.weight.float()[:, None, None], norm.bias.float()[:, None, None]
+    out = norm(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, (normalised * weight + bias).to(torch.bfloat16))
+
+
 def test_resampling_layers_match_their_definitions():
     x = torch.randn(2, 32, 8, 6)
     torch.testing.assert_close(resampler(32, up=True, down=False)(x), ref_resample(x, True, False))
@@ -310,6 +324,29 @@ def test_label_to_condition_defaults_and_bad_inputs():
         label_to_condition(label.bool(), 4)
     with pytest.raises(ValueError, match=r"\(B, H, W\)"):
         label_to_condition(label[0], 4)
+
+
+def test_the_edge_channel_follows_instance_ids_when_given():
+    """Generation hands instance ids (edge_ids) where a mask has them: two touching objects of one
+    class are then told apart by the edge between them, while the one-hot part stays the classes'."""
+    label = torch.zeros(1, 6, 6, dtype=torch.long)
+    label[:, 1:5, 1:5] = 2  # a 4x4 block of class 2
+    instances = label.clone()
+    instances[:, 1:5, 3:5] = 7  # its right half is another object of the same class
+    class_edges = torch.tensor([[0, 1, 1, 1, 1, 0],
+                                [1, 1, 1, 1, 1, 1],
+                                [1, 1, 0, 0, 1, 1],
+                                [1, 1, 0, 0, 1, 1],
+                                [1, 1, 1, 1, 1, 1],
+                                [0, 1, 1, 1, 1, 0]], dtype=torch.float32)
+    instance_edges = class_edges.clone()
+    instance_edges[2:4, 2:4] = 1  # the seam between the two objects
+    cond = label_to_condition(label, 3, edge_channel=True, edge_ids=instances)
+    assert torch.equal(cond[0, 3], instance_edges)
+    assert torch.equal(cond[:, :3], label_to_condition(label, 3))
+    assert torch.equal(label_to_condition(label, 3, edge_channel=True)[0, 3], class_edges)
+    with pytest.raises(ValueError, match=r"edge_ids must have the label's shape \(1, 6, 6\), got \(1, 6, 5\)"):
+        label_to_condition(label, 3, edge_channel=True, edge_ids=instances[..., :5])
 
 
 def test_drop_condition_checks_its_mask():

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from sdm.models import SDMUNet, drop_condition, label_to_condition
+from sdm.models import SDMUNet, build_unet, drop_condition, label_to_condition
 from sdm.models.attention import AttentionBlock
 from sdm.models.blocks import ResBlock
 from sdm.models.layers import Downsample, Upsample
@@ -86,6 +86,18 @@ def test_presets_hold_exactly_the_constructor_kwargs(name):
         model = SDMUNet(num_classes=35, **kwargs)
     assert model.out_channels == (6 if kwargs["learn_sigma"] else 3)
     assert model.downsample_factor == 2 ** (len(kwargs["channel_mult"]) - 1)
+
+
+def test_build_unet_takes_the_model_group_and_the_datas_class_count():
+    """Training, generation and conversion build the network of a resolved run config: the model
+    group's arguments (its `name` is not one) and data.num_classes."""
+    cfg = {"model": {"name": "tiny", **preset("tiny")}, "data": {"num_classes": 7, "size": 64}}
+    with torch.device("meta"):
+        built = build_unet(cfg)
+        direct = SDMUNet(num_classes=7, **preset("tiny"))
+    assert built.num_classes == 7 and built.label_channels == 7 and built.out_channels == 6
+    assert built.input_blocks[0][0].out_channels == 32  # the tiny preset's width, not the default 256
+    assert [tuple(p.shape) for p in built.parameters()] == [tuple(p.shape) for p in direct.parameters()]
 
 
 def test_output_head_starts_at_zero():
