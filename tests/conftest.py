@@ -5,9 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import subprocess
 import tempfile
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -57,21 +55,8 @@ def data_cfg(tmp_path):
 
 @pytest.fixture
 def tmpfs(tmp_path):
-    """mount(size, read_only) -> a folder on its own small tmpfs (needs root, as in CI)."""
-    mounted = []
+    """mount(name, size, read_only) -> a folder on its own small tmpfs (needs root, as in CI)."""
+    from helpers.places import mount_tmpfs, unmount_all
 
-    def mount(name: str, size: str = "256k", read_only: bool = False) -> Path:
-        folder = tmp_path / name
-        folder.mkdir(parents=True)
-        options = f"size={size}" + (",ro" if read_only else "")
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
-        if done.returncode != 0:
-            if os.environ.get("SDM_REQUIRE_TMPFS"):  # .ci/run sets it: there the test must run
-                pytest.fail(f"could not mount a tmpfs (needs root): {done.stderr.decode().strip()}")
-            pytest.skip("mounting a tmpfs needs root (CI runs as root and sets SDM_REQUIRE_TMPFS=1)")
-        mounted.append(folder)
-        return folder
-
-    yield mount
-    for folder in mounted:
-        subprocess.run(["umount", str(folder)], check=False)
+    yield lambda name, size="256k", read_only=False: mount_tmpfs(tmp_path / name, size, read_only)
+    unmount_all(tmp_path)

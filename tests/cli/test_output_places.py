@@ -9,10 +9,10 @@ empty working folder. The read-only and full places are tmpfs mounts (root, as i
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 from helpers import REPO
 from helpers.generation import SIZE
+from helpers.places import mount_tmpfs, unmount_all
 
 QUIET_EVALUATION = ["evaluation.segmenter=none", "evaluation.fid=false", "evaluation.lpips=false",
                     "evaluation.progress=false"]
@@ -84,31 +85,62 @@ def problems_of(done: subprocess.CompletedProcess, place: Path, cwd: Path, writt
     return problems
 
 
-def bad_place(fault: str, tmp_path: Path, tmpfs) -> tuple[Path, Path, Path | None]:
+FAULTS = ("file", "read_only", "full")
+
+
+def bad_place(fault: str, case: Path) -> tuple[Path, Path, Path | None]:
     """(the out setting, the place the error must name, the folder that must stay empty)."""
     if fault == "file":
-        out = tmp_path / "taken"
+        out = case / "taken"
         out.write_text("a file, not a folder")
         return out, out, None
     if fault == "read_only":
-        out = tmpfs("read-only", read_only=True)
+        out = mount_tmpfs(case / "read-only", read_only=True)
         return out, out, None
-    full = tmpfs("full", size="64k")
+    full = mount_tmpfs(case / "full", size="64k")
     return full / "out", full / "out", full
 
 
+@dataclass
+class Outcome:
+    problems: list[str]
+    stderr: str
+    good: subprocess.CompletedProcess | None = None  # the same command on a good place afterwards
+    good_files: int = 0
+
+
+@pytest.fixture(scope="module")
+def outcomes(world, tmp_path_factory) -> dict[tuple[str, str], Outcome]:
+    """Every (command, fault), run two at a time: each is a fresh interpreter importing torch for
+    seconds on one core, so a pair costs what one does on the CI's two cores."""
+    root = tmp_path_factory.mktemp("outcomes")
+
+    def one(case: tuple[str, str]) -> Outcome:
+        name, fault = case
+        folder = root / f"{name}-{fault}"
+        folder.mkdir()
+        out, place, written = bad_place(fault, folder)
+        done = run_command(COMMANDS[name], out, world, folder / "cwd")
+        outcome = Outcome(problems_of(done, place, folder / "cwd", written), done.stderr[-3000:])
+        if COMMANDS[name].rerun and fault == "file":  # once per command
+            outcome.good = run_command(COMMANDS[name], folder / "good", world, folder / "good-cwd")
+            outcome.good_files = sum(p.is_file() for p in (folder / "good").rglob("*"))
+        return outcome
+
+    cases = [(name, fault) for name in COMMANDS for fault in FAULTS]
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            yield dict(zip(cases, pool.map(one, cases), strict=True))
+    finally:
+        unmount_all(root)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ["file", "read_only", "full"])
+@pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("name", list(COMMANDS))
-def test_a_bad_output_place_is_named_before_any_work_and_a_good_one_then_works(name, fault, world, tmp_path, tmpfs):
-    command = COMMANDS[name]
-    out, place, written = bad_place(fault, tmp_path, tmpfs)
-    done = run_command(command, out, world, tmp_path / "cwd")
-    problems = problems_of(done, place, tmp_path / "cwd", written)
-    assert not problems, f"problems: {problems}\n{done.stderr[-3000:]}"
-    if command.rerun and fault == "file":  # once per command: the same command on a good place
-        good = tmp_path / "good"
-        shutil.rmtree(tmp_path / "cwd")
-        done = run_command(command, good, world, tmp_path / "cwd")
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert any(p.is_file() for p in good.rglob("*"))
+def test_a_bad_output_place_is_named_before_any_work_and_a_good_one_then_works(name, fault, outcomes):
+    outcome = outcomes[(name, fault)]
+    assert not outcome.problems, f"problems: {outcome.problems}\n{outcome.stderr}"
+    if outcome.good is not None:
+        assert outcome.good.returncode == 0, outcome.good.stderr[-3000:]
+        assert outcome.good_files > 0
