@@ -20,8 +20,7 @@ from pathlib import Path
 from _common import machine, markdown_table
 from omegaconf import OmegaConf
 
-from sdm.metrics.evaluation import default_segmenter_settings
-from sdm.segmenter.cache import load_segmenter
+from sdm.segmenter.cache import default_segmenter_settings, load_segmenter
 from sdm.segmenter.fit import train_segmenter, training_precision
 from sdm.segmenter.held_out import calibration_scores, test_data_cfg
 

@@ -12,6 +12,7 @@ from sdm.cluster.launcher import install_checks
 from sdm.core.configs import CONFIG_DIR
 from sdm.core.exits import exit_on_sdm_error
 from sdm.generation import generate
+from sdm.generation.filtering import PixelFilter
 
 install_checks()  # hydra/launcher=slurm refuses a misconfigured sweep before submitting it
 
@@ -19,6 +20,9 @@ install_checks()  # hydra/launcher=slurm refuses a misconfigured sweep before su
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="sample")
 @exit_on_sdm_error
 def main(cfg: DictConfig) -> None:
+    pixel_filter = None
+    if cfg.export and cfg.export_filter:  # a bad tolerance is refused before any image is made
+        pixel_filter = PixelFilter(str(cfg.export_filter), cfg.export_tolerance)
     manifest = generate(cfg)
     if (cfg.evaluate or cfg.export) and not manifest.get("complete"):
         print("evaluate/export: the other shards are still running; the last one to finish does it")
@@ -29,7 +33,7 @@ def main(cfg: DictConfig) -> None:
         from sdm.generation.export import export_dataset
 
         size = tuple(int(v) for v in cfg.export_size) if cfg.export_size else None
-        export_dataset(manifest["out_dir"], cfg.export_dir, size=size, setting="export_dir")
+        export_dataset(manifest["out_dir"], cfg.export_dir, size=size, setting="export_dir", pixel_filter=pixel_filter)
     if cfg.evaluate:
         from sdm.metrics.evaluation import evaluate_set
         from sdm.metrics.image_sets import from_sample_folder

@@ -17,17 +17,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from sdm.core.atomic import WriteError, describe_write_failure, remove_leftovers, temporary_name
 from sdm.core.errors import DataError
 from sdm.core.places import check_output_folder
 from sdm.core.viz import image_problem
+from sdm.generation.filtering import UNLABELED, LabelFilter, PixelFilter, prepare_filter
 from sdm.generation.layout import MANIFEST
 
 MARKER = "sdm_export.json"  # what tells a folder is an export of ours (safe to replace)
 ROWS_PER_SHARD = 500
-EXTRA_COLUMNS = ("source_mask", "sample_index", "seed", "sampler", "num_steps", "guidance_scale")
+EXTRA_COLUMNS = ("source_mask", "sample_index", "seed", "sampler", "num_steps", "guidance_scale", "filtered_share")
 
 
 def features() -> Any:
@@ -38,6 +40,7 @@ def features() -> Any:
         "source_mask": datasets.Value("string"), "sample_index": datasets.Value("int32"),
         "seed": datasets.Value("int64"), "sampler": datasets.Value("string"),
         "num_steps": datasets.Value("int32"), "guidance_scale": datasets.Value("float32"),
+        "filtered_share": datasets.Value("float32"),  # of the labelled pixels, unlabeled by the filter (0: none)
     })
 
 
@@ -54,24 +57,44 @@ def read_finished_manifest(samples: Path) -> dict[str, Any]:
     return manifest
 
 
-def png_bytes(path: Path, expected: tuple[int, int], size: tuple[int, int] | None, label: bool) -> bytes:
-    """The file's PNG bytes, checked to decode whole at the generation's (height, width), and
-    resized to `size` when asked (labels nearest, photos Lanczos)."""
+def checked(path: Path, expected: tuple[int, int]) -> Path:
+    """`path`, after checking that it decodes whole at the generation's (height, width)."""
     problem = image_problem(path, expected)
     if problem is not None:
         raise DataError(f"{path} {problem}; re-run the same sample.py command, which draws a damaged image "
                         "again, then export")
+    return path
+
+
+def png_bytes(path: Path, expected: tuple[int, int], size: tuple[int, int] | None, label: bool) -> bytes:
+    """The file's PNG bytes, checked to decode whole at the generation's (height, width), and
+    resized to `size` when asked (labels nearest, photos Lanczos)."""
+    checked(path, expected)
     if size is None:
         return path.read_bytes()
     with Image.open(path) as image:
+        return encoded(np.asarray(image), size, label)
+
+
+def encoded(array: np.ndarray, size: tuple[int, int] | None, label: bool) -> bytes:
+    """PNG bytes of an array, resized to (height, width) when asked (labels nearest, photos Lanczos)."""
+    image = Image.fromarray(array)
+    if size is not None:
         resample = Image.Resampling.NEAREST if label else Image.Resampling.LANCZOS
-        resized = image.resize((size[1], size[0]), resample)
+        image = image.resize((size[1], size[0]), resample)
     buffer = io.BytesIO()
-    resized.save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def rows(samples: Path, manifest: dict[str, Any], size: tuple[int, int] | None) -> Iterator[dict[str, Any]]:
+def read_array(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+def rows(samples: Path, manifest: dict[str, Any], size: tuple[int, int] | None,
+         label_filter: LabelFilter | None = None) -> Iterator[dict[str, Any]]:
+    """One row per image: the image, its label (filtered per image with `label_filter`), where it came from."""
     sampler = manifest["settings"]["sampler"]
     expected = tuple(int(v) for v in manifest["settings"]["size"])
     for item in manifest["items"]:
@@ -82,16 +105,26 @@ def rows(samples: Path, manifest: dict[str, Any], size: tuple[int, int] | None) 
         if len(item["images"]) != len(item["sample_seeds"]):
             raise DataError(f"{samples / MANIFEST}: mask {item['mask']!r} lists {len(item['images'])} images but "
                             f"{len(item['sample_seeds'])} seeds; the manifest was edited or damaged")
-        for k, (image, seed) in enumerate(zip(item["images"], item["sample_seeds"], strict=True)):
+        for image in item["images"]:
             if not (samples / image).is_file():
                 raise DataError(f"{samples / image} is listed in {MANIFEST} but missing")
+        labels, shares = [label] * len(item["images"]), [0.0] * len(item["images"])
+        if label_filter is not None:  # the mask's images in one pass of the filter's segmenter
+            ids = read_array(label_path)
+            photos = np.stack([read_array(checked(samples / image, expected)) for image in item["images"]])
+            filtered = label_filter(photos, np.broadcast_to(ids, (len(photos), *ids.shape)))
+            labelled = max(1, int((ids != UNLABELED).sum()))
+            labels = [encoded(f, size, label=True) for f in filtered]
+            shares = [float(((f == UNLABELED) & (ids != UNLABELED)).sum()) / labelled for f in filtered]
+        for k, (image, seed) in enumerate(zip(item["images"], item["sample_seeds"], strict=True)):
             yield {"pixel_values": {"bytes": png_bytes(samples / image, expected, size, label=False)},
-                   "label": {"bytes": label}, "source_mask": str(item["mask"]), "sample_index": k,
+                   "label": {"bytes": labels[k]}, "source_mask": str(item["mask"]), "sample_index": k,
                    "seed": int(seed), "sampler": str(sampler["name"]), "num_steps": int(sampler["num_steps"]),
-                   "guidance_scale": float(sampler["guidance_scale"])}
+                   "guidance_scale": float(sampler["guidance_scale"]), "filtered_share": shares[k]}
 
 
-def dataset_card(manifest: dict[str, Any], num_rows: int, size: tuple[int, int] | None) -> str:
+def dataset_card(manifest: dict[str, Any], num_rows: int, size: tuple[int, int] | None,
+                 filtered: dict[str, Any] | None = None) -> str:
     s = manifest["settings"]
     sampler = s["sampler"]
     shape = f"{size[1]}x{size[0]}" if size else f"{s['size'][1]}x{s['size'][0]} (the model's training size)"
@@ -114,8 +147,9 @@ label map it was generated from. Images are {shape}.
 Columns: `pixel_values` (Image, RGB) and `label` (Image, mode L, class ids 0..34), the schema of
 `segments/sidewalk-semantic`, plus `source_mask` (the label map's name), `sample_index`, `seed`
 (sample k of a mask is drawn from `torch.Generator().manual_seed(seed)`), `sampler`, `num_steps` and
-`guidance_scale`.
-
+`guidance_scale`, and `filtered_share` (the share of the image's labelled pixels the noisy-pixel
+filter set to 0, unlabeled).
+{filter_text(filtered)}
 How it was made: weights `{manifest['weights'].get('file')}` (run `{manifest['weights'].get('run')}`),
 sampler {sampler['name']} with {sampler['num_steps']} steps, classifier-free guidance
 s = {sampler['guidance_scale']}, precision {s['precision']}, masks from `{s['masks']}`.
@@ -126,10 +160,21 @@ non-commercial use only).
 """
 
 
+def filter_text(filtered: dict[str, Any] | None) -> str:
+    if filtered is None:
+        return "\nLabels are the masks the images were generated from, unfiltered.\n"
+    return (f"\nLabels are filtered: a pixel whose cross-entropy under the segmenter `{filtered['segmenter']}` "
+            f"(trained on the real rows) exceeds {filtered['tolerance']:g} x the mean of its class on the real "
+            f"training pixels is set to 0 (unlabeled); on average {filtered['mean_filtered_share']:.1%} of an image's "
+            "labelled pixels.\n")
+
+
 def export_dataset(samples: str | Path, out_dir: str | Path | None = None, *, size: tuple[int, int] | None = None,
-                   rows_per_shard: int = ROWS_PER_SHARD, setting: str = "--out") -> Path:
+                   rows_per_shard: int = ROWS_PER_SHARD, setting: str = "--out",
+                   pixel_filter: PixelFilter | None = None) -> Path:
     """Write `samples` (a finished sample.py folder) as parquet shards + a dataset card; returns the folder.
-    `setting` names the output folder in messages as the user wrote it (`--out`, `export_dir`)."""
+    `setting` names the output folder in messages as the user wrote it (`--out`, `export_dir`);
+    `pixel_filter` unlabels the pixels a segmenter of the real rows finds wrong (sdm.generation.filtering)."""
     import datasets
 
     samples = Path(samples).expanduser()
@@ -141,10 +186,15 @@ def export_dataset(samples: str | Path, out_dir: str | Path | None = None, *, si
     if out.exists() and not (out / MARKER).is_file():
         raise DataError(f"export folder {out} exists and is not an sdm export; choose another one")
     manifest = read_finished_manifest(samples)
+    label_filter = None
+    if pixel_filter is not None:  # its segmenter is checked and measured before any row is written
+        label_filter = prepare_filter(pixel_filter, manifest["train_data"], tuple(manifest["settings"]["size"]))
+        print(f"filtering labels with {label_filter.folder} (tolerance {label_filter.tolerance:g} x each class's mean "
+              "loss on the real training rows)")
     remove_leftovers(out.parent, "tmp", out.name)  # of exports killed on this host
     tmp = temporary_name(out, "tmp")
     try:
-        all_rows = list(rows(samples, manifest, size))
+        all_rows = list(rows(samples, manifest, size, label_filter))
         if not all_rows:
             raise DataError(f"{samples / MANIFEST} lists no images")
         shards = [all_rows[i : i + rows_per_shard] for i in range(0, len(all_rows), rows_per_shard)]
@@ -153,9 +203,12 @@ def export_dataset(samples: str | Path, out_dir: str | Path | None = None, *, si
             columns = {name: [row[name] for row in shard] for name in shard[0]}
             table = datasets.Dataset.from_dict(columns, features=features())
             table.to_parquet(str(tmp / "data" / f"train-{index:05d}-of-{len(shards):05d}.parquet"))
-        (tmp / "README.md").write_text(dataset_card(manifest, len(all_rows), size))
-        (tmp / MARKER).write_text(json.dumps({"samples": str(samples), "rows": len(all_rows),
-                                              "shards": len(shards), "size": list(size) if size else None}, indent=2))
+        filtered = None if label_filter is None else {
+            "segmenter": str(label_filter.folder), "tolerance": label_filter.tolerance,
+            "mean_filtered_share": sum(row["filtered_share"] for row in all_rows) / len(all_rows)}
+        (tmp / "README.md").write_text(dataset_card(manifest, len(all_rows), size, filtered))
+        (tmp / MARKER).write_text(json.dumps({"samples": str(samples), "rows": len(all_rows), "shards": len(shards),
+                                              "size": list(size) if size else None, "filter": filtered}, indent=2))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

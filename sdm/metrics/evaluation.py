@@ -20,7 +20,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sdm.core.atomic import WriteError, remove_leftovers, temporary_name, write_json
-from sdm.core.configs import CONFIG_DIR
 from sdm.core.errors import ConfigError
 from sdm.core.hardware import resolve_device
 from sdm.core.places import check_output_folder
@@ -44,16 +43,10 @@ from sdm.metrics.report import (
 from sdm.metrics.report_html import page
 from sdm.metrics.scoring import Calibration, Networks, score_set
 from sdm.metrics.weights import missing_message, use_weights_dir
-from sdm.segmenter.cache import cache_folder, load_segmenter
+from sdm.segmenter.cache import cache_folder, default_segmenter_settings, load_segmenter
 from sdm.segmenter.fit import train_segmenter
 
-SEGMENTER_CONFIG = CONFIG_DIR / "segmenter.yaml"
 RANKED = 4  # masks shown in each of the best and worst grids
-
-
-def default_segmenter_settings() -> dict[str, Any]:
-    """The `segmenter:` block of conf/segmenter.yaml (architecture, steps, cache folder)."""
-    return OmegaConf.to_container(OmegaConf.load(SEGMENTER_CONFIG).segmenter, resolve=True)
 
 
 def cached_segmenter_folder(train_data: dict[str, Any]) -> Path:

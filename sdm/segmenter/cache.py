@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sdm.checkpoint.files import load_safetensors
+from sdm.core.configs import CONFIG_DIR
 from sdm.core.errors import CheckpointError
 from sdm.data.mixing import extra_ratio, extra_source_cfg
 from sdm.data.prepare import prepare_data
@@ -18,6 +19,12 @@ from sdm.segmenter.networks import build_segmenter
 
 WEIGHTS_FILE = "segmenter.safetensors"
 INFO_FILE = "segmenter.json"
+
+
+def default_segmenter_settings() -> dict[str, Any]:
+    """The `segmenter:` block of conf/segmenter.yaml (architecture, steps, cache folder): what the
+    evaluation trains and the export's filter finds by default."""
+    return OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "segmenter.yaml").segmenter, resolve=True)
 
 
 def cache_folder(data_key: str, settings: dict[str, Any], seed: int = 0) -> Path:

@@ -65,7 +65,7 @@ def test_the_export_loads_with_datasets_in_the_hub_schema_with_its_origin(sample
                  f"masks from `{manifest['settings']['masks']}`", f"(run `{manifest['weights']['run']}`)"):
         assert fact in " ".join(card.split()), fact
     assert json.loads((out / "sdm_export.json").read_text()) == {"samples": str(samples), "rows": 6, "shards": 2,
-                                                                "size": None}
+                                                                "size": None, "filter": None}
 
 
 def test_the_export_trains_through_this_projects_data_path(samples, tmp_path):
