@@ -32,26 +32,28 @@ class Command:
     module: str
     args: Callable[[Path, SimpleNamespace], list[str]]
     rerun: bool = True  # a good place succeeds (the pipeline and the download are too long or need the internet)
+    work: str | None = None  # what the command prints once its work has begun: never seen before a refusal
 
 
 SMALL_SCENES = ["data=scenes", "data.scenes.num=4", f"data.size=[{SIZE},{SIZE}]"]
 COMMANDS = {
-    "prepare": Command("prepare", lambda out, w: [*SMALL_SCENES, f"data.cache_dir={out}"]),
+    "prepare": Command("prepare", lambda out, w: [*SMALL_SCENES, f"data.cache_dir={out}"], work="street scenes"),
     "segmenter": Command("segmenter", lambda out, w: [
         *SMALL_SCENES, f"data.cache_dir={w.root / 'segmenter-data'}", f"segmenter.cache_dir={out}",
         "segmenter.max_steps=2", "segmenter.val_every=2", "segmenter.batch_size=2", "segmenter.width=8",
-        "segmenter.progress_bar=false", "segmenter.precision=32-true"]),
+        "segmenter.progress_bar=false", "segmenter.precision=32-true"], work="Trainer.fit"),
     "train": Command("train", lambda out, w: [
         "experiment=quickstart", "debug=fast", f"data.size=[{SIZE},{SIZE}]", "data.scenes.num=8",
         f"data.cache_dir={w.root / 'train-data'}", f"run_dir={out}", "trainer.max_steps=1", "logger=none",
-        "validation.every_n_steps=1", "checkpoint.every_n_steps=1"]),
-    "sample": Command("sample", lambda out, w: [f"weights={w.run}", f"masks={w.masks}", f"out_dir={out}", *SAMPLING]),
+        "validation.every_n_steps=1", "checkpoint.every_n_steps=1"], work="Trainer.fit"),
+    "sample": Command("sample", lambda out, w: [f"weights={w.run}", f"masks={w.masks}", f"out_dir={out}", *SAMPLING],
+                      work="masks x"),
     "sample+evaluate": Command("sample", lambda out, w: [
         f"weights={w.run}", f"masks={w.masks}", f"out_dir={out}", *SAMPLING, "evaluate=true", *QUIET_EVALUATION]),
     "evaluate": Command("evaluate", lambda out, w: [f"samples={w.samples}", f"out_dir={out}", *QUIET_EVALUATION]),
     "export": Command("export", lambda out, w: [str(w.samples), "--out", str(out)]),
     "pipeline": Command("pipeline", lambda out, w: [str(REPO / "conf" / "pipeline" / "demo.yaml"), f"root={out}"],
-                        rerun=False),
+                        rerun=False, work="[1/5] prepare"),
     "convert": Command("convert", lambda out, w: [str(w.official), "dataset=coco", "num_classes=9",
                                                   "no_instance=false", f"out={out}"]),
     "scenes": Command("scenes", lambda out, w: ["--num", "2", "--size", "16", "--out", str(out)]),
@@ -66,9 +68,12 @@ def run_command(command: Command, out: Path, world: SimpleNamespace, cwd: Path) 
                           capture_output=True, text=True, env=env, timeout=600)
 
 
-def problems_of(done: subprocess.CompletedProcess, place: Path, cwd: Path, written: Path | None) -> list[str]:
+def problems_of(done: subprocess.CompletedProcess, place: Path, cwd: Path, written: Path | None,
+                work: str | None = None) -> list[str]:
     """What a user would hold against the command's answer to a bad place (empty: none)."""
     problems = []
+    if work is not None and work in done.stdout + done.stderr:
+        problems.append(f"refused only after its work began ({work!r})")
     if done.returncode == 0:
         problems.append("exit 0")
     if "Traceback (most recent call last)" in done.stderr + done.stdout:
@@ -121,7 +126,7 @@ def outcomes(world, tmp_path_factory) -> dict[tuple[str, str], Outcome]:
         folder.mkdir()
         out, place, written = bad_place(fault, folder)
         done = run_command(COMMANDS[name], out, world, folder / "cwd")
-        outcome = Outcome(problems_of(done, place, folder / "cwd", written), done.stderr[-3000:])
+        outcome = Outcome(problems_of(done, place, folder / "cwd", written, COMMANDS[name].work), done.stderr[-3000:])
         if COMMANDS[name].rerun and fault == "file":  # once per command
             outcome.good = run_command(COMMANDS[name], folder / "good", world, folder / "good-cwd")
             outcome.good_files = sum(p.is_file() for p in (folder / "good").rglob("*"))
@@ -144,3 +149,5 @@ def test_a_bad_output_place_is_named_before_any_work_and_a_good_one_then_works(n
     if outcome.good is not None:
         assert outcome.good.returncode == 0, outcome.good.stderr[-3000:]
         assert outcome.good_files > 0
+        work = COMMANDS[name].work  # the sign of work begun is one a working run shows
+        assert work is None or work in outcome.good.stdout + outcome.good.stderr, work
