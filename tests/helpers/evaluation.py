@@ -155,3 +155,22 @@ def textured_set(root: Path, n: int = 6, per_mask: int = 2, size: int = 32, blur
     else:
         samples = [[r] * per_mask for r in real]
     return write_sample_folder(root, labels, samples, real, **kwargs)
+
+
+def evaluation_settings(**overrides):
+    """conf/evaluation/default.yaml as the tests use it: no weights folder, no progress bars."""
+    from omegaconf import OmegaConf
+
+    from helpers import REPO
+
+    base = OmegaConf.load(REPO / "conf" / "evaluation" / "default.yaml")
+    base.weights_dir = None
+    base.progress = False
+    return OmegaConf.merge(base, overrides)
+
+
+def oracle():
+    """A perfect segmenter and a stand-in Inception, for sets of coloured masks."""
+    from sdm.metrics.scoring import Networks
+
+    return Networks(segmenter=PaletteReader(), inception=MeanColour())

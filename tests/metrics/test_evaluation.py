@@ -19,6 +19,8 @@ from helpers.evaluation import (
     PaletteReader,
     SmoothReader,
     coloured_set,
+    evaluation_settings,
+    oracle,
     save,
     stripes,
     textured_set,
@@ -41,15 +43,7 @@ from sdm.training.validation import SegmenterScorer, colour_scorer, other_labels
 REPO = Path(__file__).resolve().parents[2]
 
 
-def settings(**overrides):
-    base = OmegaConf.load(REPO / "conf" / "evaluation" / "default.yaml")
-    base.weights_dir = None
-    base.progress = False
-    return OmegaConf.merge(base, overrides)
-
-
-def oracle() -> Networks:
-    return Networks(segmenter=PaletteReader(), inception=MeanColour())
+settings = evaluation_settings
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -7,9 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from helpers import REPO
-from helpers.evaluation import MeanColour, PaletteReader, textured_set
-from omegaconf import OmegaConf
+from helpers.evaluation import evaluation_settings, oracle, textured_set
 from PIL import Image
 
 from sdm.core.atomic import WriteError, describe_write_failure
@@ -17,18 +15,8 @@ from sdm.metrics import evaluation
 from sdm.metrics.evaluation import evaluate_set
 from sdm.metrics.image_sets import from_sample_folder
 from sdm.metrics.report import JSON_FILE, PICTURES_DIR, TEXT_FILE
-from sdm.metrics.scoring import Networks
 
-
-def settings(**overrides):
-    base = OmegaConf.load(REPO / "conf" / "evaluation" / "default.yaml")
-    base.weights_dir = None
-    base.progress = False
-    return OmegaConf.merge(base, overrides)
-
-
-def oracle() -> Networks:
-    return Networks(segmenter=PaletteReader(), inception=MeanColour())
+settings = evaluation_settings
 
 
 def test_a_write_that_fails_midway_leaves_the_previous_report_whole(tmp_path, monkeypatch):
