@@ -35,7 +35,7 @@ def scenes_per_second(size: int, seconds: float = 6.0) -> float:
 
 def hub_folder(root: Path, rows: int) -> Path:
     """Real-looking 1920x1080 rows (generated scenes, PNG-encoded) in the Hub schema."""
-    from conftest import hub_row, write_hub_parquet
+    from helpers.rows import hub_row, write_hub_parquet
 
     from sdm.data.scenes import generate_scene
 

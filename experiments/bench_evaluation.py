@@ -24,14 +24,14 @@ import torch
 from _common import machine, markdown_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from evaluation_helpers import write_sample_folder  # noqa: E402
+from helpers.evaluation import write_sample_folder  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from sdm.data.scenes import generate_scene  # noqa: E402
 from sdm.metrics.evaluation import evaluate_set  # noqa: E402
 from sdm.metrics.image_sets import from_sample_folder  # noqa: E402
 from sdm.metrics.scoring import Networks  # noqa: E402
-from sdm.segmenter.fit import SmallSegmenter  # noqa: E402
+from sdm.segmenter.networks import SmallSegmenter  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
