@@ -17,11 +17,12 @@ MASKS_PER_GRID = 8
 
 
 def grid_row(out_dir: Path, mask: Mask, per_mask: int, with_real: bool) -> list[np.ndarray]:
-    """coloured mask | real photo (grey when a neighbour row has one and this mask not) | samples."""
+    """coloured mask | real photo (grey when a neighbour row has one and this mask not) | samples
+    (as many as the mask has: with hardness re-sampling rows differ, and short ones are padded)."""
     row = [colorize(mask.label)]
     if with_real:
         row.append(mask.real if mask.real is not None else np.full((*mask.label.shape, 3), 128, np.uint8))
-    return row + [read_rgb_file(out_dir / "images" / image_name(mask.name, k)) for k in range(per_mask)]
+    return row + [read_rgb_file(out_dir / "images" / image_name(mask.name, k)) for k in range(mask.images(per_mask))]
 
 
 def write_grids(out_dir: Path, masks: Sequence[Mask], per_mask: int, touched: set[str]) -> list[str]:

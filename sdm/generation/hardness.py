@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from sdm.core.errors import ConfigError
-from sdm.generation.filtering import UNLABELED
+from sdm.generation.filtering import UNLABELED, PixelFilter, prepare_filter
+from sdm.generation.masks import Mask
 
 
 def mask_hardness(label: np.ndarray, class_means: Tensor) -> float:
@@ -43,3 +46,16 @@ def images_per_mask(hardness: Sequence[float], most: int) -> list[int]:
         return 1 + round((most - 1) * (h - low) / (high - low))
 
     return [count(h) for h in hardness]
+
+
+def with_hardness_counts(masks: Sequence[Mask], settings: Any, train_data: dict[str, Any],
+                         size: tuple[int, int]) -> list[Mask]:
+    """The masks with their image counts set by hardness (`settings`: segmenter, most), measured
+    with the filter's segmenter of the run's real rows."""
+    most = settings.get("most")
+    images_per_mask([], most)  # a bad bound is refused before the segmenter is loaded
+    ready = prepare_filter(PixelFilter(str(settings.get("segmenter") or "auto")), train_data, size)
+    counts = images_per_mask([mask_hardness(m.label, ready.class_means) for m in masks], most)
+    print(f"hardness re-sampling with {ready.folder}: {sum(counts)} images for {len(masks)} masks "
+          f"(1 to {most} per mask)")
+    return [replace(mask, count=count) for mask, count in zip(masks, counts, strict=True)]

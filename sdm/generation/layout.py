@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sdm.checkpoint.files import CHECKPOINT_DIR, EXPORT_DIR
 from sdm.core.errors import ConfigError
@@ -70,6 +70,7 @@ def run_settings(cfg: DictConfig, model: Model) -> dict[str, Any]:
         "mask_source": mask_source(cfg),
         "mask_variation": mask_variations(cfg),
         "size": list(model.size),
+        "hardness": OmegaConf.to_container(cfg.hardness, resolve=True) if cfg.get("hardness") else None,
     }
 
 
@@ -125,8 +126,8 @@ def manifest_items(masks: Sequence[Mask], per_mask: int, seed: int) -> list[dict
             "label": f"labels/{m.name}.png",
             "colored_mask": f"colored_masks/{m.name}.png",
             "real": f"real/{m.name}.png" if m.real is not None else None,
-            "images": [f"images/{image_name(m.name, k)}" for k in range(per_mask)],
-            "sample_seeds": [sample_seed(seed + m.index, k) for k in range(per_mask)],
+            "images": [f"images/{image_name(m.name, k)}" for k in range(m.images(per_mask))],
+            "sample_seeds": [sample_seed(seed + m.index, k) for k in range(m.images(per_mask))],
         }
         for m in masks
     ]

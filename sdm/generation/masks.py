@@ -28,6 +28,10 @@ class Mask:
     label: np.ndarray  # H x W uint8 class ids at the training size
     real: np.ndarray | None = None  # H x W x 3 uint8
     instance: np.ndarray | None = None  # H x W int32 instance ids: the edge channel's source when given
+    count: int | None = None  # images to make for it (hardness re-sampling); None: num_per_mask
+
+    def images(self, per_mask: int) -> int:
+        return per_mask if self.count is None else self.count
 
 
 

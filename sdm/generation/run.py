@@ -27,6 +27,7 @@ from sdm.core.places import check_output_folder
 from sdm.core.viz import image_problem, save_png, to_uint8_image
 from sdm.diffusion import noise_config, sample
 from sdm.generation.grids import write_grids
+from sdm.generation.hardness import with_hardness_counts
 from sdm.generation.layout import (
     FOLDERS,
     MANIFEST,
@@ -70,10 +71,10 @@ def sample_batch(model: Model, jobs: Sequence[tuple[Mask, int]], batch: int, cfg
     return images[: len(jobs)].float().cpu()
 
 
-def pass_size(cfg: DictConfig, num_masks: int) -> int:
+def pass_size(cfg: DictConfig, masks: Sequence[Mask]) -> int:
     """Images per network pass: fixed by the whole run (never by what is left, nor by a shard's
     share), so resumed and sharded runs draw every image exactly as one uninterrupted run."""
-    return min(int(cfg.batch_size), num_masks * int(cfg.num_per_mask))
+    return min(int(cfg.batch_size), sum(m.images(int(cfg.num_per_mask)) for m in masks))
 
 
 def image_done(path: Path, size: tuple[int, ...]) -> bool:
@@ -93,8 +94,8 @@ def run_jobs(model: Model, masks: Sequence[Mask], out_dir: Path, cfg: DictConfig
              device: torch.device, batch: int, desc: str = "sample") -> Counter[str]:
     """Generate every missing image, `batch` per pass; returns how many were made per mask."""
     per_mask = int(cfg.num_per_mask)
-    jobs = [(m, k) for m in masks for k in range(per_mask) if not image_done(out_dir / "images" / image_name(m.name, k),
-                                                                              m.label.shape)]
+    jobs = [(m, k) for m in masks for k in range(m.images(per_mask))
+            if not image_done(out_dir / "images" / image_name(m.name, k), m.label.shape)]
     left = Counter(mask.name for mask, _ in jobs)
     bar = tqdm(total=len(masks), initial=len(masks) - len(left), desc=desc, unit="mask")
     steps = int(cfg.sampler.num_steps)
@@ -149,6 +150,8 @@ def generate_here(cfg: DictConfig) -> dict[str, Any]:
                           "shard must write into the same folder")
     limit = None if cfg.limit is None else int(cfg.limit)
     masks = load_masks(str(cfg.masks), model, limit, mask_source(cfg), mask_variations(cfg), int(cfg.seed))
+    if cfg.get("hardness"):  # over all masks, so that every shard gives a mask the same count
+        masks = with_hardness_counts(masks, cfg.hardness, model.cfg["data"], tuple(model.size))
     mine = shard_masks(masks, index, count)
     settings = run_settings(cfg, model)
     check_resumable(out_dir, settings)
@@ -177,10 +180,11 @@ def generate_here(cfg: DictConfig) -> dict[str, Any]:
     model.unet.to(device)
     write_mask_files(out_dir, mine)
     desc = f"sample {index}/{count}" if count > 1 else "sample"
-    made = run_jobs(model, mine, out_dir, cfg, device, pass_size(cfg, len(masks)), desc)
+    made = run_jobs(model, mine, out_dir, cfg, device, pass_size(cfg, masks), desc)
     seconds = time.perf_counter() - started
     record.update(complete=True, images_made=sum(made.values()), seconds=round(seconds, 2))
-    print(f"made {sum(made.values())} images ({len(mine) * per_mask - sum(made.values())} were there) in "
+    wanted = sum(m.images(per_mask) for m in mine)
+    print(f"made {sum(made.values())} images ({wanted - sum(made.values())} were there) in "
           f"{seconds:.1f} s")
     if count == 1:
         grids = write_grids(out_dir, masks, per_mask, set(made))

@@ -160,7 +160,7 @@ def test_resume_compares_every_setting_that_decides_pixels(run_dir, tmp_path):  
         "weights_fingerprint": load_model(run_dir).fingerprint,
         "sampler": {"name": "ddim", "num_steps": 2, "guidance_scale": 1.5, "eta": 0.0, "timestep_spacing": "trailing"},
         "seed": 0, "precision": "fp32", "masks": "val", "size": [SIZE, SIZE], "mask_source": None,
-        "mask_variation": [],
+        "mask_variation": [], "hardness": None,
     }
     for override, named in [("sampler.eta=0.5", "eta"), ("sampler.timestep_spacing=leading", "leading"),
                             ("sampler.num_steps=3", "'num_steps': 3"), ("sampler.guidance_scale=2", "2.0"),

@@ -37,3 +37,34 @@ def test_counts_follow_the_hardness_order_from_one_to_most():
 def test_a_bound_that_cannot_be_a_count_is_refused(most):
     with pytest.raises(ConfigError, match=r"hardness most=.* is invalid: expected an integer >= 1"):
         images_per_mask([0.1, 0.2], most)
+
+
+def test_a_generation_makes_more_images_for_harder_masks(run_dir, tmp_path, monkeypatch):
+    """With hardness={most: 4}: counts by the masks' hardness under the real rows' class means (here
+    injected: class 8 costs 10x class 1), in the files, the manifest, the grid and the export card."""
+    from helpers.generation import SIZE, bands, mask_folder, sample_cfg
+
+    from sdm.generation import generate, hardness
+    from sdm.generation.export import export_dataset
+    from sdm.generation.filtering import LabelFilter
+
+    means = torch.full((35,), 1.0, dtype=torch.float64)
+    means[0], means[8] = math.nan, 10.0
+    monkeypatch.setattr(hardness, "prepare_filter",
+                        lambda spec, data, size: LabelFilter(torch.nn.Identity(), means, 1.0, tmp_path / "seg"))
+    share = {"easy": (1, 2), "half": (8, 2), "hard": (8, 8)}  # class 8 on 0 %, 50 %, 100 % of the pixels
+    masks = mask_folder(tmp_path, {name: bands(SIZE, SIZE, classes) for name, classes in share.items()})
+    out = tmp_path / "out"
+    manifest = generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}", "hardness={most:4}"))
+    counts = {item["mask"]: len(item["images"]) for item in manifest["items"]}
+    assert counts == {"easy": 1, "half": 3, "hard": 4}  # hardness 1, 5.5, 10 -> 1 + round(3 * (h - 1) / 9)
+    assert sorted(p.name for p in (out / "images").iterdir()) == [
+        "easy_0.png", "half_0.png", "half_1.png", "half_2.png", "hard_0.png", "hard_1.png", "hard_2.png", "hard_3.png"]
+    assert manifest["settings"]["hardness"] == {"most": 4} and (out / "grids" / "grid_000.png").is_file()
+    with pytest.raises(ConfigError, match="holds samples made with other settings .*hardness"):
+        generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}", "hardness={most:2}"))
+    card = (export_dataset(out, tmp_path / "hf") / "README.md").read_text()
+    assert "1 to 4 (by hardness) per map" in " ".join(card.split())
+    with pytest.raises(ConfigError, match="hardness most=0 is invalid"):
+        generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={tmp_path / 'other'}",
+                            "hardness={most:0}"))
