@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from sdm.core.errors import ConfigError, DataError
+from sdm.data.classes import CLASS_NAMES
 from sdm.data.prepare import decode_row, prepare_data, split_indices
 from sdm.data.rows import label_to_ids, read_rgb_file
 from sdm.data.sources import SOURCES, overlay_source
@@ -37,12 +38,12 @@ class Mask:
 
 SPLITS = ("val", "train", "all")
 INSTANCES = "instances"  # <set>/labels/x.png -> <set>/instances/x.png (SPADE's COCO-Stuff: <split>_label, _inst)
-VARIATIONS = ("hflip", "crop")
+VARIATIONS = ("hflip", "crop", "paste")
 CROP_SIDE = (0.6, 0.9)  # a crop keeps this fraction of each side (36-81 % of the area)
 
 
 def mask_variations(cfg: DictConfig) -> list[str]:
-    """sample.py's mask_variation in the order they are applied (flip, then crop), once each."""
+    """sample.py's mask_variation in the order they are applied (flip, crop, then paste), once each."""
     chosen = set(cfg.get("mask_variation") or [])
     return [v for v in VARIATIONS if v in chosen]
 
@@ -133,6 +134,35 @@ def vary_mask(mask: Mask, variations: Sequence[str], seed: int) -> Mask:
                 None if instance is None else np.ascontiguousarray(instance))
 
 
+# pasting: people and vehicles of another mask, drawn only over ground (the sidewalk class table)
+PASTED = tuple(i for i, name in enumerate(CLASS_NAMES) if name.startswith(("human-", "vehicle-")))
+GROUND = tuple(i for i, name in enumerate(CLASS_NAMES)
+               if name.startswith("flat-") or name in ("nature-terrain", "void-ground"))
+
+
+def paste_objects(mask: Mask, donor: Mask) -> Mask:
+    """`mask` with the people and vehicles of `donor` drawn in where they stand on this mask's
+    ground (road, sidewalk, crosswalk, terrain ...); over anything else (a wall, a pole) the
+    mask's own pixels stay in front. Its photo no longer matches and is dropped, and its edges
+    come from the classes."""
+    objects = np.isin(donor.label, PASTED) & np.isin(mask.label, GROUND)
+    label = mask.label.copy()
+    label[objects] = donor.label[objects]
+    return Mask(f"{mask.name}-paste", mask.index, label, None, None)
+
+
+def paste_donors(masks: Sequence[Mask], seed: int) -> list[Mask]:
+    """Each mask with the objects of another, drawn from (seed, its position): new scenes whose
+    every class sits where the data has it."""
+    if len(masks) < 2:
+        raise ConfigError("mask_variation=[paste] needs at least 2 masks: it draws the objects of one into another")
+    pasted = []
+    for i, mask in enumerate(masks):
+        j = int(np.random.default_rng([seed, mask.index, 7]).integers(0, len(masks) - 1))
+        pasted.append(paste_objects(mask, masks[j if j < i else j + 1]))  # any other mask
+    return pasted
+
+
 def read_mask(path: Path, size: tuple[int, int], num_classes: int) -> tuple[np.ndarray, tuple[int, int] | None]:
     """Class ids of a label PNG (mode L ids or palette colours) at `size`, and its size if resized."""
     try:
@@ -221,6 +251,9 @@ def load_masks(spec: str, model: Model, limit: int | None, source: dict[str, Any
     unknown = sorted(set(variations) - set(VARIATIONS))
     if unknown:
         raise ConfigError(f"mask_variation={list(variations)}: unknown {unknown}; expected a list of {list(VARIATIONS)}")
+    if "paste" in variations and int(model.cfg["data"]["num_classes"]) != len(CLASS_NAMES):
+        raise ConfigError(f"mask_variation=[paste] knows which classes are objects and ground in the sidewalk table "
+                          f"({len(CLASS_NAMES)} classes); this model has {model.cfg['data']['num_classes']}")
     if spec in SPLITS:
         masks, where = split_masks(model.cfg, spec, limit, source), "in the data"
     elif source:
@@ -232,4 +265,6 @@ def load_masks(spec: str, model: Model, limit: int | None, source: dict[str, Any
         where = f"in {folder.parent / INSTANCES}"
     if model.unet.edge_channel:
         print(edge_source(masks, where))
-    return [vary_mask(m, variations, seed) for m in masks] if variations else masks
+    geometric = [v for v in variations if v != "paste"]
+    masks = [vary_mask(m, geometric, seed) for m in masks] if geometric else masks
+    return paste_donors(masks, seed) if "paste" in variations else masks
