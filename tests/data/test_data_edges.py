@@ -458,3 +458,111 @@ def test_dataloader_workers_outlive_slurm_s_signals_and_end_with_their_trainer()
                           timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "served after the signals: 1" in done.stdout
+
+
+# --- colours past the 35 classes and the class-frequency chart ----------------------------------
+
+
+def _voc_colour(i):
+    """The PASCAL VOC colour of id `i`, written the way the VOC devkit does (bits peeled off 3 at a time)."""
+    r = g = b = 0
+    for j in range(8):
+        r |= (i & 1) << (7 - j)
+        g |= ((i >> 1) & 1) << (7 - j)
+        b |= ((i >> 2) & 1) << (7 - j)
+        i >>= 3
+    return (r, g, b)
+
+
+def test_more_colours_are_the_voc_pattern_without_the_palette_s_own():
+    """Ids past 35 (ADE20K, COCO-Stuff models) get the VOC colours in id order, none the palette
+    already uses, as uint8; asking for more than exist gives all of them and no more."""
+    from sdm.data.classes import PALETTE, _more_colours
+
+    assert [_voc_colour(i) for i in (1, 2, 3, 4, 8, 255)] == [
+        (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (64, 0, 0), (224, 224, 192)]  # devkit anchors
+    own = {tuple(int(v) for v in c) for c in PALETTE}
+    expected = [_voc_colour(i) for i in range(256) if _voc_colour(i) not in own]
+    assert len(expected) == 256 - 2  # black (unlabeled) and (128, 64, 128) (flat-road) are VOC colours too
+    first = _more_colours(4)
+    assert first.dtype == np.uint8 and first.tolist() == [[128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128]]
+    every = _more_colours(300)
+    assert every.dtype == np.uint8 and every.shape == (254, 3)
+    assert [tuple(c) for c in every.tolist()] == expected
+    assert _more_colours(0).shape[0] == 0
+
+
+def _chart_expected(names, frequencies, counts, colours):
+    """The chart drawn by hand: texts at their documented places on white, then bars painted in numpy
+    (black 1-pixel outline, class colour inside), each row 16 pixels, bars up to 420 pixels at x = 330."""
+    from PIL import ImageDraw
+
+    height, width = 16 * (len(names) + 2), 330 + 420 + 20
+    texts = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(texts)
+    draw.text((4, 2), "class (images containing it)        pixel frequency", fill=(0, 0, 0))
+    bars = []
+    for i, (name, freq, count) in enumerate(zip(names, frequencies, counts, strict=True)):
+        y = 16 * i + 20
+        length = int(420 * freq / max(frequencies))
+        draw.text((4, y), f"{i:2d} {name} ({count})", fill=(0, 0, 0))
+        draw.text((330 + length + 4, y), f"{freq:.2%}", fill=(0, 0, 0))
+        bars.append((y, max(length, 1), colours[i]))
+    expected = np.array(texts)
+    for y, length, colour in bars:
+        expected[y : y + 13, 330 : 330 + length + 1] = 0
+        expected[y + 1 : y + 12, 331 : 330 + length] = colour
+    return expected
+
+
+def test_class_frequency_chart_pixels():
+    """Every pixel of a small chart: size, white ground, header and row texts where they belong, bars
+    scaled to the most frequent class (not to 1) in their class colours, a 1-pixel stub for 0 %."""
+    from sdm.data.classes import PALETTE
+    from sdm.data.pictures import class_frequency_chart
+
+    names, frequencies, counts = ["aa", "bb", "cc", "dd", "ee"], [0.05, 0.5, 0.25, 0.2, 0.0], [3, 7, 12, 5, 0]
+    chart = class_frequency_chart(frequencies, counts, names)
+    assert chart.dtype == np.uint8 and chart.shape == (16 * 7, 770, 3)
+    assert chart[-1, -1].tolist() == [255, 255, 255] and chart[0, 0].tolist() == [255, 255, 255]
+    # bar of row 1 (50 %, the largest): 420 pixels, outlined, flat-road's colour inside
+    assert chart[36:49, 330].tolist() == [[0, 0, 0]] * 13 and chart[35, 330].tolist() == [255, 255, 255]
+    assert chart[37, 331].tolist() == chart[47, 749].tolist() == PALETTE[1].tolist()
+    assert chart[37:48, 750].tolist() == [[0, 0, 0]] * 11 and chart[49, 331].tolist() == [255, 255, 255]
+    # 0 %: a bar 1 pixel wide (two outline columns), white right after it
+    assert (chart[84:97, 330:332] == 0).all() and (chart[84:97, 332:334] == 255).all()
+    expected = _chart_expected(names, frequencies, counts, [tuple(PALETTE[i]) for i in range(5)])
+    assert np.array_equal(chart, expected), np.argwhere((chart != expected).any(-1))[:5].tolist()
+
+    header = chart[:16, :330]
+    assert (header < 128).any()  # the header is drawn, in black
+    with pytest.raises(ValueError):  # one frequency per class, strictly
+        class_frequency_chart([0.5, 0.5], [1, 1, 1], ["aa", "bb", "cc"])
+    with pytest.raises(ValueError):
+        class_frequency_chart([0.5, 0.5, 0.0], [1, 1, 1], ["aa", "bb"])
+
+
+def test_real_and_synthetic_rows_are_prepared_and_mixed_for_training_only(tmp_path, data_cfg):
+    """With data.extra both sources are prepared; training indexes real rows then the synthetic
+    ones (through the same transform), the mix records the counts and share; validation stays real."""
+    from sdm.data.mixing import MixedPairs
+
+    real = write_hub_parquet(tmp_path / "real", [hub_row(*street_like(16, 16, s)) for s in range(10)])
+    synthetic = write_hub_parquet(tmp_path / "syn", [hub_row(np.full((16, 16, 3), 9 * s, np.uint8),
+                                                             np.full((16, 16), 7, np.uint8)) for s in range(3)])
+    cfg = data_cfg("sidewalk", path=str(real), size=[16, 16], extra=str(synthetic), extra_ratio=0.25,
+                   val_fraction=0.2, num_workers=0, batch_size=2)
+    cfg.augment = None
+    dm = SidewalkDataModule(cfg)
+    dm.prepare_data()
+    assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 2  # real + synthetic
+    dm.setup("fit")
+    assert isinstance(dm.train_set, MixedPairs)
+    n_real, n_val = len(dm.train_set.real), len(dm.val_set)
+    assert n_real + n_val == 10 and n_val == 2 and len(dm.train_set) == n_real + 3
+    assert dm.mix == (n_real, 3, 0.25) and dm.train_set.synthetic.transform is dm.train_set.real.transform
+    for k in range(3):
+        item = dm.train_set[(n_real + k, 0)]
+        assert (item["label"] == 7).all() and item["image"].shape == (3, 16, 16)
+    assert not any((dm.val_set[i]["label"] == 7).all() for i in range(n_val))
+    assert len(dm.train_dataloader().sampler) == n_real + round(n_real * 0.25 / 0.75)
