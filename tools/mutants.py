@@ -85,7 +85,7 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
     # the instrument's calibration: the blur control and the verdict (a focused re-run of scoring.py)
     "instrument": (
         ["sdm/segmenter/controls.py", "sdm/metrics/scoring.py"],
-        ["tests/metrics/test_evaluation.py"],
+        ["tests/metrics/test_evaluation.py", "tests/metrics/test_evaluation_writes.py"],
         "not cli and not chromium",
     ),
     "report": (
