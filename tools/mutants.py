@@ -3,6 +3,7 @@
     python tools/mutants.py models diffusion        # chosen packages
     python tools/mutants.py --changed main          # only files changed since `main`
     python tools/mutants.py                         # every package below
+    python tools/mutants.py --resume generation     # continue a run that was stopped
 
 Each package is mutated in its own copy of the working tree (`runs/mutants/<package>/`),
 with the fast tests that cover it, one torch thread per child. The kill rate of each run
@@ -278,6 +279,9 @@ def main() -> None:
     parser.add_argument("packages", nargs="*", help=f"any of {list(PACKAGES)} (default: all)")
     parser.add_argument("--changed", metavar="BASE", help="mutate only the files changed since git BASE")
     parser.add_argument("--children", type=int, default=2, help="parallel mutant runs (default 2)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the stopped runs under runs/mutants/ (mutmut keeps each result whose "
+                             "function is unchanged) instead of starting from a fresh copy")
     parser.add_argument("--report-only", action="store_true",
                         help="summarise the finished runs under runs/mutants/ again, without running mutmut")
     args = parser.parse_args()
@@ -299,8 +303,10 @@ def main() -> None:
         _, tests, deselect = PACKAGES[package]
         work = REPO / "runs" / "mutants" / package
         if not args.report_only:
-            print(f"[{package}] mutating {only} with {tests} in {work} ...", flush=True)
-            prepare_copy(work, only, tests, deselect)
+            resuming = args.resume and (work / "mutants").is_dir()
+            print(f"[{package}] {'resuming' if resuming else 'mutating'} {only} with {tests} in {work} ...", flush=True)
+            if not resuming:
+                prepare_copy(work, only, tests, deselect)
             run_mutmut(work, args.children)
         elif not (work / "mutants").is_dir():
             print(f"[{package}] no finished run in {work}; skipped")
