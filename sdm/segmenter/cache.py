@@ -3,6 +3,7 @@ weights and an info file with the held-out scores and the calibration."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from torch import nn
 
 from sdm.checkpoint.files import load_safetensors
 from sdm.core.configs import CONFIG_DIR
-from sdm.core.errors import CheckpointError
+from sdm.core.errors import CheckpointError, ConfigError
 from sdm.data.mixing import extra_ratio, extra_source_cfg
 from sdm.data.prepare import prepare_data
 from sdm.segmenter.networks import build_segmenter
@@ -28,9 +29,12 @@ def default_segmenter_settings() -> dict[str, Any]:
 
 
 def cache_folder(data_key: str, settings: dict[str, Any], seed: int = 0) -> Path:
-    """One folder per prepared dataset (source, size, resize), architecture and seed."""
+    """One folder per prepared dataset (source, size, resize), architecture, seed and starting weights."""
     name = f"{data_key}-{settings['arch']}" + (f"-w{settings['width']}" if settings["arch"] in ("unet", "small") else "")
     name += f"-seed{seed}" if seed else ""
+    if settings.get("init"):  # fine-tuned from another segmenter: never the one trained from scratch
+        origin = str(Path(str(settings["init"])).expanduser().resolve())
+        name += "-from" + hashlib.blake2b(origin.encode(), digest_size=4).hexdigest()
     return Path(str(settings["cache_dir"])).expanduser() / name
 
 
@@ -58,3 +62,21 @@ def data_key(data: DictConfig, real_key: str) -> str:
         return real_key
     synthetic = prepare_data(extra_source_cfg(data), show_progress=False)
     return f"{real_key}+{synthetic.root.name}-r{extra_ratio(data):g}"
+
+
+def starting_weights(settings: dict[str, Any], num_classes: int) -> dict[str, Any] | None:
+    """The weights `segmenter.init` names (a trained segmenter's folder), checked to fit the network
+    about to be trained: pre-training on synthetic rows, then fine-tuning on real ones."""
+    if not settings.get("init"):
+        return None
+    folder = Path(str(settings["init"])).expanduser()
+    try:
+        network, info = load_segmenter(folder)
+    except CheckpointError as err:
+        raise ConfigError(f"segmenter.init={settings['init']}: {err}") from None
+    wanted = (settings["arch"], int(settings.get("width", 16)), num_classes)
+    found = (info["arch"], int(info.get("width", 16)), int(info["num_classes"]))
+    if found != wanted:
+        raise ConfigError(f"segmenter.init={settings['init']} holds a {found[0]} of width {found[1]} for {found[2]} "
+                          f"classes; this training builds a {wanted[0]} of width {wanted[1]} for {wanted[2]}")
+    return network.state_dict()

@@ -28,7 +28,7 @@ from sdm.core.hardware import cpu_has_bf16
 from sdm.core.places import check_output_folder
 from sdm.data.datamodule import SidewalkDataModule
 from sdm.data.prepare import prepare_data
-from sdm.segmenter.cache import INFO_FILE, WEIGHTS_FILE, cache_folder, data_key
+from sdm.segmenter.cache import INFO_FILE, WEIGHTS_FILE, cache_folder, data_key, starting_weights
 from sdm.segmenter.held_out import calibrate
 from sdm.segmenter.networks import build_segmenter
 from sdm.segmenter.scores import segmentation_scores
@@ -98,6 +98,7 @@ def train_segmenter(cfg: DictConfig) -> Path:
     settings = OmegaConf.to_container(cfg.segmenter, resolve=True)
     if int(settings["max_steps"]) < 1:
         raise ConfigError(f"segmenter.max_steps={settings['max_steps']} is invalid: expected an integer >= 1")
+    initial = starting_weights(settings, int(cfg.data.num_classes))  # a bad folder stops the run before any work
     prepared = prepare_data(cfg.data, show_progress=False)
     key = data_key(cfg.data, prepared.root.name)
     folder = cache_folder(key, settings, int(cfg.seed))
@@ -113,6 +114,8 @@ def train_segmenter(cfg: DictConfig) -> Path:
     started = time.perf_counter()
     L.seed_everything(int(cfg.seed), workers=True)
     task = SegmenterTask(settings, int(cfg.data.num_classes))
+    if initial is not None:
+        task.network.load_state_dict(initial)
     data = cfg.data.copy()
     if settings.get("batch_size"):  # the segmenter's own batch, not the diffusion model's
         data.batch_size = int(settings["batch_size"])
@@ -142,6 +145,7 @@ def train_segmenter(cfg: DictConfig) -> Path:
         "arch": settings["arch"], "width": int(settings["width"]), "num_classes": int(cfg.data.num_classes),
         "data_key": key, "size": list(prepared.size), "steps": int(trainer.global_step), "seed": int(cfg.seed),
         "extra": mix_info(cfg.data, datamodule),
+        "init": str(Path(str(settings["init"])).expanduser().resolve()) if settings.get("init") else None,
         "real_val_miou": scores["miou"], "real_val_pixel_accuracy": scores["pixel_accuracy"],
         "real_val_per_class_iou": {str(k): v for k, v in scores["per_class_iou"].items()},
         "calibration": calibration,  # the validation split: ceiling, blur control, other masks

@@ -174,3 +174,35 @@ def test_cli_refuses_a_bad_test_setting_before_training(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert same.returncode == 2 and "a test set must be held out" in same.stderr
     assert not list(tmp_path.glob("*/segmenter.json"))  # refused before training
+
+
+def test_fine_tuning_starts_from_the_named_segmenter_and_is_cached_apart(tmp_path):
+    first = train_segmenter(segmenter_cfg(tmp_path))
+    start, _ = load_segmenter(first)
+    tuned_cfg = segmenter_cfg(tmp_path, f"segmenter.init={first}", "segmenter.max_steps=1", "segmenter.lr=1e-9",
+                              "segmenter.val_every=1")
+    tuned = train_segmenter(tuned_cfg)
+    assert tuned != first and tuned.name.startswith(first.name + "-from")  # never mistaken for the scratch one
+    info = json.loads((tuned / INFO_FILE).read_text())
+    assert info["init"] == str(first.resolve()) and json.loads((first / INFO_FILE).read_text())["init"] is None
+    after, _ = load_segmenter(tuned)
+    tuned_weights = dict(after.named_parameters())  # (batch-norm statistics move with every batch, whatever the lr)
+    for name, value in start.named_parameters():  # one step at lr 1e-9 leaves the starting weights in place
+        assert torch.allclose(tuned_weights[name], value, atol=1e-5), name
+    scratch, _ = load_segmenter(train_segmenter(segmenter_cfg(tmp_path / "other", "segmenter.max_steps=1",
+                                                              "segmenter.lr=1e-9", "segmenter.val_every=1")))
+    scratch_weights = dict(scratch.named_parameters())
+    moved = [n for n, v in start.named_parameters() if not torch.allclose(scratch_weights[n], v, atol=1e-5)]
+    assert moved  # from scratch, the same step lands elsewhere: the test can tell
+    assert train_segmenter(tuned_cfg) == tuned  # cached under its own name
+
+
+def test_a_starting_segmenter_that_does_not_fit_is_refused_before_any_work(tmp_path):
+    first = train_segmenter(segmenter_cfg(tmp_path))
+    before = sorted((tmp_path / "segmenters").iterdir())
+    with pytest.raises(ConfigError, match=rf"segmenter.init={tmp_path / 'nothing'}: .* holds no trained segmenter"):
+        train_segmenter(segmenter_cfg(tmp_path, f"segmenter.init={tmp_path / 'nothing'}"))
+    with pytest.raises(ConfigError, match=r"segmenter.init=.* holds a unet of width 32 for 35 classes; this training "
+                                          r"builds a unet of width 16 for 35"):
+        train_segmenter(segmenter_cfg(tmp_path, f"segmenter.init={first}", "segmenter.width=16"))
+    assert sorted((tmp_path / "segmenters").iterdir()) == before  # nothing written
