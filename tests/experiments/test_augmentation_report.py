@@ -1,0 +1,68 @@
+"""The augmentation study's arithmetic: paired differences within a seed, an arm's worth read
+off the real-only learning curve, and its tables and figure."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+from helpers import REPO
+from PIL import Image
+
+sys.path.insert(0, str(REPO / "experiments"))
+from _augmentation_report import (  # noqa: E402
+    arms_table,
+    learning_curve,
+    paired_differences,
+    plot_curve,
+    worth_in_real_scenes,
+)
+
+CURVE = {25: 0.40, 100: 0.60, 400: 0.70, 2000: 0.75}
+
+
+def runs_of(table: dict[tuple[int, str], list[float]]) -> list[dict]:
+    return [{"num": num, "arm": arm, "seed": seed, "test_miou": v, "steps": 10, "seconds": 60.0}
+            for (num, arm), values in table.items() for seed, v in enumerate(values)]
+
+
+def test_paired_differences_subtract_real_of_the_same_seed_only():
+    runs = runs_of({(100, "real"): [0.50, 0.60, 0.70], (100, "mixed"): [0.55, 0.62]})
+    runs.append({"num": 400, "arm": "real", "seed": 0, "test_miou": 0.9})  # another size is not a partner
+    diffs = paired_differences(runs, 100, "mixed")
+    assert list(diffs) == [0, 1] and diffs[0] == pytest.approx(0.05) and diffs[1] == pytest.approx(0.02)
+    assert paired_differences(runs, 400, "mixed") == {}
+
+
+def test_worth_interpolates_in_log_n_between_the_bracketing_sizes():
+    assert worth_in_real_scenes(CURVE, 0.60) == "100"
+    assert worth_in_real_scenes(CURVE, 0.65) == "200"  # halfway in mIoU between 100 and 400: their geometric mean
+    assert worth_in_real_scenes(CURVE, 0.50) == "50"
+    assert worth_in_real_scenes(CURVE, 0.30) == "< 25" and worth_in_real_scenes(CURVE, 0.80) == "> 2000"
+    bumpy = {25: 0.4, 100: 0.6, 400: 0.55, 2000: 0.7}  # not monotone: the first bracket counts
+    assert worth_in_real_scenes(bumpy, 0.58) == f"{math.exp(math.log(25) + 0.9 * math.log(4)):.0f}"
+    assert worth_in_real_scenes({}, 0.5) == "-"
+
+
+def test_the_arms_table_reads_mean_paired_difference_and_worth():
+    runs = runs_of({(25, "real"): [0.40, 0.40], (100, "real"): [0.58, 0.62], (400, "real"): [0.70, 0.70],
+                    (100, "mixed"): [0.63, 0.67]})
+    assert learning_curve(runs) == {25: pytest.approx(0.40), 100: pytest.approx(0.60), 400: pytest.approx(0.70)}
+    table = arms_table(runs, ["mixed"], {"mixed": {"images": {100: "475"}}})
+    row = next(line for line in table.splitlines() if "| mixed |" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:5] == ["100", "mixed", "475", "10", "2"]
+    assert cells[5] == "0.650 ± 0.028" and cells[6] == "+5.0 ± 0.0" and cells[7] == "200" and cells[8] == "1.0"
+
+
+def test_the_figure_draws_the_curve_and_each_arm(tmp_path):
+    runs = runs_of({(25, "real"): [0.40], (100, "real"): [0.60], (400, "real"): [0.70], (100, "mixed"): [0.66]})
+    plot_curve(runs, ["mixed", "never run"], tmp_path / "curve.png")
+    with Image.open(tmp_path / "curve.png") as png:
+        pixels = np.asarray(png.convert("RGB"))
+    red = np.all(pixels == (196, 78, 82), axis=-1)  # the first arm's colour: its marker and its legend key
+    assert red.sum() >= 2 * 81 and (np.all(pixels == (85, 168, 104), axis=-1)).sum() == 0  # nothing for an arm never run
+    with pytest.raises(ValueError, match="no real-only runs"):
+        plot_curve(runs_of({(100, "mixed"): [0.5]}), ["mixed"], tmp_path / "none.png")
