@@ -23,7 +23,7 @@ pipeline: setup
 	$(PY) -m sdm.cli.pipeline $(CONFIG) $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -66,3 +66,30 @@ def test_the_figure_draws_the_curve_and_each_arm(tmp_path):
     assert red.sum() >= 2 * 81 and (np.all(pixels == (85, 168, 104), axis=-1)).sum() == 0  # nothing for an arm never run
     with pytest.raises(ValueError, match="no real-only runs"):
         plot_curve(runs_of({(100, "mixed"): [0.5]}), ["mixed"], tmp_path / "none.png")
+
+
+@pytest.mark.slow
+def test_the_study_runs_end_to_end_on_a_tiny_setting_and_resumes(tmp_path):
+    import json
+    import subprocess
+
+    command = [sys.executable, str(REPO / "experiments" / "study_augmentation.py"), "--sizes", "20", "--arm-sizes", "20",
+               "--seeds", "0", "--steps", "4", "--generator-steps", "4", "--root", str(tmp_path / "study"),
+               "--results", str(tmp_path / "results"), "--arms", "mixed, filtered", "synthetic, then real, filtered"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-2000:]
+    runs = json.loads((tmp_path / "results" / "results_augmentation.json").read_text())["runs"]
+    assert sorted((r["arm"], r["steps"]) for r in runs) == [
+        ("mixed, filtered", 8), ("real", 4), ("synthetic only, filtered", 4), ("synthetic, then real, filtered", 4)]
+    assert all(0 <= r["test_miou"] <= 1 for r in runs)
+    tuned = next((tmp_path / "study" / "n20" / "segmenters").glob("synthetic__then_real__filtered/*/segmenter.json"))
+    assert json.loads(tuned.read_text())["init"]  # fine-tuned from the synthetic-only one
+    export = tmp_path / "study" / "n20" / "samples" / "five" / "hf_filtered" / "sdm_export.json"
+    assert json.loads(export.read_text())["filter"]["tolerance"] == 1.25
+    text = (tmp_path / "results" / "results_augmentation.md").read_text()
+    assert "## Real only: the learning curve" in text and "| 20 | mixed, filtered |" in text
+    assert (tmp_path / "results" / "results_augmentation.png").stat().st_size > 0
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "study").rglob("segmenter.safetensors")}
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # every stage was done: nothing trained again
