@@ -187,6 +187,20 @@ def run_mutmut(work: Path, children: int) -> None:
         raise SystemExit(f"error: mutmut run failed in {work} (exit {code}); end of {log}:\n{tail}")
 
 
+def recheck_timeouts(work: Path) -> None:
+    """Run the timed-out mutants again, one at a time: a time-out counts as a kill, and other work
+    on the machine makes slow tests run out of their CPU budget (a CPU-time limit still sees cache
+    and memory contention), which would flatter the rate."""
+    timed_out = sorted(name for name, status in mutant_statuses(work).items() if status == "timeout")
+    if not timed_out:
+        return
+    print(f"  re-running {len(timed_out)} timed-out mutants one at a time", flush=True)
+    env = {**os.environ, **MUTMUT_ENV}
+    with (work / "mutmut.log").open("a") as handle:
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1", *timed_out], cwd=work, env=env,
+                       stdout=handle, stderr=subprocess.STDOUT, check=False)
+
+
 def mutant_statuses(work: Path) -> dict[str, str]:
     """mutant name -> status of the finished run in `work`."""
     env = {**os.environ, **MUTMUT_ENV}
@@ -308,6 +322,7 @@ def main() -> None:
             if not resuming:
                 prepare_copy(work, only, tests, deselect)
             run_mutmut(work, args.children)
+            recheck_timeouts(work)
         elif not (work / "mutants").is_dir():
             print(f"[{package}] no finished run in {work}; skipped")
             continue
