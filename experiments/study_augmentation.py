@@ -88,7 +88,8 @@ PRETRAINED = "synthetic only, filtered"  # the pre-training stage, scored as an 
 
 
 def run(command: list[str], log: Path) -> float:
-    """Run one stage with its output in `log`; stop the study with the log's tail if it fails."""
+    """Run one stage with its output in `log`; stop the study with the log's tail if it fails.
+    Its wall time goes into `minutes.json` beside the logs, under the log's name."""
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(log, "w") as handle:
@@ -98,7 +99,12 @@ def run(command: list[str], log: Path) -> float:
     if status != 0:
         tail = "\n".join(log.read_text(errors="replace").replace("\r", "\n").splitlines()[-15:])
         sys.exit(f"error: {' '.join(command[:3])} ... failed (exit {status}); log {log}:\n{tail}")
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    ledger = log.parent.parent / "minutes.json"
+    minutes = json.loads(ledger.read_text()) if ledger.is_file() else {}
+    minutes[log.stem] = round(seconds / 60, 2)
+    ledger.write_text(json.dumps(minutes, indent=1))
+    return seconds
 
 
 def data_overrides(num: int) -> list[str]:
@@ -232,6 +238,32 @@ def label_fidelity(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def wall_times(root: Path, arms: list[str]) -> str:
+    """Minutes each arm cost at each size, beyond the real-only curve: its share of the generator
+    (trained once per size, shared by every arm), its sampling and filtering (shared by the arms
+    that use the same images), and its segmenters over all seeds."""
+    lines = ["| real scenes | arm | generator (shared) | sampling | filtered export | segmenters, all seeds |",
+             "|---|---|---|---|---|---|"]
+    for folder in sorted(root.glob("n*"), key=lambda f: int(f.name[1:])):
+        ledger = folder / "minutes.json"
+        minutes = json.loads(ledger.read_text()) if ledger.is_file() else {}
+        for name in arms:
+            arm = ARMS.get(name)
+            infos = [json.loads(p.read_text()) for p in (folder / "segmenters" / slug(name)).glob("*/segmenter.json")]
+            if not infos:
+                continue
+            if arm is not None and arm.pretrain:
+                infos += [json.loads(p.read_text())
+                          for p in (folder / "segmenters" / slug(PRETRAINED)).glob("*/segmenter.json")]
+            sampling = arm.sampling if arm is not None else None
+            cells = [minutes.get("generator") if sampling else None, minutes.get(f"sample_{sampling}") if sampling
+                     else None, minutes.get(f"export_{sampling}_filtered") if arm is not None and arm.filtered else None]
+            shown = ["-" if c is None else f"{c:.1f}" for c in cells]
+            lines.append(f"| {folder.name[1:]} | {name} | {' | '.join(shown)} | "
+                         f"{sum(i['seconds'] for i in infos) / 60:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[25, 50, 100, 200, 400, 2000],
@@ -282,6 +314,7 @@ def write_results(root: Path, args: argparse.Namespace) -> None:
             f"{curve_table(runs)}\n{room}![learning curve with the arms](results_augmentation.png)\n\n"
             f"## The arms, paired with real only of the same seed\n\n{arms_table(runs, order, synthetic_details(root))}\n"
             f"## How well the synthetic images follow their masks\n\n{label_fidelity(root)}\n"
+            f"## Wall time per arm (minutes)\n\n{wall_times(root, [a for a in order if a != PRETRAINED])}\n"
             f"## Every run\n\n{runs_table(runs, order)}")
     (here / "results_augmentation.md").write_text(body)
     print(body)
