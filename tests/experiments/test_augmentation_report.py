@@ -71,12 +71,14 @@ def test_the_figure_draws_the_curve_and_each_arm(tmp_path):
 @pytest.mark.slow
 def test_the_study_runs_end_to_end_on_a_tiny_setting_and_resumes(tmp_path):
     import json
+    import os
     import subprocess
 
     command = [sys.executable, str(REPO / "experiments" / "study_augmentation.py"), "--sizes", "20", "--arm-sizes", "20",
                "--seeds", "0", "--steps", "4", "--generator-steps", "4", "--root", str(tmp_path / "study"),
                "--results", str(tmp_path / "results"), "--arms", "mixed, filtered", "synthetic, then real, filtered"]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "SDM_DATA_DIR": str(tmp_path / "data")}  # the prepared scenes stay in the test's folder
+    first = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     runs = json.loads((tmp_path / "results" / "results_augmentation.json").read_text())["runs"]
     assert sorted((r["arm"], r["steps"]) for r in runs) == [
@@ -90,6 +92,6 @@ def test_the_study_runs_end_to_end_on_a_tiny_setting_and_resumes(tmp_path):
     assert "## Real only: the learning curve" in text and "| 20 | mixed, filtered |" in text
     assert (tmp_path / "results" / "results_augmentation.png").stat().st_size > 0
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "study").rglob("segmenter.safetensors")}
-    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # every stage was done: nothing trained again
