@@ -178,6 +178,14 @@ class SidewalkDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
         )
 
+    @property
+    def order_seed(self) -> int:
+        """Seed of the training rows' order and augmentations: `data.order_seed` where set (a
+        segmenter's seed sets it, so its seeds differ in data order as well as in weights), else
+        `data.split_seed`, so the split and the order of a run stay one setting."""
+        order = self.cfg.get("order_seed")
+        return int(self.cfg.split_seed) if order is None else int(order)
+
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
         if self.streaming:
@@ -189,7 +197,7 @@ class SidewalkDataModule(L.LightningDataModule):
                 f"{per_epoch} training rows over {world} rank(s) do not fill one batch of "
                 f"{self.cfg.batch_size}; lower data.batch_size or add data"
             )
-        self.sampler = ResumableShuffleSampler(len(self.train_set), int(self.cfg.split_seed), rank, world, self.mix)
+        self.sampler = ResumableShuffleSampler(len(self.train_set), self.order_seed, rank, world, self.mix)
         # Workers make the DataLoader draw from the sampler as soon as it is iterated, which on a
         # resume comes before Lightning's set_epoch: the sampler must start in the right epoch.
         self.sampler.set_epoch(self.trainer.current_epoch if self.trainer else 0)

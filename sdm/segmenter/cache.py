@@ -32,9 +32,9 @@ def cache_folder(data_key: str, settings: dict[str, Any], seed: int = 0) -> Path
     """One folder per prepared dataset (source, size, resize), architecture, seed and starting weights."""
     name = f"{data_key}-{settings['arch']}" + (f"-w{settings['width']}" if settings["arch"] in ("unet", "small") else "")
     name += f"-seed{seed}" if seed else ""
-    if settings.get("init"):  # fine-tuned from another segmenter: never the one trained from scratch
-        origin = str(Path(str(settings["init"])).expanduser().resolve())
-        name += "-from" + hashlib.blake2b(origin.encode(), digest_size=4).hexdigest()
+    if settings.get("init"):  # fine-tuned from another segmenter: never the one trained from scratch,
+        weights = Path(str(settings["init"])).expanduser() / WEIGHTS_FILE  # nor one from other weights
+        name += "-from" + hashlib.blake2b(weights.read_bytes(), digest_size=4).hexdigest()
     return Path(str(settings["cache_dir"])).expanduser() / name
 
 
@@ -44,8 +44,11 @@ def load_segmenter(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     info_path, weights_path = folder / INFO_FILE, folder / WEIGHTS_FILE
     if not info_path.is_file() or not weights_path.is_file():
         raise CheckpointError(f"'{folder}' holds no trained segmenter ({INFO_FILE} and {WEIGHTS_FILE})")
-    info = json.loads(info_path.read_text())
-    network = build_segmenter(info["arch"], int(info["num_classes"]), int(info.get("width", 16)))
+    try:
+        info = json.loads(info_path.read_text())
+        network = build_segmenter(info["arch"], int(info["num_classes"]), int(info.get("width", 16)))
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"'{info_path}' is not a segmenter's info file ({type(err).__name__}: {err})") from None
     state = load_safetensors(weights_path)
     try:
         network.load_state_dict(state, strict=True)

@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -26,6 +26,7 @@ from sdm.core.atomic import write_json
 from sdm.core.errors import ConfigError
 from sdm.core.hardware import cpu_has_bf16
 from sdm.core.places import check_output_folder
+from sdm.core.seeding import stable_seed
 from sdm.data.datamodule import SidewalkDataModule
 from sdm.data.prepare import prepare_data
 from sdm.segmenter.cache import INFO_FILE, WEIGHTS_FILE, cache_folder, data_key, starting_weights
@@ -93,6 +94,21 @@ def training_precision(settings: dict[str, Any]) -> str:
     return "bf16-mixed" if native else "32-true"
 
 
+def segmenter_data(cfg: DictConfig, settings: dict[str, Any]) -> DictConfig:
+    """The data settings the segmenter trains with: its own batch and augmentations, and for a
+    seed other than 0 its own order of the training rows (seed 0 keeps the data's, as the cached
+    instruments were trained), so that seeds differ in what they see first, not only in weights."""
+    data = cfg.data.copy()
+    with open_dict(data):
+        if settings.get("batch_size"):  # the segmenter's own batch, not the diffusion model's
+            data.batch_size = int(settings["batch_size"])
+        if settings.get("augment") is not None:  # and its own augmentations
+            data.augment = settings["augment"]
+        if int(cfg.seed):
+            data.order_seed = stable_seed("segmenter-order", int(data.split_seed), int(cfg.seed)) % 2**31
+    return data
+
+
 def train_segmenter(cfg: DictConfig) -> Path:
     """Train (or reuse) the segmenter of `cfg.data`; returns its cache folder."""
     settings = OmegaConf.to_container(cfg.segmenter, resolve=True)
@@ -102,10 +118,15 @@ def train_segmenter(cfg: DictConfig) -> Path:
     prepared = prepare_data(cfg.data, show_progress=False)
     key = data_key(cfg.data, prepared.root.name)
     folder = cache_folder(key, settings, int(cfg.seed))
+    data = segmenter_data(cfg, settings)
+    order = int(data.split_seed) if data.get("order_seed") is None else int(data.order_seed)
     cached = json.loads((folder / INFO_FILE).read_text()) if (folder / INFO_FILE).is_file() else None
     if cached is not None and cached.get("steps") != int(settings["max_steps"]):
         print(f"the cached segmenter {folder} trained {cached.get('steps')} steps, not segmenter.max_steps="
               f"{settings['max_steps']}: training it again")
+    elif cached is not None and cached.get("data_order_seed", int(data.split_seed)) != order:
+        print(f"the cached segmenter {folder} saw its rows in another order (seed {cached.get('data_order_seed')}, "
+              f"not {order}): training it again")
     elif cached is not None and not settings.get("retrain"):
         print(f"using the cached segmenter {folder} (segmenter.retrain=true trains a new one)")
         return folder
@@ -116,11 +137,6 @@ def train_segmenter(cfg: DictConfig) -> Path:
     task = SegmenterTask(settings, int(cfg.data.num_classes))
     if initial is not None:
         task.network.load_state_dict(initial)
-    data = cfg.data.copy()
-    if settings.get("batch_size"):  # the segmenter's own batch, not the diffusion model's
-        data.batch_size = int(settings["batch_size"])
-    if settings.get("augment") is not None:  # and its own augmentations
-        data.augment = settings["augment"]
     datamodule = SidewalkDataModule(data)
     logger = L.pytorch.loggers.TensorBoardLogger(str(tensorboard.parent), name="tb", version="", default_hp_metric=False)
     every = min(int(settings["val_every"]), int(settings["max_steps"]))
@@ -144,6 +160,7 @@ def train_segmenter(cfg: DictConfig) -> Path:
     info = {
         "arch": settings["arch"], "width": int(settings["width"]), "num_classes": int(cfg.data.num_classes),
         "data_key": key, "size": list(prepared.size), "steps": int(trainer.global_step), "seed": int(cfg.seed),
+        "data_order_seed": datamodule.order_seed,
         "extra": mix_info(cfg.data, datamodule),
         "init": str(Path(str(settings["init"])).expanduser().resolve()) if settings.get("init") else None,
         "real_val_miou": scores["miou"], "real_val_pixel_accuracy": scores["pixel_accuracy"],

@@ -174,6 +174,12 @@ def test_cli_refuses_a_bad_test_setting_before_training(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert same.returncode == 2 and "a test set must be held out" in same.stderr
     assert not list(tmp_path.glob("*/segmenter.json"))  # refused before training
+    start = subprocess.run([sys.executable, "-m", "sdm.cli.segmenter", "data.scenes.num=24", "data.size=[32,32]",
+                            f"data.cache_dir={tmp_path / 'fresh'}", f"segmenter.cache_dir={tmp_path}",
+                            f"segmenter.init={tmp_path / 'none'}", "segmenter.test={scenes:{seed:1,num:24}}"],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert start.returncode == 2 and f"segmenter.init={tmp_path / 'none'}: " in start.stderr
+    assert "Traceback" not in start.stderr and not (tmp_path / "fresh").exists()  # before the test set is prepared
 
 
 def test_fine_tuning_starts_from_the_named_segmenter_and_is_cached_apart(tmp_path):
@@ -206,3 +212,43 @@ def test_a_starting_segmenter_that_does_not_fit_is_refused_before_any_work(tmp_p
                                           r"builds a unet of width 16 for 35"):
         train_segmenter(segmenter_cfg(tmp_path, f"segmenter.init={first}", "segmenter.width=16"))
     assert sorted((tmp_path / "segmenters").iterdir()) == before  # nothing written
+
+
+def test_segmenter_seeds_differ_in_data_order_and_seed_zero_keeps_the_datas():
+    from sdm.data.datamodule import SidewalkDataModule
+    from sdm.segmenter.fit import segmenter_data
+
+    settings = {"batch_size": 4, "augment": None}
+    orders, splits = [], []
+    for seed in (0, 1, 2):
+        data = segmenter_data(compose("segmenter", ["data.size=[16,16]", "data.scenes.num=24", f"seed={seed}",
+                                                    "data.num_workers=0"]), settings)
+        assert data.batch_size == 4 and (data.get("order_seed") is None) == (seed == 0)
+        module = SidewalkDataModule(data)
+        module.setup("fit")
+        orders.append([index for index, _ in module.train_dataloader().sampler])
+        splits.append(sorted(module.train_set.indices.tolist()))
+    assert splits[0] == splits[1] == splits[2]  # the same training rows, paired across seeds
+    assert orders[0] != orders[1] and orders[1] != orders[2] and orders[0] != orders[2]
+    default = SidewalkDataModule(compose("segmenter", ["data.size=[16,16]", "data.scenes.num=24",
+                                                       "data.num_workers=0", "data.batch_size=4"]).data)
+    default.setup("fit")
+    assert [index for index, _ in default.train_dataloader().sampler] == orders[0]  # seed 0: the data's own order
+
+
+def test_a_cached_segmenter_of_another_order_or_start_is_trained_again(tmp_path, capsys):
+    folder = train_segmenter(segmenter_cfg(tmp_path, "seed=1"))
+    info = json.loads((folder / INFO_FILE).read_text())
+    assert info["data_order_seed"] != 0
+    info["data_order_seed"] = 0  # as a segmenter cached before seeds set their own order
+    (folder / INFO_FILE).write_text(json.dumps(info))
+    assert train_segmenter(segmenter_cfg(tmp_path, "seed=1")) == folder
+    assert "saw its rows in another order (seed 0, not" in capsys.readouterr().out
+    start = train_segmenter(segmenter_cfg(tmp_path))
+    tuned = train_segmenter(segmenter_cfg(tmp_path, f"segmenter.init={start}", "segmenter.max_steps=2"))
+    train_segmenter(segmenter_cfg(tmp_path, "segmenter.retrain=true", "seed=0", "segmenter.lr=1e-2"))  # new weights
+    again = train_segmenter(segmenter_cfg(tmp_path, f"segmenter.init={start}", "segmenter.max_steps=2"))
+    assert again != tuned  # fine-tuned from other weights: not the cached one
+    (start / INFO_FILE).write_text("{not json")
+    with pytest.raises(ConfigError, match=r"segmenter.init=.*is not a segmenter's info file \(JSONDecodeError"):
+        train_segmenter(segmenter_cfg(tmp_path, f"segmenter.init={start}"))
