@@ -26,8 +26,9 @@ def scores(runs: list[dict], num: int, arm: str) -> dict[int, float]:
 
 
 def paired_differences(runs: list[dict], num: int, arm: str) -> dict[int, float]:
-    """seed -> the arm's test mIoU minus the real-only one of the same seed and size: the
-    segmenter's initialisation and data order are shared, so their noise cancels."""
+    """seed -> the arm's test mIoU minus the real-only one of the same seed and size. A seed fixes
+    the segmenter's starting weights and the order of the real rows, so the part of the noise they
+    cause is shared by the pair (a mixed arm interleaves synthetic rows, so not all of it)."""
     real, other = scores(runs, num, REAL), scores(runs, num, arm)
     return {seed: other[seed] - real[seed] for seed in sorted(other) if seed in real}
 
@@ -47,16 +48,12 @@ def worth_in_real_scenes(curve: dict[int, float], value: float) -> str:
     exact = [num for num in sizes if math.isclose(curve[num], value, abs_tol=1e-12)]
     if exact:
         return f"{exact[0]}"
-    if value < curve[sizes[0]]:
-        return f"< {sizes[0]}"
     for low, high in zip(sizes, sizes[1:], strict=False):
         a, b = curve[low], curve[high]
         if min(a, b) <= value <= max(a, b):
-            if a == b:
-                return f"{low}"
             share = (value - a) / (b - a)
             return f"{math.exp(math.log(low) + share * (math.log(high) - math.log(low))):.0f}"
-    return f"> {sizes[-1]}"  # above every point of the curve
+    return f"< {sizes[0]}" if value < min(curve.values()) else f"> {sizes[-1]}"  # outside the whole curve
 
 
 def curve_table(runs: list[dict]) -> str:
@@ -82,18 +79,20 @@ def arms_table(runs: list[dict], arms: Sequence[str], details: dict[str, dict]) 
             if not values:
                 continue
             mean, sd = mean_sd(list(values.values()))
+            spread = f" ± {sd:.3f}" if len(values) > 1 else ""
             extra = details.get(arm, {})
             images = (extra.get("images") or {}).get(num, "-")
             steps = next(r.get("steps", "-") for r in runs if r["num"] == num and r["arm"] == arm)
             minutes = statistics.mean(r.get("seconds", 0) / 60 for r in runs if r["num"] == num and r["arm"] == arm)
             if arm == REAL:
-                paired = "-"
-            else:
+                paired, worth = "-", worth_in_real_scenes(curve, mean)
+            else:  # read off the curve at the real mean plus the paired difference, so the two agree
                 diffs = list(paired_differences(runs, num, arm).values())
                 d_mean, d_sd = mean_sd(diffs) if diffs else (math.nan, math.nan)
-                paired = f"{100 * d_mean:+.1f} ± {100 * d_sd:.1f}"
-            lines.append(f"| {num} | {arm} | {images} | {steps} | {len(values)} | {mean:.3f} ± {sd:.3f} | {paired} | "
-                         f"{worth_in_real_scenes(curve, mean)} | {minutes:.1f} |")
+                paired = f"{100 * d_mean:+.1f}" + (f" ± {100 * d_sd:.1f}" if len(diffs) > 1 else "")
+                worth = worth_in_real_scenes(curve, curve[num] + d_mean) if diffs and num in curve else "-"
+            lines.append(f"| {num} | {arm} | {images} | {steps} | {len(values)} | {mean:.3f}{spread} | {paired} | "
+                         f"{worth} | {minutes:.1f} |")
     return "\n".join(lines) + "\n"
 
 

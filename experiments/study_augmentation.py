@@ -16,7 +16,7 @@ command continues a stopped study. The protocol:
 - Learning curve: real only at every N of `--sizes`, every seed.
 - Per N of `--arm-sizes`: a generator (`experiment=quickstart`, the demo recipe) trained on those
   N scenes only; synthetic sets drawn from its training masks (`sample.py masks=train`), exported
-  plain or with noisy pixels unlabeled by the seed-0 real-only segmenter (`export_filter`), and
+  plain or with noisy pixels unlabeled by the seed-0 real-only segmenter (`sdm-export --filter`), and
   with hardness re-sampling, pasted objects, 1 or 20 images per mask; masks of other scenes
   (`mask_source`) are the upper bound a user without new layouts cannot reach.
 
@@ -44,6 +44,8 @@ from _augmentation_report import (
 )
 from _common import machine
 
+from sdm.core.atomic import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 TEST = "{scenes:{seed:1000,num:500}}"
 SIZE = "[32,32]"
@@ -64,7 +66,7 @@ class Arm:
     sampling: str | None = None  # which images (None: real only)
     filtered: bool = False  # noisy pixels unlabeled in the export
     share: float = 0.0  # synthetic share of every epoch
-    pretrain: bool = False  # synthetic alone first, then real
+    pretrain: str | None = None  # the name of its first stage (synthetic alone, S steps), then S on real
     steps_factor: float = 1.0  # of S, for real-only arms
 
     def steps(self, base: int) -> int:
@@ -77,14 +79,14 @@ ARMS = {  # in the order they run: the techniques first, then the schedules and 
     "mixed, filtered": Arm("five", filtered=True, share=0.5),
     "mixed, filtered, hard masks more": Arm("hard", filtered=True, share=0.5),
     "mixed, filtered, pasted objects": Arm("paste", filtered=True, share=0.5),
-    "synthetic, then real, filtered": Arm("five", filtered=True, pretrain=True),
+    "synthetic, then real, filtered": Arm("five", filtered=True, pretrain="synthetic only, filtered"),
     "mixed, filtered, new masks (upper bound)": Arm("new", filtered=True, share=0.5),
     "mixed 1:3, filtered": Arm("five", filtered=True, share=0.25),
     "mixed 3:1, filtered": Arm("five", filtered=True, share=0.75),
     "mixed, filtered, 1 per mask": Arm("one", filtered=True, share=0.5),
     "mixed, filtered, 20 per mask": Arm("twenty", filtered=True, share=0.5),
 }
-PRETRAINED = "synthetic only, filtered"  # the pre-training stage, scored as an arm of its own
+STAGES = {arm.pretrain: name for name, arm in ARMS.items() if arm.pretrain}  # first stage -> its arm
 
 
 def run(command: list[str], log: Path) -> float:
@@ -103,7 +105,7 @@ def run(command: list[str], log: Path) -> float:
     ledger = log.parent.parent / "minutes.json"
     minutes = json.loads(ledger.read_text()) if ledger.is_file() else {}
     minutes[log.stem] = round(seconds / 60, 2)
-    ledger.write_text(json.dumps(minutes, indent=1))
+    write_json(ledger, minutes)
     return seconds
 
 
@@ -115,26 +117,42 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
-def trained(cache: Path, seed: int) -> Path | None:
-    """The finished (trained and tested) segmenter of `seed` in a cache folder, if any."""
+NAMES = [REAL, *ARMS, *STAGES]
+assert len({slug(n) for n in NAMES}) == len(NAMES), "two arms would share a results folder"
+
+
+def size_folders(root: Path) -> list[Path]:
+    """The study's n<N> folders, by N."""
+    return sorted((f for f in root.glob("n*") if f.name[1:].isdigit()), key=lambda f: int(f.name[1:]))
+
+
+def trained(cache: Path, seed: int, steps: int, export: Path | None = None, share: float | None = None,
+            init: Path | None = None) -> Path | None:
+    """The finished (trained and tested) segmenter of these settings in a cache folder, if any: one
+    left by an arm whose settings were since changed does not count."""
     for path in sorted(cache.glob("*/segmenter.json")):
         info = json.loads(path.read_text())
-        if info.get("seed") == seed and "test" in info:
+        extra = info.get("extra") or {}
+        found = (info.get("seed"), info.get("steps"), extra.get("path"), extra.get("ratio"), info.get("init"))
+        wanted = (seed, steps, str(export) if export else None, share, str(init.resolve()) if init else None)
+        if found == wanted and "test" in info:
             return path.parent
     return None
 
 
-def segmenter(folder: Path, arm: str, seed: int, steps: int, extra: list[str]) -> Path:
+def segmenter(folder: Path, arm: str, seed: int, steps: int, export: Path | None = None, share: float | None = None,
+              init: Path | None = None) -> Path:
     """Train and test one downstream segmenter (skipped when done); returns its folder."""
     cache = folder / "segmenters" / slug(arm)
-    if (done := trained(cache, seed)) is not None:
+    if (done := trained(cache, seed, steps, export, share, init)) is not None:
         return done
-    num = int(folder.name[1:])
-    run([sys.executable, "-m", "sdm.cli.segmenter", *data_overrides(num), f"seed={seed}",
+    extra = [f"data.extra={export}", f"data.extra_ratio={share:g}"] if export else []
+    extra += [f"segmenter.init={init}"] if init else []
+    run([sys.executable, "-m", "sdm.cli.segmenter", *data_overrides(int(folder.name[1:])), f"seed={seed}",
          f"segmenter.max_steps={steps}", "segmenter.val_every=500", "segmenter.progress_bar=false",
          f"segmenter.test={TEST}", f"segmenter.cache_dir={cache}", *extra],
         folder / "logs" / f"segmenter_{slug(arm)}_seed{seed}.log")
-    done = trained(cache, seed)
+    done = trained(cache, seed, steps, export, share, init)
     assert done is not None, f"the segmenter of {arm}, seed {seed} left no result in {cache}"
     return done
 
@@ -167,32 +185,46 @@ def synthetic_set(folder: Path, sampling: str, filtered: bool, filter_segmenter:
 
 def study_arm(folder: Path, name: str, seeds: list[int], base: int, generator_steps: int) -> None:
     arm = ARMS[name]
-    filter_segmenter = segmenter(folder, REAL, 0, base, [])
+    filter_segmenter = segmenter(folder, REAL, 0, base)
     if arm.sampling is None:
         for seed in seeds:
-            segmenter(folder, name, seed, arm.steps(base), [])
+            segmenter(folder, name, seed, arm.steps(base))
         return
     export = synthetic_set(folder, arm.sampling, arm.filtered, filter_segmenter, generator_steps)
     for seed in seeds:
         if arm.pretrain:
-            start = segmenter(folder, PRETRAINED, seed, base, [f"data.extra={export}", "data.extra_ratio=1"])
-            segmenter(folder, name, seed, base, [f"segmenter.init={start}"])
+            start = segmenter(folder, arm.pretrain, seed, base, export, 1.0)
+            segmenter(folder, name, seed, base, init=start)
         else:
-            segmenter(folder, name, seed, arm.steps(base),
-                      [f"data.extra={export}", f"data.extra_ratio={arm.share:g}"])
+            segmenter(folder, name, seed, arm.steps(base), export, arm.share)
 
 
-def collect(root: Path) -> list[dict]:
-    """Every finished downstream segmenter of the study as a run."""
-    names = {slug(a): a for a in [REAL, PRETRAINED, *ARMS]}
-    runs = []
-    for info_file in sorted(root.glob("n*/segmenters/*/*/segmenter.json")):
-        info, arm = json.loads(info_file.read_text()), names.get(info_file.parent.parent.name)
-        if arm is None or "test" not in info:
-            continue
-        runs.append({"num": int(info_file.parents[3].name[1:]), "arm": arm, "seed": info["seed"],
-                     "test_miou": info["test"]["miou"], "val_miou": info["real_val_miou"], "steps": info["steps"],
-                     "seconds": info["seconds"], "synthetic_rows": (info.get("extra") or {}).get("rows")})
+def collect(root: Path, base: int) -> list[dict]:
+    """Every finished downstream segmenter of the study as a run. A fine-tuned one counts its
+    pre-training's steps and time too; a run left by changed settings of its arm is left out."""
+    names = {slug(a): a for a in NAMES}
+    runs, seen = [], set()
+    for folder in size_folders(root):
+        for info_file in sorted(folder.glob("segmenters/*/*/segmenter.json")):
+            info, arm = json.loads(info_file.read_text()), names.get(info_file.parent.parent.name)
+            if arm is None or "test" not in info:
+                continue
+            spec = ARMS.get(arm)
+            share = None if spec is None or spec.pretrain or spec.sampling is None else spec.share
+            expected = base if arm == REAL or arm in STAGES or (spec and spec.pretrain) else spec.steps(base)
+            if info["steps"] != expected or (share is not None and (info.get("extra") or {}).get("ratio") != share):
+                continue
+            steps, seconds = info["steps"], info["seconds"]
+            if info.get("init"):
+                stage = json.loads((Path(info["init"]) / "segmenter.json").read_text())
+                steps, seconds = steps + stage["steps"], seconds + stage["seconds"]
+            key = (int(folder.name[1:]), arm, info["seed"])
+            if key in seen:
+                raise SystemExit(f"error: two finished runs of {key} under {info_file.parent.parent}; remove the stale one")
+            seen.add(key)
+            runs.append({"num": key[0], "arm": arm, "seed": info["seed"], "test_miou": info["test"]["miou"],
+                         "val_miou": info["real_val_miou"], "steps": steps, "seconds": seconds,
+                         "synthetic_rows": (info.get("extra") or {}).get("rows")})
     return runs
 
 
@@ -203,48 +235,56 @@ def synthetic_details(root: Path) -> dict[str, dict]:
         if arm.sampling is None:
             continue
         images = {}
-        for folder in sorted(root.glob("n*")):
+        for folder in size_folders(root):
             export = folder / "samples" / arm.sampling / ("hf_filtered" if arm.filtered else "hf") / "sdm_export.json"
             if export.is_file():
                 record = json.loads(export.read_text())
                 share = (record.get("filter") or {}).get("mean_filtered_share")
                 images[int(folder.name[1:])] = f"{record['rows']}" + (f" ({share:.0%} px unlabeled)" if share else "")
         details[name] = {"images": images}
-    details[PRETRAINED] = details.get("synthetic, then real, filtered", {})
+    for stage, arm_name in STAGES.items():
+        details[stage] = details.get(arm_name, {})
     return details
 
 
-def label_fidelity(root: Path) -> str:
-    """How far each synthetic set's images follow their masks, seen by the seed-0 real-only
-    segmenter of the same N: its mIoU on them against their own masks (filtered sets: on the
-    pixels the filter kept), beside its mIoU on the real test scenes."""
+def label_fidelity(root: Path, base: int, arms: list[str]) -> str:
+    """How far each synthetic set the arms used follows its masks, seen by a real-only segmenter
+    of the same N: its mIoU on the images against their own masks (filtered sets: on the pixels
+    the filter kept), beside its mIoU on the real test scenes. Seed 1 where it exists, since seed 0
+    did the filtering and chose the hard masks."""
     from sdm.core.configs import compose
     from sdm.data.mixing import extra_source_cfg
     from sdm.segmenter.cache import load_segmenter
     from sdm.segmenter.held_out import held_out_scores
 
-    lines = ["| real scenes | synthetic set | images | on them | on the real test scenes |", "|---|---|---|---|---|"]
-    for folder in sorted(root.glob("n*"), key=lambda f: int(f.name[1:])):
-        real = trained(folder / "segmenters" / slug(REAL), 0)
+    used = {(ARMS[a].sampling, ARMS[a].filtered) for a in arms if a in ARMS and ARMS[a].sampling}
+    lines = ["| real scenes | synthetic set | images | judged by | on them | on the real test scenes |",
+             "|---|---|---|---|---|---|"]
+    for folder in size_folders(root):
+        cache = folder / "segmenters" / slug(REAL)
+        seed = 1 if trained(cache, 1, base) else 0
+        real = trained(cache, seed, base)
         if real is None:
             continue
         network, info = load_segmenter(real)
-        for export in sorted(folder.glob("samples/*/hf*/sdm_export.json")):
+        exports = [folder / "samples" / sampling / ("hf_filtered" if filtered else "hf") / "sdm_export.json"
+                   for sampling, filtered in sorted(used)]
+        for export in [e for e in exports if e.is_file()]:
             cfg = compose("segmenter", [*data_overrides(int(folder.name[1:])), f"data.extra={export.parent}"])
             on_them = held_out_scores(network, extra_source_cfg(cfg.data))["miou"]
             name = export.parents[1].name + (", filtered" if export.parent.name.endswith("filtered") else "")
-            lines.append(f"| {folder.name[1:]} | {name} | {json.loads(export.read_text())['rows']} | {on_them:.3f} | "
-                         f"{info['test']['miou']:.3f} |")
+            lines.append(f"| {folder.name[1:]} | {name} | {json.loads(export.read_text())['rows']} | seed {seed} | "
+                         f"{on_them:.3f} | {info['test']['miou']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
 def wall_times(root: Path, arms: list[str]) -> str:
-    """Minutes each arm cost at each size, beyond the real-only curve: its share of the generator
-    (trained once per size, shared by every arm), its sampling and filtering (shared by the arms
-    that use the same images), and its segmenters over all seeds."""
+    """Minutes each arm cost at each size, beyond the real-only curve: the generator (trained once
+    per size and shared by every arm), its sampling and filtering (shared by the arms that use the
+    same images), and its segmenters over all seeds (a fine-tuned arm with its pre-training)."""
     lines = ["| real scenes | arm | generator (shared) | sampling | filtered export | segmenters, all seeds |",
              "|---|---|---|---|---|---|"]
-    for folder in sorted(root.glob("n*"), key=lambda f: int(f.name[1:])):
+    for folder in size_folders(root):
         ledger = folder / "minutes.json"
         minutes = json.loads(ledger.read_text()) if ledger.is_file() else {}
         for name in arms:
@@ -254,7 +294,7 @@ def wall_times(root: Path, arms: list[str]) -> str:
                 continue
             if arm is not None and arm.pretrain:
                 infos += [json.loads(p.read_text())
-                          for p in (folder / "segmenters" / slug(PRETRAINED)).glob("*/segmenter.json")]
+                          for p in (folder / "segmenters" / slug(arm.pretrain)).glob("*/segmenter.json")]
             sampling = arm.sampling if arm is not None else None
             cells = [minutes.get("generator") if sampling else None, minutes.get(f"sample_{sampling}") if sampling
                      else None, minutes.get(f"export_{sampling}_filtered") if arm is not None and arm.filtered else None]
@@ -286,7 +326,7 @@ def main() -> None:
     started = time.perf_counter()
     for num in sorted(set(args.sizes) | set(args.arm_sizes)):
         for seed in args.seeds:
-            segmenter(root / f"n{num}", REAL, seed, args.steps, [])
+            segmenter(root / f"n{num}", REAL, seed, args.steps)
         print(f"{num} real scenes: real only done ({(time.perf_counter() - started) / 60:.0f} min)", flush=True)
     for num in args.arm_sizes:
         for name in args.arms:
@@ -296,9 +336,8 @@ def main() -> None:
 
 
 def write_results(root: Path, args: argparse.Namespace) -> None:
-    runs = collect(root)
-    order = [a for a in [*ARMS, PRETRAINED] if a in args.arms or (a == PRETRAINED and "synthetic, then real, filtered"
-                                                                      in args.arms)]
+    runs = collect(root, args.steps)
+    order = [a for a in ARMS if a in args.arms] + [stage for stage, arm in STAGES.items() if arm in args.arms]
     here = Path(args.results)
     here.mkdir(parents=True, exist_ok=True)
     (here / "results_augmentation.json").write_text(json.dumps({"machine": machine(), "runs": runs}, indent=1))
@@ -308,13 +347,14 @@ def write_results(root: Path, args: argparse.Namespace) -> None:
             if 100 in curve and max(curve) > 100 else "")
     command = " ".join(["python experiments/study_augmentation.py", "--sizes", *map(str, args.sizes), "--arm-sizes",
                         *map(str, args.arm_sizes), "--seeds", *map(str, args.seeds), f"--steps {args.steps}",
-                        f"--generator-steps {args.generator_steps}"])
-    body = (f"# Augmentation study\n\n`{command}` (all arms unless listed) on {machine()}. The protocol is in the "
+                        f"--generator-steps {args.generator_steps}"]
+                       + (["--arms", *(f'"{a}"' for a in args.arms)] if list(args.arms) != list(ARMS) else []))
+    body = (f"# Augmentation study\n\n`{command}` on {machine()}. The protocol is in the "
             f"script's docstring; the figures below are what it wrote.\n\n## Real only: the learning curve\n\n"
             f"{curve_table(runs)}\n{room}![learning curve with the arms](results_augmentation.png)\n\n"
             f"## The arms, paired with real only of the same seed\n\n{arms_table(runs, order, synthetic_details(root))}\n"
-            f"## How well the synthetic images follow their masks\n\n{label_fidelity(root)}\n"
-            f"## Wall time per arm (minutes)\n\n{wall_times(root, [a for a in order if a != PRETRAINED])}\n"
+            f"## How well the synthetic images follow their masks\n\n{label_fidelity(root, args.steps, args.arms)}\n"
+            f"## Wall time per arm (minutes)\n\n{wall_times(root, [a for a in order if a not in STAGES])}\n"
             f"## Every run\n\n{runs_table(runs, order)}")
     (here / "results_augmentation.md").write_text(body)
     print(body)

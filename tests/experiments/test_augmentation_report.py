@@ -44,6 +44,9 @@ def test_worth_interpolates_in_log_n_between_the_bracketing_sizes():
     bumpy = {25: 0.4, 100: 0.6, 400: 0.55, 2000: 0.7}  # not monotone: the first bracket counts
     assert worth_in_real_scenes(bumpy, 0.58) == f"{math.exp(math.log(25) + 0.9 * math.log(4)):.0f}"
     assert worth_in_real_scenes({}, 0.5) == "-"
+    dip = {25: 0.5, 100: 0.45, 400: 0.6}  # below the first size, but the curve dips below it too: read there
+    assert worth_in_real_scenes(dip, 0.47) == f"{math.exp(math.log(25) + 0.6 * math.log(4)):.0f}" == "57"
+    assert worth_in_real_scenes(dip, 0.40) == "< 25"
 
 
 def test_the_arms_table_reads_mean_paired_difference_and_worth():
@@ -55,6 +58,12 @@ def test_the_arms_table_reads_mean_paired_difference_and_worth():
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:5] == ["100", "mixed", "475", "10", "2"]
     assert cells[5] == "0.650 ± 0.028" and cells[6] == "+5.0 ± 0.0" and cells[7] == "200" and cells[8] == "1.0"
+    # a gain paired within seeds is worth more real scenes, even where the arm's own mean (here from
+    # the weaker seed only) lies below the curve's mean
+    runs = runs_of({(100, "real"): [0.60, 0.70], (400, "real"): [0.75, 0.75], (100, "one seed"): [0.62]})
+    row = next(line for line in arms_table(runs, ["one seed"], {}).splitlines() if "| one seed |" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5] == "0.620" and cells[6] == "+2.0" and cells[7] == f"{math.exp(math.log(100) + 0.2 * math.log(4)):.0f}"
 
 
 def test_the_figure_draws_the_curve_and_each_arm(tmp_path):
@@ -82,10 +91,10 @@ def test_the_study_runs_end_to_end_on_a_tiny_setting_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     runs = json.loads((tmp_path / "results" / "results_augmentation.json").read_text())["runs"]
     assert sorted((r["arm"], r["steps"]) for r in runs) == [
-        ("mixed, filtered", 8), ("real", 4), ("synthetic only, filtered", 4), ("synthetic, then real, filtered", 4)]
+        ("mixed, filtered", 8), ("real", 4), ("synthetic only, filtered", 4), ("synthetic, then real, filtered", 8)]
     assert all(0 <= r["test_miou"] <= 1 for r in runs)
     tuned = next((tmp_path / "study" / "n20" / "segmenters").glob("synthetic__then_real__filtered/*/segmenter.json"))
-    assert json.loads(tuned.read_text())["init"]  # fine-tuned from the synthetic-only one
+    assert json.loads(tuned.read_text())["init"]  # fine-tuned from the synthetic-only one (its 4 steps count too)
     export = tmp_path / "study" / "n20" / "samples" / "five" / "hf_filtered" / "sdm_export.json"
     assert json.loads(export.read_text())["filter"]["tolerance"] == 1.25
     text = (tmp_path / "results" / "results_augmentation.md").read_text()
