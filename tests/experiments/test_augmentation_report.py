@@ -85,20 +85,20 @@ def test_the_study_runs_end_to_end_on_a_tiny_setting_and_resumes(tmp_path):
 
     command = [sys.executable, str(REPO / "experiments" / "study_augmentation.py"), "--sizes", "20", "--arm-sizes", "20",
                "--seeds", "0", "--steps", "4", "--generator-steps", "4", "--root", str(tmp_path / "study"),
-               "--results", str(tmp_path / "results"), "--arms", "mixed, filtered", "synthetic, then real, filtered"]
+               "--results", str(tmp_path / "results"), "--arms", "synthetic, then real, filtered"]  # filter, export, init
     env = {**os.environ, "SDM_DATA_DIR": str(tmp_path / "data")}  # the prepared scenes stay in the test's folder
     first = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     runs = json.loads((tmp_path / "results" / "results_augmentation.json").read_text())["runs"]
     assert sorted((r["arm"], r["steps"]) for r in runs) == [
-        ("mixed, filtered", 8), ("real", 4), ("synthetic only, filtered", 4), ("synthetic, then real, filtered", 8)]
+        ("real", 4), ("synthetic only, filtered", 4), ("synthetic, then real, filtered", 8)]
     assert all(0 <= r["test_miou"] <= 1 for r in runs)
     tuned = next((tmp_path / "study" / "n20" / "segmenters").glob("synthetic__then_real__filtered/*/segmenter.json"))
     assert json.loads(tuned.read_text())["init"]  # fine-tuned from the synthetic-only one (its 4 steps count too)
     export = tmp_path / "study" / "n20" / "samples" / "five" / "hf_filtered" / "sdm_export.json"
     assert json.loads(export.read_text())["filter"]["tolerance"] == 1.25
     text = (tmp_path / "results" / "results_augmentation.md").read_text()
-    assert "## Real only: the learning curve" in text and "| 20 | mixed, filtered |" in text
+    assert "## Real only: the learning curve" in text and "| 20 | synthetic, then real, filtered |" in text
     assert (tmp_path / "results" / "results_augmentation.png").stat().st_size > 0
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "study").rglob("segmenter.safetensors")}
     again = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
