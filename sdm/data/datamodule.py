@@ -21,6 +21,14 @@ from sdm.data.streaming import StreamingPairs
 from sdm.data.transforms import A, to_item, train_transform
 
 
+def order_seed(data: Any) -> int:
+    """Seed of the training rows' order and augmentations: `data.order_seed` where set (a
+    segmenter's seed sets it, so its seeds differ in data order as well as in weights), else
+    `data.split_seed`, so the split and the order of a run stay one setting."""
+    order = data.get("order_seed")
+    return int(data.split_seed) if order is None else int(order)
+
+
 class ResumableShuffleSampler(Sampler[tuple[int, int]]):
     """A seeded permutation per epoch, sharded by rank, yielding (index, augmentation seed).
 
@@ -180,11 +188,7 @@ class SidewalkDataModule(L.LightningDataModule):
 
     @property
     def order_seed(self) -> int:
-        """Seed of the training rows' order and augmentations: `data.order_seed` where set (a
-        segmenter's seed sets it, so its seeds differ in data order as well as in weights), else
-        `data.split_seed`, so the split and the order of a run stay one setting."""
-        order = self.cfg.get("order_seed")
-        return int(self.cfg.split_seed) if order is None else int(order)
+        return order_seed(self.cfg)
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"

@@ -27,7 +27,7 @@ from sdm.core.errors import ConfigError
 from sdm.core.hardware import cpu_has_bf16
 from sdm.core.places import check_output_folder
 from sdm.core.seeding import stable_seed
-from sdm.data.datamodule import SidewalkDataModule
+from sdm.data.datamodule import SidewalkDataModule, order_seed
 from sdm.data.prepare import prepare_data
 from sdm.segmenter.cache import INFO_FILE, WEIGHTS_FILE, cache_folder, data_key, starting_weights
 from sdm.segmenter.held_out import calibrate
@@ -119,7 +119,7 @@ def train_segmenter(cfg: DictConfig) -> Path:
     key = data_key(cfg.data, prepared.root.name)
     folder = cache_folder(key, settings, int(cfg.seed))
     data = segmenter_data(cfg, settings)
-    order = int(data.split_seed) if data.get("order_seed") is None else int(data.order_seed)
+    order = order_seed(data)
     cached = json.loads((folder / INFO_FILE).read_text()) if (folder / INFO_FILE).is_file() else None
     if cached is not None and cached.get("steps") != int(settings["max_steps"]):
         print(f"the cached segmenter {folder} trained {cached.get('steps')} steps, not segmenter.max_steps="
