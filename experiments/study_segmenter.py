@@ -20,6 +20,7 @@ from pathlib import Path
 from _common import machine, markdown_table
 from omegaconf import OmegaConf
 
+from sdm.core.configs import compose
 from sdm.segmenter.cache import default_segmenter_settings, load_segmenter
 from sdm.segmenter.fit import train_segmenter, training_precision
 from sdm.segmenter.held_out import calibration_scores, test_data_cfg
@@ -30,7 +31,7 @@ AUGMENT = {"crop": {"scale": [0.6, 1.0], "hflip": 0.5}, "flip": {"scale": [1.0, 
 
 
 def data_cfg(size: int) -> dict:
-    scenes = OmegaConf.to_container(OmegaConf.load(REPO / "conf/data/scenes.yaml"))
+    scenes = OmegaConf.to_container(compose("prepare", ["data=scenes"]).data, resolve=True)
     scenes.update(size=[size, size], num_workers=1, export_png=False)
     scenes["scenes"] = {"num": 2000, "seed": 0, "size": [size, size]}
     return scenes

@@ -15,8 +15,9 @@ os.environ["SDM_SEGMENTER_DIR"] = tempfile.mkdtemp(prefix="sdm-segmenters-")
 atexit.register(shutil.rmtree, os.environ["SDM_SEGMENTER_DIR"], ignore_errors=True)  # one per session, not left behind
 
 import pytest  # noqa: E402
-from helpers import REPO  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
+
+from sdm.core.configs import compose  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -39,9 +40,10 @@ def data_cfg(tmp_path):
     """Factory for a `data` config group with caches under tmp_path."""
 
     def make(name: str = "scenes", **overrides):
-        base = OmegaConf.load(REPO / "conf" / "data" / f"{name}.yaml")
+        composed = compose("prepare", [f"data={name}"]).data  # with its class table
+        base = OmegaConf.create(OmegaConf.to_container(composed, resolve=False))
         base.cache_dir = str(tmp_path / "cache")
-        if name == "sidewalk":
+        if name in ("sidewalk", "hub"):
             base.hub_cache_dir = str(tmp_path / "hf")
         cfg = OmegaConf.create({"data": base})
         for key, value in overrides.items():

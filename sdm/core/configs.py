@@ -8,12 +8,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sdm.core.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def count_classes(classes: Any) -> int:
+    """The label channels a class table gives (`data.num_classes: ${sdm.num_classes:${.classes}}`):
+    its names, or its count where it lists none."""
+    names = classes.get("names") if classes is not None else None
+    if names is not None:
+        return len(names)
+    count = classes.get("count") if classes is not None else None
+    if not isinstance(count, int):
+        raise ConfigError(f"the class table names no classes and gives no count (count={count!r}): set "
+                          f"data.classes.count or data.classes.names")
+    return count
+
+
+# registered wherever a config can be composed or a saved one read: every command imports this module
+OmegaConf.register_new_resolver("sdm.num_classes", count_classes, replace=True)
 
 
 def compose(config_name: str, overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:

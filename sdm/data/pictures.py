@@ -8,20 +8,22 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from sdm.core.viz import grid
-from sdm.data.classes import CLASS_NAMES, PALETTE, colorize
+from sdm.data.classes import CLASS_NAMES, PALETTE, SIDEWALK, ClassTable
 
 
-def pairs_grid(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], columns: int = 8) -> np.ndarray:
-    """Images above their coloured masks, `columns` pairs per band."""
+def pairs_grid(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], table: ClassTable = SIDEWALK,
+               columns: int = 8) -> np.ndarray:
+    """Images above their masks in the table's colours, `columns` pairs per band."""
     rows: list[list[np.ndarray]] = []
     for start in range(0, len(images), columns):
         rows.append(list(images[start : start + columns]))
-        rows.append([colorize(lb) for lb in labels[start : start + columns]])
+        rows.append([table.colorize(lb) for lb in labels[start : start + columns]])
     return grid(rows)
 
 
 def class_frequency_chart(
-    frequencies: Sequence[float], image_counts: Sequence[int], names: Sequence[str] = CLASS_NAMES
+    frequencies: Sequence[float], image_counts: Sequence[int], names: Sequence[str] = CLASS_NAMES,
+    palette: np.ndarray = PALETTE,
 ) -> np.ndarray:
     """A horizontal bar chart of pixel frequency per class, bars in the class colour."""
     row_h, label_w, bar_w = 16, 330, 420
@@ -33,7 +35,7 @@ def class_frequency_chart(
         y = row_h * (i + 1) + 4
         draw.text((4, y), f"{i:2d} {name} ({count})", fill="black")
         length = int(bar_w * freq / top)
-        colour = tuple(int(v) for v in PALETTE[i])
+        colour = tuple(int(v) for v in palette[i])
         draw.rectangle((label_w, y, label_w + max(length, 1), y + row_h - 4), fill=colour, outline="black")
         draw.text((label_w + length + 4, y), f"{freq:.2%}", fill="black")
     return np.asarray(image)

@@ -7,8 +7,10 @@ interrupted or refused preparation never leaves a half-written cache behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import textwrap
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from sdm.core.atomic import remove_leftovers, temporary_name
 from sdm.core.errors import DataError
 from sdm.core.places import check_output_folder
 from sdm.core.viz import save_png
-from sdm.data.classes import CLASS_NAMES, NUM_CLASSES, colorize
+from sdm.data.classes import ClassTable, class_table
 from sdm.data.pictures import class_frequency_chart, pairs_grid
 from sdm.data.rows import RowError, clean_row, parse_size, resize_pair
 from sdm.data.sources import load_source, source_key
@@ -64,6 +66,14 @@ def decode_row(row: dict, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray
     return image, label
 
 
+def mapping_key(table: ClassTable) -> str:
+    """'' for tables whose files hold the ids; else a digest of the value -> id mapping, since
+    the cached labels depend on it (names and colours do not)."""
+    if table.lookup is None:
+        return ""
+    return f"-map{hashlib.sha256(table.lookup.astype(np.int16).tobytes()).hexdigest()[:8]}"
+
+
 def cache_root_for(cfg: Any) -> Path:
     return Path(str(cfg.get("cache_dir") or "runs/data")).expanduser()
 
@@ -84,10 +94,10 @@ def prepare_data(cfg: Any, *, show_progress: bool = True) -> PreparedData:
     policy = str(cfg.get("on_bad_row", "error"))
     if policy not in ("error", "skip"):
         raise DataError(f"data.on_bad_row must be 'error' or 'skip', got {policy!r}")
-    num_classes = int(cfg.get("num_classes", NUM_CLASSES))
+    table = class_table(cfg)
     # generated scenes are keyed by their settings alone: no need to draw them to find the cache
     rows = None if cfg.name == "scenes" else load_source(cfg)
-    key = f"{source_key(cfg, rows)}-{size[0]}x{size[1]}-{resize}"
+    key = f"{source_key(cfg, rows)}-{size[0]}x{size[1]}-{resize}{mapping_key(table)}"
     root = cache_root_for(cfg) / key
     for leftover in remove_leftovers(root.parent, "tmp", root.name) if root.parent.is_dir() else []:
         print(f"removed {leftover}: the unfinished cache of a killed preparation")
@@ -104,7 +114,7 @@ def prepare_data(cfg: Any, *, show_progress: bool = True) -> PreparedData:
     tmp = temporary_name(root, "tmp")
     tmp.mkdir()
     try:
-        info = _write_cache(rows, tmp, cfg, key, size, resize, policy, num_classes, show_progress)
+        info = _write_cache(rows, tmp, cfg, key, size, resize, policy, table, show_progress)
         try:
             tmp.rename(root)
         except OSError:  # another process finished the same cache first: use theirs
@@ -125,10 +135,11 @@ def _write_cache(
     size: tuple[int, int],
     resize: str,
     policy: str,
-    num_classes: int,
+    table: ClassTable,
     show_progress: bool,
 ) -> dict[str, Any]:
     started = time.perf_counter()
+    num_classes, names = table.num_classes, table.names
     pixel_counts = np.zeros(num_classes, dtype=np.int64)
     image_counts = np.zeros(num_classes, dtype=np.int64)
     converted: Counter[str] = Counter()
@@ -146,7 +157,7 @@ def _write_cache(
     for index, row in enumerate(bar):
         seen += 1
         try:
-            clean = clean_row(row, num_classes)
+            clean = clean_row(row, table)
         except RowError as err:
             problems.append((index, str(err)))
             bar.set_postfix(bad=len(problems))
@@ -165,7 +176,7 @@ def _write_cache(
             name = f"{index:06d}.png"
             save_png(image, out / "images" / name)
             save_png(label, out / "labels" / name)
-            save_png(colorize(label), out / "colored_masks" / name)
+            save_png(table.colorize(label), out / "colored_masks" / name)
         if len(preview) < 16:
             preview.append((image, label))
         written += 1
@@ -191,14 +202,17 @@ def _write_cache(
         "size": list(size),
         "resize": resize,
         "num_classes": num_classes,
-        "class_names": list(CLASS_NAMES[:num_classes]),
-        "class_pixel_frequency": {CLASS_NAMES[i]: float(f) for i, f in enumerate(frequencies)},
-        "images_per_class": {CLASS_NAMES[i]: int(c) for i, c in enumerate(image_counts)},
+        "class_table": table.name,
+        "ignore": table.ignore,
+        "class_names": list(names),
+        "class_pixel_frequency": {names[i]: float(f) for i, f in enumerate(frequencies)},
+        "images_per_class": {names[i]: int(c) for i, c in enumerate(image_counts)},
         "classes_present": int((image_counts > 0).sum()),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    save_png(pairs_grid([p[0] for p in preview], [p[1] for p in preview]), out / "preview.png")
-    save_png(class_frequency_chart(frequencies, image_counts.tolist()), out / "class_frequency.png")
+    save_png(pairs_grid([p[0] for p in preview], [p[1] for p in preview], table), out / "preview.png")
+    save_png(class_frequency_chart(frequencies, image_counts.tolist(), table.names, table.palette),
+             out / "class_frequency.png")
     (out / INFO_FILE).write_text(json.dumps(info, indent=2))
     if problems:
         print(f"skipped {len(problems)} of {seen} rows (data.on_bad_row=skip); see {INFO_FILE}")
@@ -206,14 +220,18 @@ def _write_cache(
 
 
 def describe(prepared: PreparedData) -> str:
-    """A short human summary of a prepared dataset."""
+    """A short human summary of a prepared dataset: every class found, with its pixel share."""
     info = prepared.info
-    top = sorted(info["class_pixel_frequency"].items(), key=lambda kv: -kv[1])[:6]
+    found = sorted(((name, freq) for name, freq in info["class_pixel_frequency"].items()
+                    if info["images_per_class"][name] > 0), key=lambda kv: -kv[1])
+    shares = textwrap.wrap(", ".join(f"{name} {freq:.1%}" for name, freq in found), 96,
+                           initial_indent="    ", subsequent_indent="    ")
+    table = info.get("class_table", "sidewalk")
     lines = [
         f"prepared {info['rows']} rows at {info['size'][0]}x{info['size'][1]} ({info['resize']}) in {prepared.root}",
-        f"  classes present: {info['classes_present']} of {info['num_classes']}; "
+        f"  classes found: {info['classes_present']} of {info['num_classes']} (table {table}); "
         f"skipped rows: {info['skipped']}; converted to RGB: {info['converted_to_rgb'] or 'none'}",
-        "  most frequent: " + ", ".join(f"{name} {freq:.1%}" for name, freq in top),
+        "  pixel shares:", *shares,
         f"  look at: {prepared.root / 'preview.png'} and {prepared.root / 'class_frequency.png'}",
     ]
     return "\n".join(lines)

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from sdm.core.errors import DataError
-from sdm.data.classes import NUM_CLASSES, decolorize
+from sdm.data.classes import SIDEWALK, ClassTable, class_table
 
 RESIZE_MODES = ("stretch", "crop")
 
@@ -66,36 +66,70 @@ def image_to_rgb(image: Image.Image) -> tuple[np.ndarray, str | None]:
     return np.asarray(image.convert("RGB")), mode
 
 
-def label_to_ids(image: Image.Image, num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """Class-id array from a label image: mode L/P/I as ids, RGB as a palette-coloured mask."""
+def as_table(classes: ClassTable | int | None) -> ClassTable:
+    """A class table from a table, a label-channel count (a generic table of that many, or
+    sidewalk's for 35) or None (sidewalk's)."""
+    if isinstance(classes, ClassTable):
+        return classes
+    return SIDEWALK if classes is None else class_table({"num_classes": int(classes)})
+
+
+def label_to_ids(image: Image.Image, classes: ClassTable | int | None = None) -> np.ndarray:
+    """Class ids from a label image through its table: mode L/P/I values via the table's mapping;
+    RGB as a map in the table's colours (label_format color or auto), or as grey values when all
+    three channels agree (an id map saved as RGB)."""
+    table = as_table(classes)
     if image.mode in ("RGB", "RGBA"):
-        try:
-            ids = decolorize(np.asarray(image.convert("RGB")))
-        except ValueError as err:
-            raise RowError(f"field 'label': RGB label is not a palette-coloured mask: {err}") from None
+        rgb = np.asarray(image.convert("RGB"))
+        grey = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+        if table.label_format == "ids" and not grey:
+            raise RowError(f"field 'label': an RGB (colour-coded) label map, but the '{table.name}' table reads id "
+                           f"maps (label_format: ids); for colour-coded labels set data.classes.label_format=color "
+                           f"and data.classes.palette to the files' colours")
+        if table.label_format == "ids":
+            values = rgb[..., 0].astype(np.int64)
+        else:
+            try:
+                return table.decolorize(rgb)
+            except ValueError as err:
+                if not grey or table.label_format == "color":
+                    raise RowError(f"field 'label': RGB label is not a palette-coloured mask: {err}") from None
+                values = rgb[..., 0].astype(np.int64)
     elif image.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-        ids = np.asarray(image).astype(np.int64)
+        values = np.asarray(image).astype(np.int64)
     else:
         raise RowError(f"field 'label': unsupported label mode {image.mode!r}; expected 'L' (class ids)")
-    if ids.ndim != 2:
-        raise RowError(f"field 'label': expected a single-channel id map, got shape {ids.shape}")
-    if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
-        bad = np.unique(ids[(ids < 0) | (ids >= num_classes)])[:8].tolist()
-        raise RowError(f"field 'label': ids {bad} outside 0..{num_classes - 1}")
-    return ids.astype(np.uint8)
+    if values.ndim != 2:
+        raise RowError(f"field 'label': expected a single-channel id map, got shape {values.shape}")
+    try:
+        return table.ids_from_values(values)
+    except ValueError as err:
+        raise RowError(f"field 'label': {err}") from None
 
 
-def clean_row(row: dict, num_classes: int = NUM_CLASSES) -> CleanRow:
-    """Decode and check one row; raise `RowError` with the reason when it cannot be used."""
+def clean_row(row: dict, classes: ClassTable | int | None = None) -> CleanRow:
+    """Decode and check one row; raise `RowError` with the reason (and the label's file, where the
+    row has one) when it cannot be used."""
     image = open_image(row["pixel_values"], "pixel_values")
     label_image = open_image(row["label"], "label")
     if image.size != label_image.size:
         raise RowError(
-            f"image is {image.size[0]}x{image.size[1]} but label is "
+            f"{_file_of(row)}image is {image.size[0]}x{image.size[1]} but label is "
             f"{label_image.size[0]}x{label_image.size[1]} (width x height); they must match"
         )
     rgb, converted = image_to_rgb(image)
-    return CleanRow(rgb, label_to_ids(label_image, num_classes), converted)
+    try:
+        ids = label_to_ids(label_image, classes)
+    except RowError as err:
+        raise RowError(f"{_file_of(row)}{err}") from None
+    return CleanRow(rgb, ids, converted)
+
+
+def _file_of(row: dict) -> str:
+    """'<label file>: ' for rows read from files (a folder source), else nothing."""
+    label = row.get("label")
+    path = label.get("path") if isinstance(label, dict) and not label.get("bytes") else None
+    return f"{path}: " if path else ""
 
 
 def parse_size(size: int | Sequence[int]) -> tuple[int, int]:

@@ -19,6 +19,7 @@ import torch
 from datasets.distributed import split_dataset_by_node
 
 from sdm.core.errors import DataError
+from sdm.data.classes import class_table
 from sdm.data.rows import RowError, clean_row, parse_size, resize_pair
 from sdm.data.sources import load_source
 from sdm.data.transforms import A, to_item
@@ -77,7 +78,7 @@ class StreamingPairs(torch.utils.data.IterableDataset):
                 if in_validation(row, val_fraction, seed) != (self.split == "val"):
                     continue
                 try:
-                    clean = clean_row(row, int(self.cfg.num_classes))
+                    clean = clean_row(row, class_table(self.cfg))
                 except RowError as err:
                     if not skip_bad:
                         raise DataError(f"streamed row {position} (rank {self.rank}): {err}") from None

@@ -75,7 +75,7 @@ def split_masks(train_cfg: dict[str, Any], split: str, limit: int | None,
     where = "mask_source" if source else "the run's data"
     if data.get("name") not in SOURCES:  # e.g. a model converted from the official code (ADE20K, COCO)
         raise ConfigError(f"masks={split}: {where} is data.name={data.get('name')}, which this project cannot load "
-                          f"(only {' and '.join(SOURCES)}); pass masks=<folder of label PNGs>")
+                          f"(it loads {', '.join(SOURCES)}); pass masks=<folder of label PNGs>")
     if data.get("streaming"):
         raise ConfigError(f"masks={split}: {where} is streamed (data.streaming=true), split by a hash of each "
                           "label, with no prepared cache to read; take the masks from a prepared copy with "

@@ -605,7 +605,7 @@ def test_every_sampler_runs_the_export(tmp_path, capsys):
         assert image.shape == (16, 16, 3) and image.std() > 0, sampler
     assert (tmp_path / "ddim" / "colored_masks" / "m.png").is_file()
     with pytest.raises(ConfigError, match=r"masks=val: the run's data is data.name=coco, which this project cannot "
-                                          r"load \(only sidewalk and scenes\); pass masks=<folder of label PNGs>"):
+                                          r"load \(it loads sidewalk, hub, folder, scenes\); pass masks=<folder of label PNGs>"):
         generate(sample_cfg(f"weights={out}", "masks=val", f"out_dir={tmp_path / 'val'}"))
 
 

@@ -157,7 +157,7 @@ def test_a_misspelt_stage_or_setting_is_refused_before_any_stage_runs(tmp_path, 
     with pytest.raises(ConfigError, match="'limit' is not a setting: pass key=value"):
         load_config(demo, [f"root={tmp_path}", "limit"])
     cases = {"train.trainer.max_stepz=3": r"stage 'train': Could not override 'trainer\.max_stepz'\. It is not a setting",
-             "data_source=foo": r"Could not find 'data/foo' \(available: scenes, sidewalk\)",
+             "data_source=foo": r"Could not find 'data/foo' \(available: ade20k, celebamask, cityscapes, coco_stuff, folder, hub, scenes, sidewalk\)",
              "sample.sampler.num_stepz=2": r"stage 'sample': Could not override 'sampler\.num_stepz'"}
     for override, message in cases.items():
         with pytest.raises(SystemExit) as code:

@@ -134,8 +134,8 @@ def bad_rows():
                    "label": hub_row(*good)["label"]}
     return {
         "size mismatch": (wrong_size, r"row 1: image is 60x40 but label is 60x30"),
-        "ids out of range": (out_of_range, r"row 1: field 'label': ids \[40\] outside 0..34"),
-        "id 35": (hub_row(good[0], first_invalid), r"row 1: field 'label': ids \[35\] outside 0..34"),
+        "ids out of range": (out_of_range, r"row 1: field 'label': values \[40\] in \d+ pixels are not classes of the '\w+' table \(ids 0\.\.34"),
+        "id 35": (hub_row(good[0], first_invalid), r"row 1: field 'label': values \[35\] in \d+ pixels are not classes of the '\w+' table \(ids 0\.\.34"),
         "undecodable": (undecodable, r"row 1: field 'pixel_values': cannot decode image"),
     }
 
@@ -291,7 +291,7 @@ def test_label_ids_up_to_34_are_accepted_and_35_refused():
     assert np.array_equal(label_to_ids(Image.fromarray(ids)), ids)
     assert np.array_equal(label_to_ids(Image.fromarray(colorize(ids))), ids)  # palette colours
     ids[4, 6] = 35
-    with pytest.raises(RowError, match=r"ids \[35\] outside 0..34"):
+    with pytest.raises(RowError, match=r"values \[35\] in \d+ pixels are not classes of the '\w+' table \(ids 0\.\.34"):
         label_to_ids(Image.fromarray(ids))
 
 
@@ -380,9 +380,10 @@ def test_prepared_statistics_and_exports_are_exact(tmp_path, data_cfg):
     prepared = prepare_data(cfg, show_progress=False)
     info = prepared.info
     assert set(info) == {"key", "source", "path", "rows", "source_rows", "skipped", "problems", "converted_to_rgb",
-                         "source_sizes", "size", "resize", "num_classes", "class_names", "class_pixel_frequency",
-                         "images_per_class", "classes_present", "seconds"}
+                         "source_sizes", "size", "resize", "num_classes", "class_table", "ignore", "class_names",
+                         "class_pixel_frequency", "images_per_class", "classes_present", "seconds"}
     assert (info["key"], info["source"], info["path"]) == (prepared.root.name, "sidewalk", str(folder))
+    assert (info["class_table"], info["ignore"]) == ("sidewalk", 0)
     assert info["seconds"] >= 0 and info["seconds"] == round(info["seconds"], 2)
     assert sorted(p.name for p in prepared.root.iterdir()) == [
         "class_frequency.png", "colored_masks", "data.arrow", "dataset_info.json", "images", "labels", "preview.png"]
@@ -405,12 +406,12 @@ def test_prepared_statistics_and_exports_are_exact(tmp_path, data_cfg):
     with Image.open(prepared.root / "images" / "000002.png") as png:
         assert np.array_equal(np.asarray(png), rgb)
     assert sorted(p.name for p in (prepared.root / "images").iterdir()) == ["000000.png", "000002.png"]
-    names = [CLASS_NAMES[i] for i in (0, 3, 5, 1, 2, 4)]
+    names = [CLASS_NAMES[i] for i in (0, 3, 5)]  # the classes found, most pixels first; no 0.0 % entries
     assert describe(prepared).splitlines() == [
         f"prepared 2 rows at 8x8 (crop) in {prepared.root}",
-        "  classes present: 3 of 35; skipped rows: 1; converted to RGB: none",
-        "  most frequent: " + ", ".join(f"{n} {f}" for n, f in zip(names, ["37.5%", "37.5%", "25.0%"] + ["0.0%"] * 3,
-                                                                     strict=True)),
+        "  classes found: 3 of 35 (table sidewalk); skipped rows: 1; converted to RGB: none",
+        "  pixel shares:",
+        "    " + ", ".join(f"{n} {f}" for n, f in zip(names, ["37.5%", "37.5%", "25.0%"], strict=True)),
         f"  look at: {prepared.root / 'preview.png'} and {prepared.root / 'class_frequency.png'}",
     ]
     # the same settings with the strict policy: the cached refusal is reported, not silently used
@@ -427,7 +428,7 @@ def test_refusal_lists_at_most_ten_rows_and_bad_policy_is_named(tmp_path, data_c
     assert "12 of 13 rows are unusable" in message and "row 9:" in message and "row 10:" not in message
     assert "... and 2 more" in message and "data.on_bad_row=skip" in message
     all_bad = write_hub_parquet(tmp_path / "all", [bad, bad])
-    with pytest.raises(DataError, match=r"all 2 rows are unusable; first: row 0: field 'label': ids \[99\]"):
+    with pytest.raises(DataError, match=r"all 2 rows are unusable; first: row 0: field 'label': values \[99\]"):
         prepare_data(data_cfg("sidewalk", path=str(all_bad), size=[8, 8], on_bad_row="skip"), show_progress=False)
     with pytest.raises(DataError, match="data.on_bad_row must be 'error' or 'skip', got 'ignore'"):
         prepare_data(data_cfg("sidewalk", path=str(folder), size=[8, 8], on_bad_row="ignore"), show_progress=False)

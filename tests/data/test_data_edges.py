@@ -111,14 +111,14 @@ def test_label_modes_and_the_class_count_of_a_row():
     with pytest.raises(RowError, match="unsupported label mode 'F'"):
         label_to_ids(Image.fromarray(ids.astype(np.float32)))
     many = np.arange(50, 60, dtype=np.uint8).reshape(2, 5)
-    with pytest.raises(RowError, match=r"ids \[50, 51, 52, 53, 54, 55, 56, 57\] outside"):
+    with pytest.raises(RowError, match=r"values \[50, 51, 52, 53, 54, 55, 56, 57\] ... in 10 pixels"):
         label_to_ids(Image.fromarray(many))  # at most eight listed
 
     image = street_like(4, 4, 0)[0]
     row = hub_row(image, np.full((4, 4), 7, np.uint8))
     assert clean_row(row).label.max() == 7
-    with pytest.raises(RowError, match=r"ids \[7\] outside 0..4"):
-        clean_row(row, num_classes=5)
+    with pytest.raises(RowError, match=r"values \[7\] in \d+ pixels are not classes of the '\w+' table \(ids 0\.\.4"):
+        clean_row(row, 5)
     broken = {"pixel_values": row["pixel_values"], "label": {"bytes": b"not a png", "path": None}}
     with pytest.raises(RowError, match="field 'label': cannot decode image"):
         clean_row(broken)
@@ -242,7 +242,7 @@ def test_preparation_defaults_when_keys_are_absent(tmp_path):
     assert not (prepared.root / "images").exists()  # no PNG export unless asked
     nested = minimal_cfg(folder, tmp_path / "b", num_classes=20)
     nested.cache_dir = str(tmp_path / "b" / "deep" / "er")  # parents are created
-    with pytest.raises(DataError, match=r"ids \[34\] outside 0..19"):  # policy defaults to error
+    with pytest.raises(DataError, match=r"values \[34\] in \d+ pixels are not classes of the '\w+' table \(ids 0\.\.19"):  # policy defaults to error
         prepare_data(nested, show_progress=False)
 
 
@@ -274,7 +274,9 @@ def test_every_bad_row_is_counted_and_the_listing_is_exact(tmp_path, data_cfg):
     with pytest.raises(DataError) as caught:
         prepare_data(cfg, show_progress=False)
     lines = str(caught.value).splitlines()
-    reason = "field 'label': ids [99] outside 0..34"
+    reason = ("field 'label': values [99] in 16 pixels are not classes of the 'sidewalk' table (ids 0..34); the files "
+              "hold ids up to 99: are they another dataset's (data/classes=ade20k, coco_stuff, cityscapes, celebamask) "
+              "or does the table need a remap?")
     assert lines == [f"{folder.name}-train-{lines[0].split('-')[2]}-8x8-{cfg.resize}: 2 of 5 rows are unusable, so the "
                      "dataset is refused:", f"  row 1: {reason}", f"  row 3: {reason}",
                      "Fix the rows, or pass data.on_bad_row=skip to leave them out."]
@@ -476,8 +478,11 @@ def _voc_colour(i):
 
 def test_more_colours_are_the_voc_pattern_without_the_palette_s_own():
     """Ids past 35 (ADE20K, COCO-Stuff models) get the VOC colours in id order, none the palette
-    already uses, as uint8; asking for more than exist gives all of them and no more."""
-    from sdm.data.classes import PALETTE, _more_colours
+    already uses, as uint8; past id 255 the pattern goes on, still distinct."""
+    from sdm.data.classes import FULL_PALETTE, PALETTE, voc_colours
+
+    def _more_colours(count):
+        return voc_colours(count, avoid=PALETTE)
 
     assert [_voc_colour(i) for i in (1, 2, 3, 4, 8, 255)] == [
         (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (64, 0, 0), (224, 224, 192)]  # devkit anchors
@@ -487,9 +492,11 @@ def test_more_colours_are_the_voc_pattern_without_the_palette_s_own():
     first = _more_colours(4)
     assert first.dtype == np.uint8 and first.tolist() == [[128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128]]
     every = _more_colours(300)
-    assert every.dtype == np.uint8 and every.shape == (254, 3)
-    assert [tuple(c) for c in every.tolist()] == expected
+    assert every.dtype == np.uint8 and every.shape == (300, 3)
+    assert [tuple(c) for c in every[:254].tolist()] == expected
+    assert len({tuple(c) for c in every.tolist()} | own) == 300 + len(own)  # none repeats, none is the palette's
     assert _more_colours(0).shape[0] == 0
+    assert FULL_PALETTE.tolist() == PALETTE.tolist() + every[:256 - len(PALETTE)].tolist()
 
 
 def _chart_expected(names, frequencies, counts, colours):

@@ -222,7 +222,7 @@ def bad_folders(root: Path, kind: str) -> tuple[Path, Path]:
 @pytest.mark.parametrize("kind, match", [
     ("orphan", r"1 file\(s\) match no label .*stray\.png"),
     ("lonely", r"1 label\(s\) have no image .*alone"),
-    ("bad id", r"label file '.*m\.png' cannot be used: ids \[40\] outside 0\.\.34"),
+    ("bad id", r"label file '.*m\.png' cannot be used: values \[40\] in \d+ pixels are not classes of the '\w+' table \(ids 0\.\.34"),
     ("not an image", r"label file '.*m\.png' cannot be used"),
     ("sizes", r"differ in size"),
 ])
@@ -515,7 +515,7 @@ def test_images_of_another_size_are_resized_to_the_labels(tmp_path):
         from_folders(tmp_path / "images", tmp_path / "nowhere")
     with pytest.raises(DataError, match=r"real=.*nowhere is not a folder"):
         from_folders(tmp_path / "images", tmp_path / "labels", tmp_path / "nowhere")
-    with pytest.raises(DataError, match=r"ids \[35\] outside 0\.\.34"):
+    with pytest.raises(DataError, match=r"values \[35\] in \d+ pixels are not classes of the '\w+' table \(ids 0\.\.34"):
         save(np.full((16, 16), 35, np.uint8), tmp_path / "labels" / "m.png")
         from_folders(tmp_path / "images", tmp_path / "labels")
     assert from_folders(tmp_path / "images", tmp_path / "labels", num_classes=36).entries[0].label.max() == 35

@@ -1,0 +1,106 @@
+"""Class tables: the shipped presets, the file-value mapping of the paper's datasets, colours, and a
+clear error for every inconsistent table or label file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdm.core.configs import compose
+from sdm.core.errors import ConfigError
+from sdm.data.classes import SIDEWALK, class_table, preset, table_from_config
+from sdm.data.rows import RowError, label_to_ids
+
+PRESETS = {"sidewalk": (35, 0), "ade20k": (151, 150), "cityscapes": (35, 0), "coco_stuff": (183, 182),
+           "celebamask": (19, None)}
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_the_presets_have_the_paper_s_label_channels(name):
+    table = preset(name)
+    assert (table.num_classes, table.ignore) == PRESETS[name]
+    assert len(set(table.names)) == table.num_classes  # no name twice
+    assert table.palette.shape == (table.num_classes, 3) and table.palette.dtype == np.uint8
+    data = compose("prepare", [f"data={name}" if name != "sidewalk" else "data=sidewalk"]).data
+    assert data.num_classes == table.num_classes and class_table(data).name == name
+
+
+def test_ade20k_and_coco_stuff_map_their_files_as_the_paper_s_code_does():
+    ade = preset("ade20k")
+    assert ade.ids_from_values(np.array([[0, 1, 2, 150]])).tolist() == [[150, 0, 1, 149]]  # v - 1, and 0 -> 150
+    assert ade.names[0] == "wall" and ade.names[149] == "flag" and ade.names[150] == "unlabeled"
+    with pytest.raises(ValueError, match=r"values \[151, 255\] in 2 pixels are not classes of the 'ade20k' table"):
+        ade.ids_from_values(np.array([[151, 255, 3]]))
+    coco = preset("coco_stuff")
+    assert coco.ids_from_values(np.array([[0, 181, 255]])).tolist() == [[0, 181, 182]]
+    assert (coco.names[0], coco.names[11], coco.names[91], coco.names[181]) == (
+        "person", "street sign (unused)", "banner", "wood")
+    with pytest.raises(ValueError, match=r"values \[200\] in 1 pixels"):
+        coco.ids_from_values(np.array([[200, 1]]))
+    cityscapes = preset("cityscapes")
+    assert cityscapes.lookup is None and cityscapes.names[7] == "road" and cityscapes.names[26] == "car"
+
+
+def test_the_usual_label_mistakes_get_a_hint():
+    with pytest.raises(ValueError, match=r"binary 0/255 mask.*data.classes.remap=\{255:1\}"):
+        SIDEWALK.ids_from_values(np.array([[0, 255]]))
+    with pytest.raises(ValueError, match=r"the files hold ids up to 150: are they another dataset's"):
+        SIDEWALK.ids_from_values(np.array([[3, 150]]))
+    binary = table_from_config({"name": "fg", "count": 2, "remap": {255: 1}})
+    assert binary.ids_from_values(np.array([[0, 255]])).tolist() == [[0, 1]]
+
+
+def test_an_unmapped_id_can_be_sent_to_a_class_and_cityscapes_train_ids_are_a_remap():
+    train_ids = {7: 0, 8: 1, 11: 2, 26: 13}  # a few of cityscapesScripts' labelId -> trainId
+    table = table_from_config({"name": "cs19", "count": 20, "remap": train_ids, "unmapped": 19, "ignore": 19})
+    assert table.ids_from_values(np.array([[7, 8, 11, 26, 0, 33]])).tolist() == [[0, 1, 2, 13, 19, 19]]
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"count": 3, "names": ["a", "b"]}, r"data.classes.count=3 but data.classes.names lists 2"),
+    ({}, r"give names \(a list\) or count"),
+    ({"count": 300}, r"300 classes; a table holds 1 to 256"),
+    ({"count": 3, "palette": [[0, 0, 0]]}, r"data.classes.palette: expected 3 colours"),
+    ({"count": 3, "palette": "red"}, r"data.classes.palette: expected 'auto' or a list"),
+    ({"count": 3, "ignore": 3}, r"data.classes.ignore=3 is not a class id \(0..2\)"),
+    ({"count": 3, "remap": {255: 7}}, r"data.classes.remap: 255 -> 7"),
+    ({"count": 3, "unmapped": 5}, r"data.classes.unmapped=5 is not a class id"),
+    ({"count": 3, "label_format": "rgb"}, r"data.classes.label_format='rgb'"),
+    ({"count": 2, "palette": [[1, 1, 1], [1, 1, 1]], "label_format": "color"}, r"one colour per class"),
+])
+def test_an_inconsistent_table_is_named_by_its_field(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        table_from_config(settings)
+
+
+def test_the_data_config_and_its_table_must_agree():
+    data = compose("prepare", ["data=scenes", "data/classes=generic", "data.classes.count=4"]).data
+    assert class_table(data).num_classes == data.num_classes == 4
+    data.num_classes = 5  # set by hand against the table
+    with pytest.raises(ConfigError, match=r"data.num_classes=5 but the class table 'generic'.* has 4 classes"):
+        class_table(data)
+    assert class_table({"num_classes": 35}) is SIDEWALK  # a run saved before tables: sidewalk's
+    assert class_table({"num_classes": 151}).names[150] == "class 150"  # any other count: generic
+
+
+def test_label_images_are_read_through_the_table():
+    ade = preset("ade20k")
+    values = np.array([[0, 1], [2, 150]], np.uint8)
+    assert label_to_ids(Image.fromarray(values), ade).tolist() == [[150, 0], [1, 149]]
+    grey_rgb = Image.fromarray(np.repeat(values[..., None], 3, -1))  # an id map saved as RGB
+    assert label_to_ids(grey_rgb, ade).tolist() == [[150, 0], [1, 149]]
+    coloured = Image.fromarray(ade.colorize(np.array([[0, 1], [2, 3]], np.uint8)))
+    with pytest.raises(RowError, match=r"an RGB \(colour-coded\) label map, but the 'ade20k' table reads id maps"):
+        label_to_ids(coloured, ade)
+    as_colours = table_from_config({"name": "ade-colours", "names": list(ade.names), "label_format": "color"})
+    assert label_to_ids(coloured, as_colours).tolist() == [[0, 1], [2, 3]]
+    with pytest.raises(ValueError, match=r"several classes one colour"):
+        preset("cityscapes").decolorize(np.zeros((2, 2, 3), np.uint8))
+
+
+def test_colours_past_a_small_table_stay_distinct():
+    table = table_from_config({"name": "three", "count": 3})
+    assert len({tuple(c) for c in table.full_palette.tolist()}) == 256
+    assert table.colorize(np.array([[0, 2, 200]])).shape == (1, 3, 3)
+    assert table.decolorize(table.colorize(np.array([[2, 1, 0]], np.uint8))).tolist() == [[2, 1, 0]]
