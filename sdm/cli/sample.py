@@ -39,8 +39,7 @@ def main(cfg: DictConfig) -> None:
         from sdm.metrics.image_sets import from_sample_folder
 
         out_dir = Path(manifest["out_dir"])
-        num_classes = int(manifest["train_data"]["num_classes"])  # the model's, not sidewalk's 35
-        evaluate_set(from_sample_folder(out_dir, num_classes), out_dir, cfg.evaluation, num_classes)
+        evaluate_set(from_sample_folder(out_dir), out_dir, cfg.evaluation)  # read with the run's class table
 
 
 if __name__ == "__main__":

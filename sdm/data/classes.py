@@ -132,9 +132,23 @@ class ClassTable:
                 f"{self.num_classes} colours (data.classes.palette)")
         return order[pos].astype(np.uint8)
 
+    def for_id_maps(self) -> ClassTable:
+        """This table for label files that already hold its ids (this project's own label PNGs: a
+        sample folder's labels/, an export's, mask folders): no value mapping, and RGB read in the
+        table's colours where they are distinct."""
+        if self.lookup is None and self.label_format != "ids":
+            return self
+        return _ids_form(self)
+
     def summary(self) -> dict[str, Any]:
-        """What a run records of its table (the sample manifest, the prepared cache's info)."""
-        return {"name": self.name, "num_classes": self.num_classes, "ignore": self.ignore}
+        """What a report records of its table: enough to name and draw every class."""
+        return {"table": self.name, "ignore": self.ignore, "names": list(self.names), "palette": self.palette.tolist()}
+
+
+@functools.lru_cache(maxsize=32)
+def _ids_form(table: ClassTable) -> ClassTable:
+    fmt = "auto" if table.distinct_colours else "ids"
+    return ClassTable(table.name, table.names, table.palette, table.ignore, None, fmt, table.instances)
 
 
 def _colour_keys(rgb: np.ndarray) -> np.ndarray:

@@ -3,8 +3,8 @@
 A generated image follows its mask only in part: a region drawn as another class teaches a
 segmenter the wrong thing. A segmenter trained on the real rows scores every synthetic pixel
 (cross-entropy against the mask); a pixel whose loss exceeds `tolerance` times the mean loss of
-its class over the real training pixels becomes unlabeled (class 0, which every trainer here and
-the Hub schema's users ignore). The filtered labels are written into the export, so any
+its class over the real training pixels becomes unlabeled: the class table's ignore id (sidewalk's
+0), which every trainer here and the Hub schema's users ignore. The filtered labels are written into the export, so any
 downstream trainer benefits unchanged.
 """
 
@@ -24,10 +24,11 @@ from torch import Tensor, nn
 
 from sdm.core.configs import CONFIG_DIR
 from sdm.core.errors import ConfigError
+from sdm.data.classes import class_table
 from sdm.data.prepare import PreparedData, decode_row, prepare_data, split_indices
 from sdm.segmenter.cache import cache_folder, default_segmenter_settings, load_segmenter
 
-UNLABELED = 0
+UNLABELED = 0  # sidewalk's; other tables name theirs (data.classes.ignore)
 DEFAULT_TOLERANCE = 1.25  # FreeMask's
 BATCH = 32
 
@@ -54,11 +55,11 @@ def to_input(images: np.ndarray) -> Tensor:
 
 
 @torch.no_grad()
-def pixel_losses(network: nn.Module, images: np.ndarray, labels: np.ndarray) -> Tensor:
+def pixel_losses(network: nn.Module, images: np.ndarray, labels: np.ndarray, unlabeled: int = UNLABELED) -> Tensor:
     """Cross-entropy of each pixel against its label (N x H x W); 0 where the label is unlabeled."""
     logits = network(to_input(images)).float()
     target = torch.from_numpy(np.ascontiguousarray(labels)).long()
-    return F.cross_entropy(logits, target, ignore_index=UNLABELED, reduction="none")
+    return F.cross_entropy(logits, target, ignore_index=unlabeled, reduction="none")
 
 
 def batches(pairs: Iterable[tuple[np.ndarray, np.ndarray]], size: int = BATCH) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -72,28 +73,30 @@ def batches(pairs: Iterable[tuple[np.ndarray, np.ndarray]], size: int = BATCH) -
         yield np.stack([c[0] for c in chunk]), np.stack([c[1] for c in chunk])
 
 
-def class_mean_losses(network: nn.Module, pairs: Iterable[tuple[np.ndarray, np.ndarray]], num_classes: int) -> Tensor:
+def class_mean_losses(network: nn.Module, pairs: Iterable[tuple[np.ndarray, np.ndarray]], num_classes: int,
+                      unlabeled: int = UNLABELED) -> Tensor:
     """Mean loss of each class over the real pixels labelled with it (NaN for a class never seen)."""
     total = torch.zeros(num_classes, dtype=torch.float64)
     count = torch.zeros(num_classes, dtype=torch.float64)
     for images, labels in batches(pairs):
-        losses = pixel_losses(network, images, labels).double().flatten()
+        losses = pixel_losses(network, images, labels, unlabeled).double().flatten()
         ids = torch.from_numpy(labels).long().flatten()
         total.index_add_(0, ids, losses)
         count.index_add_(0, ids, torch.ones_like(losses))
     means = total / count
-    means[UNLABELED] = math.nan
+    means[unlabeled] = math.nan
     return means
 
 
-def filter_labels(losses: Tensor, labels: np.ndarray, class_means: Tensor, tolerance: float) -> np.ndarray:
+def filter_labels(losses: Tensor, labels: np.ndarray, class_means: Tensor, tolerance: float,
+                  unlabeled: int = UNLABELED) -> np.ndarray:
     """`labels` with every pixel whose loss exceeds tolerance x its class's mean set to unlabeled.
     A class the real rows never showed has no mean: its pixels are kept (nothing to judge them by)."""
     ids = torch.from_numpy(np.ascontiguousarray(labels)).long()
     threshold = tolerance * class_means[ids]
     noisy = (losses.double() > threshold) & ~torch.isnan(threshold)
     filtered = labels.copy()
-    filtered[noisy.numpy()] = UNLABELED
+    filtered[noisy.numpy()] = unlabeled
     return filtered
 
 
@@ -114,9 +117,11 @@ class LabelFilter:
     class_means: Tensor
     tolerance: float
     folder: Path
+    unlabeled: int = UNLABELED  # the class table's ignore id: what a noisy pixel becomes
 
     def __call__(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return filter_labels(pixel_losses(self.network, images, labels), labels, self.class_means, self.tolerance)
+        losses = pixel_losses(self.network, images, labels, self.unlabeled)
+        return filter_labels(losses, labels, self.class_means, self.tolerance, self.unlabeled)
 
 
 def segmenter_for(spec: str, prepared: PreparedData) -> Path:
@@ -133,6 +138,10 @@ def segmenter_for(spec: str, prepared: PreparedData) -> Path:
 def prepare_filter(pixel_filter: PixelFilter, train_data: dict[str, Any], size: tuple[int, int]) -> LabelFilter:
     """Load the filter's segmenter, check that it learnt the run's own real rows at the samples' size,
     and measure its mean loss per class on them: all before the first row is exported."""
+    table = class_table(train_data)
+    if table.ignore is None:
+        raise ConfigError(f"filtering marks noisy pixels with the class table's ignore id, and the '{table.name}' "
+                          f"table has none (data.classes.ignore=null): give the run's data an ignore id")
     prepared = prepare_data(OmegaConf.create(train_data), show_progress=False)
     folder = segmenter_for(pixel_filter.segmenter, prepared)
     network, info = load_segmenter(folder)
@@ -145,5 +154,6 @@ def prepare_filter(pixel_filter: PixelFilter, train_data: dict[str, Any], size: 
     if int(info["num_classes"]) != int(train_data["num_classes"]):
         raise ConfigError(f"filter segmenter {folder} knows {info['num_classes']} classes, the run "
                           f"{train_data['num_classes']}")
-    means = class_mean_losses(network, real_training_pairs(prepared, train_data), int(train_data["num_classes"]))
-    return LabelFilter(network, means, float(pixel_filter.tolerance), folder)
+    means = class_mean_losses(network, real_training_pairs(prepared, train_data), int(train_data["num_classes"]),
+                              table.ignore)
+    return LabelFilter(network, means, float(pixel_filter.tolerance), folder, table.ignore)

@@ -22,12 +22,12 @@ from sdm.generation.filtering import UNLABELED, PixelFilter, prepare_filter
 from sdm.generation.masks import Mask
 
 
-def mask_hardness(label: np.ndarray, class_means: Tensor) -> float:
+def mask_hardness(label: np.ndarray, class_means: Tensor, unlabeled: int = UNLABELED) -> float:
     """The mean of the class hardness over the mask's labelled pixels (classes with no real
     pixels, and unlabeled ones, do not count); NaN for a mask with none of them."""
     ids = torch.from_numpy(np.ascontiguousarray(label)).long().flatten()
     values = class_means.double()[ids]
-    known = ~torch.isnan(values) & (ids != UNLABELED)
+    known = ~torch.isnan(values) & (ids != unlabeled)
     return float(values[known].mean()) if known.any() else math.nan
 
 
@@ -55,7 +55,7 @@ def with_hardness_counts(masks: Sequence[Mask], settings: Any, train_data: dict[
     most = settings.get("most")
     images_per_mask([], most)  # a bad bound is refused before the segmenter is loaded
     ready = prepare_filter(PixelFilter(str(settings.get("segmenter") or "auto")), train_data, size)
-    counts = images_per_mask([mask_hardness(m.label, ready.class_means) for m in masks], most)
+    counts = images_per_mask([mask_hardness(m.label, ready.class_means, ready.unlabeled) for m in masks], most)
     print(f"hardness re-sampling with {ready.folder}: {sum(counts)} images for {len(masks)} masks "
           f"(1 to {most} per mask)")
     return [replace(mask, count=count) for mask, count in zip(masks, counts, strict=True)]

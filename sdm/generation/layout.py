@@ -15,7 +15,7 @@ from sdm.checkpoint.files import CHECKPOINT_DIR, EXPORT_DIR
 from sdm.core.errors import ConfigError
 from sdm.core.seeding import stable_seed
 from sdm.core.viz import image_problem, save_png
-from sdm.data.classes import colorize
+from sdm.data.classes import SIDEWALK, ClassTable
 from sdm.generation.masks import SPLITS, Mask, mask_source, mask_variations
 from sdm.generation.weights import Model
 
@@ -101,10 +101,10 @@ def check_resumable(out_dir: Path, settings: dict[str, Any]) -> None:
                           "pass another out_dir=..., or delete that folder to start over")
 
 
-def write_mask_files(out_dir: Path, masks: Sequence[Mask]) -> None:
-    """labels/ (ids, mode L), colored_masks/ and real/ PNGs; existing ones are kept."""
+def write_mask_files(out_dir: Path, masks: Sequence[Mask], table: ClassTable = SIDEWALK) -> None:
+    """labels/ (ids, mode L), colored_masks/ (the table's colours) and real/ PNGs; existing ones are kept."""
     for mask in masks:
-        files = {"labels": mask.label, "colored_masks": colorize(mask.label), "real": mask.real}
+        files = {"labels": mask.label, "colored_masks": table.colorize(mask.label), "real": mask.real}
         for folder, array in files.items():
             path = out_dir / folder / f"{mask.name}.png"
             if array is not None and image_problem(path, array.shape[:2]) is not None:  # missing or damaged

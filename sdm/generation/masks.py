@@ -13,9 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
 from sdm.core.errors import ConfigError, DataError
-from sdm.data.classes import CLASS_NAMES
+from sdm.data.classes import CLASS_NAMES, ClassTable, class_table
 from sdm.data.prepare import decode_row, prepare_data, split_indices
-from sdm.data.rows import label_to_ids, read_rgb_file
+from sdm.data.rows import as_table, label_to_ids, read_rgb_file
 from sdm.data.sources import SOURCES, overlay_source
 from sdm.generation.weights import Model
 
@@ -76,6 +76,10 @@ def split_masks(train_cfg: dict[str, Any], split: str, limit: int | None,
     if data.get("name") not in SOURCES:  # e.g. a model converted from the official code (ADE20K, COCO)
         raise ConfigError(f"masks={split}: {where} is data.name={data.get('name')}, which this project cannot load "
                           f"(it loads {', '.join(SOURCES)}); pass masks=<folder of label PNGs>")
+    if OmegaConf.is_missing(data, "path"):  # a converted official checkpoint: its dataset, not its place
+        raise ConfigError(f"masks={split}: {where} names no data.path (a converted official checkpoint of "
+                          f"data={data.get('layout') or data.get('name')}): pass mask_source={{path:<the dataset's "
+                          f"folder>}}, or masks=<folder of label PNGs>")
     if data.get("streaming"):
         raise ConfigError(f"masks={split}: {where} is streamed (data.streaming=true), split by a hash of each "
                           "label, with no prepared cache to read; take the masks from a prepared copy with "
@@ -163,12 +167,12 @@ def paste_donors(masks: Sequence[Mask], seed: int) -> list[Mask]:
     return pasted
 
 
-def read_mask(path: Path, size: tuple[int, int], num_classes: int) -> tuple[np.ndarray, tuple[int, int] | None]:
-    """Class ids of a label PNG (mode L ids or palette colours) at `size`, and its size if resized."""
+def read_mask(path: Path, size: tuple[int, int], classes: ClassTable | int) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """Class ids of a label PNG (mode L ids, or the table's colours) at `size`, and its size if resized."""
     try:
         with Image.open(path) as image:
             image.load()
-            ids = label_to_ids(image, num_classes)
+            ids = label_to_ids(image, as_table(classes).for_id_maps())
     except (UnidentifiedImageError, OSError, ValueError) as err:
         reason = str(err).removeprefix("field 'label': ")
         raise DataError(f"mask file '{path}' cannot be used: {reason}") from None
@@ -208,7 +212,7 @@ def read_instance(path: Path, size: tuple[int, int], label_size: tuple[int, int]
     return (ids[..., 0] << 16 | ids[..., 1] << 8 | ids[..., 2]) if ids.ndim == 3 else ids
 
 
-def folder_masks(folder: Path, size: tuple[int, int], num_classes: int, limit: int | None,
+def folder_masks(folder: Path, size: tuple[int, int], classes: ClassTable | int, limit: int | None,
                  instances: bool = False) -> list[Mask]:
     """Label PNGs of a folder in name order; photos come from a sibling images/ folder if present,
     and with `instances` the instance maps of the same names from a sibling instances/ folder."""
@@ -220,7 +224,7 @@ def folder_masks(folder: Path, size: tuple[int, int], num_classes: int, limit: i
     photos, instance_dir = folder.parent / "images", folder.parent / INSTANCES
     masks, resized = [], []
     for position, path in enumerate(files[:limit]):
-        label, original = read_mask(path, size, num_classes)
+        label, original = read_mask(path, size, classes)
         if original is not None:
             resized.append(f"{path.name} ({original[1]}x{original[0]})")
         real = read_real(photos / path.name, size) if photos.resolve() != folder.resolve() else None
@@ -251,17 +255,17 @@ def load_masks(spec: str, model: Model, limit: int | None, source: dict[str, Any
     unknown = sorted(set(variations) - set(VARIATIONS))
     if unknown:
         raise ConfigError(f"mask_variation={list(variations)}: unknown {unknown}; expected a list of {list(VARIATIONS)}")
-    if "paste" in variations and int(model.cfg["data"]["num_classes"]) != len(CLASS_NAMES):
+    table = class_table(model.cfg["data"])
+    if "paste" in variations and table.names != CLASS_NAMES:
         raise ConfigError(f"mask_variation=[paste] knows which classes are objects and ground in the sidewalk table "
-                          f"({len(CLASS_NAMES)} classes); this model has {model.cfg['data']['num_classes']}")
+                          f"({len(CLASS_NAMES)} classes); this model's table is '{table.name}' ({table.num_classes})")
     if spec in SPLITS:
         masks, where = split_masks(model.cfg, spec, limit, source), "in the data"
     elif source:
         raise ConfigError(f"mask_source is for masks={'|'.join(SPLITS)}, not for a folder of label PNGs ({spec})")
     else:
-        num_classes = int(model.cfg["data"]["num_classes"])
         folder = Path(spec).expanduser()
-        masks = folder_masks(folder, model.size, num_classes, limit, instances=model.unet.edge_channel)
+        masks = folder_masks(folder, model.size, table, limit, instances=model.unet.edge_channel)
         where = f"in {folder.parent / INSTANCES}"
     if model.unet.edge_channel:
         print(edge_source(masks, where))

@@ -25,6 +25,7 @@ from sdm.core.errors import ConfigError
 from sdm.core.hardware import cpu_has_bf16, resolve_device
 from sdm.core.places import check_output_folder
 from sdm.core.viz import image_problem, save_png, to_uint8_image
+from sdm.data.classes import class_table
 from sdm.diffusion import noise_config, sample
 from sdm.generation.grids import write_grids
 from sdm.generation.hardness import with_hardness_counts
@@ -120,11 +121,22 @@ def run_jobs(model: Model, masks: Sequence[Mask], out_dir: Path, cfg: DictConfig
     return made
 
 
+def located(data: dict[str, Any], source: dict[str, Any] | None) -> dict[str, Any]:
+    """The model's data, placed: a converted official checkpoint knows its dataset but not where it
+    lies, and the mask_source that gave its masks says (its path and cache only, not its split)."""
+    if str(data.get("path")) != "???" or not source or not source.get("path"):
+        return data
+    return {**data, **{key: source[key] for key in ("path", "cache_dir") if source.get(key)}}
+
+
 def absolute_caches(data: dict[str, Any]) -> dict[str, Any]:
     """A run's data settings with its cache folders made absolute from here, where the run is used:
     relative, they would send an evaluation elsewhere to prepare the dataset again where it stands."""
     folders = {key: str(Path(str(data[key])).expanduser().absolute()) for key in ("cache_dir", "hub_cache_dir")
                if data.get(key)}
+    path = Path(str(data.get("path") or "")).expanduser()
+    if data.get("path") and path.exists():  # a local dataset (a folder source, a Hub-schema copy) likewise
+        folders["path"] = str(path.absolute())
     return {**data, **folders}
 
 
@@ -163,7 +175,7 @@ def generate_here(cfg: DictConfig) -> dict[str, Any]:
         "settings": settings,
         "weights": {"given": str(cfg.weights), "file": str(model.path.absolute()), "run": model.cfg.get("run_name"),
                     "run_dir": str(run_dir.absolute()) if run_dir else None},
-        "train_data": absolute_caches(model.cfg["data"]),  # the evaluation finds the segmenter of this data
+        "train_data": absolute_caches(located(model.cfg["data"], mask_source(cfg))),  # the evaluation's segmenter's data
         "num_per_mask": per_mask,
         "batch_size": int(cfg.batch_size),
         "seeding": "sample k of mask i: torch.Generator seeded with sdm.generation.sample_seed(seed + i, k)",
@@ -178,7 +190,8 @@ def generate_here(cfg: DictConfig) -> dict[str, Any]:
     print(f"{share} masks x {per_mask} samples, {s.name} {s.num_steps} steps, guidance {s.guidance_scale}, "
           f"{cfg.precision} on {device}, weights {model.path}\n -> {out_dir} (re-run with out_dir={out_dir} to resume)")
     model.unet.to(device)
-    write_mask_files(out_dir, mine)
+    table = class_table(model.cfg["data"])
+    write_mask_files(out_dir, mine, table)
     desc = f"sample {index}/{count}" if count > 1 else "sample"
     made = run_jobs(model, mine, out_dir, cfg, device, pass_size(cfg, masks), desc)
     seconds = time.perf_counter() - started
@@ -187,7 +200,7 @@ def generate_here(cfg: DictConfig) -> dict[str, Any]:
     print(f"made {sum(made.values())} images ({wanted - sum(made.values())} were there) in "
           f"{seconds:.1f} s")
     if count == 1:
-        grids = write_grids(out_dir, masks, per_mask, set(made))
+        grids = write_grids(out_dir, masks, per_mask, set(made), table)
         record.update(items=manifest_items(masks, per_mask, int(cfg.seed)), grids=grids)
         write_json(record_path, record)
         print(f"grids: {out_dir / 'grids'}")

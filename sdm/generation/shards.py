@@ -15,6 +15,7 @@ from typing import Any
 
 from sdm.core.atomic import write_json
 from sdm.core.errors import ConfigError
+from sdm.data.classes import class_table
 from sdm.generation.grids import write_grids
 from sdm.generation.layout import MANIFEST, SHARDS_DIR, manifest_items
 from sdm.generation.masks import Mask
@@ -60,7 +61,7 @@ def merge_shards(out_dir: Path, masks: Sequence[Mask], count: int, base: dict[st
               f"{MANIFEST} and the grids (waiting for shard {', '.join(f'{i}/{count}' for i in waiting[:8])})")
         return None
     per_mask, seed = int(base["num_per_mask"]), int(base["settings"]["seed"])
-    grids = write_grids(out_dir, masks, per_mask, {m.name for m in masks})
+    grids = write_grids(out_dir, masks, per_mask, {m.name for m in masks}, class_table(base["train_data"]))
     manifest = {
         **base,
         "complete": True,

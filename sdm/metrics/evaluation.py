@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import shutil
 import time
@@ -24,7 +23,6 @@ from sdm.core.errors import ConfigError
 from sdm.core.hardware import resolve_device
 from sdm.core.places import check_output_folder
 from sdm.core.viz import save_png
-from sdm.data.classes import NUM_CLASSES
 from sdm.data.prepare import prepare_data
 from sdm.data.sources import SOURCES
 from sdm.metrics.image_sets import ImageSet, from_folders, from_sample_folder
@@ -72,6 +70,11 @@ def find_segmenter(spec: str, image_set: ImageSet, train: bool, notes: list[str]
                      f"{image_set.train_data.get('name')}, which this project cannot prepare to train a segmenter "
                      "on; pass evaluation.segmenter=<folder of a segmenter of that data>")
         return None
+    if str(image_set.train_data.get("path")) == "???":  # a converted official checkpoint, sampled from a folder
+        notes.append("semantic consistency skipped: the model's data names no path (a converted official "
+                     "checkpoint); sample with mask_source={path:<its dataset>} so the evaluation can train a "
+                     "segmenter there, or pass evaluation.segmenter=<folder>")
+        return None
     folder = cached_segmenter_folder(image_set.train_data)
     if (folder / "segmenter.json").is_file():
         return folder
@@ -117,21 +120,15 @@ def load_networks(ecfg: DictConfig, image_set: ImageSet) -> tuple[Networks, dict
     return nets, used
 
 
-def class_count(cfg: DictConfig) -> int:
-    """num_classes=, else the model's (samples= folders name their run's data; a converted official
-    ADE20K model has 151), else sidewalk's 35."""
-    if cfg.num_classes is not None:
-        return int(cfg.num_classes)
-    manifest = Path(str(cfg.samples)) / "manifest.json" if cfg.samples else None
-    if manifest is not None and manifest.is_file():
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            return int(json.loads(manifest.read_text())["train_data"]["num_classes"])
-    return NUM_CLASSES
+def classes_of(cfg: DictConfig) -> int | None:
+    """num_classes= (a generic table of that many, or sidewalk's for 35), else None: a samples=
+    folder is read with its run's class table (a converted official ADE20K model has 151)."""
+    return None if cfg.num_classes is None else int(cfg.num_classes)
 
 
 def open_set(cfg: DictConfig) -> tuple[ImageSet, Path]:
     """The image set named by samples= or images=/labels=, and the folder the report goes to."""
-    num_classes = class_count(cfg)
+    num_classes = classes_of(cfg)
     if cfg.samples:
         if cfg.images or cfg.labels:
             raise ConfigError("pass either samples=<sample.py folder> or images=<dir> labels=<dir>, not both")
@@ -162,7 +159,7 @@ def calibration_settings(ecfg: DictConfig) -> Calibration:
     return calibration
 
 
-def evaluate_set(image_set: ImageSet, out_dir: Path, ecfg: DictConfig, num_classes: int = 35,
+def evaluate_set(image_set: ImageSet, out_dir: Path, ecfg: DictConfig, num_classes: int | None = None,
                  nets: Networks | None = None) -> dict[str, Any]:
     """Score a set and write evaluation.json, evaluation_report.txt, evaluation.html (+ pictures).
 
@@ -189,6 +186,7 @@ def evaluate_set(image_set: ImageSet, out_dir: Path, ecfg: DictConfig, num_class
         "settings": image_set.settings,
         "weights": image_set.weights,
         "train_data": image_set.train_data,
+        "classes": image_set.table.summary(),
         "segmenter": segmenter_used,
         "evaluation": OmegaConf.to_container(ecfg, resolve=True),
         "device": str(device),
@@ -258,4 +256,4 @@ def staged_outputs(out_dir: Path) -> Iterator[Path]:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """The `python -m sdm.cli.evaluate` job (conf/evaluate.yaml)."""
     image_set, out_dir = open_set(cfg)
-    return evaluate_set(image_set, out_dir, cfg.evaluation, class_count(cfg))
+    return evaluate_set(image_set, out_dir, cfg.evaluation, classes_of(cfg))

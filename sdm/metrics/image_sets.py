@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from sdm.core.errors import DataError
-from sdm.data.rows import label_to_ids
+from sdm.data.classes import SIDEWALK, ClassTable, class_table
+from sdm.data.rows import as_table, label_to_ids
 
 MANIFEST = "manifest.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -48,6 +49,7 @@ class ImageSet:
     train_data: dict[str, Any] | None = None  # the data config of the run whose model made them
     run_dir: Path | None = None
     weights: dict[str, Any] | None = None  # what sample.py recorded of the weights it used
+    table: ClassTable = SIDEWALK  # what the label ids mean: names, colours, the id not scored
 
     @property
     def size(self) -> tuple[int, int]:
@@ -58,12 +60,12 @@ class ImageSet:
         return sum(len(e.samples) for e in self.entries)
 
 
-def read_label(path: Path, num_classes: int) -> np.ndarray:
-    """Class ids of a label PNG (mode L ids or palette colours), with the file named on failure."""
+def read_label(path: Path, classes: ClassTable | int) -> np.ndarray:
+    """Class ids of a label PNG (mode L ids, or the table's colours), with the file named on failure."""
     try:
         with Image.open(path) as image:
             image.load()
-            return label_to_ids(image, num_classes)
+            return label_to_ids(image, as_table(classes).for_id_maps())
     except (UnidentifiedImageError, OSError, ValueError) as err:
         reason = str(err).removeprefix("field 'label': ")
         raise DataError(f"label file '{path}' cannot be used: {reason}") from None
@@ -75,8 +77,9 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
-def from_sample_folder(folder: str | Path, num_classes: int = 35) -> ImageSet:
-    """The set a finished `sample.py` run wrote (its manifest.json lists every file)."""
+def from_sample_folder(folder: str | Path, classes: ClassTable | int | None = None) -> ImageSet:
+    """The set a finished `sample.py` run wrote (its manifest.json lists every file), read with
+    `classes`, else with the class table of the run that made it."""
     root = Path(folder).expanduser()
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
@@ -89,9 +92,10 @@ def from_sample_folder(folder: str | Path, num_classes: int = 35) -> ImageSet:
     if not manifest.get("complete"):
         raise DataError(f"samples={root}: the generation there is not finished (manifest 'complete' is false); "
                         "run the same sample.py command again to finish it, then evaluate")
+    table = as_table(classes) if classes is not None else class_table(manifest.get("train_data") or {})
     entries = []
     for item in manifest.get("items", []):
-        label = read_label(_require_file(root / item["label"], f"label of mask {item['mask']!r}"), num_classes)
+        label = read_label(_require_file(root / item["label"], f"label of mask {item['mask']!r}"), table)
         samples = tuple(_require_file(root / p, f"sample of mask {item['mask']!r}") for p in item["images"])
         real = root / item["real"] if item.get("real") else None
         entries.append(MaskEntry(str(item["mask"]), label, samples, real if real and real.is_file() else None))
@@ -99,7 +103,7 @@ def from_sample_folder(folder: str | Path, num_classes: int = 35) -> ImageSet:
         raise DataError(f"{manifest_path} lists no masks")
     run = manifest.get("weights", {}).get("run_dir")
     return ImageSet(root, "samples", entries, manifest.get("settings", {}), manifest.get("train_data"),
-                    Path(run) if run else None, manifest.get("weights"))
+                    Path(run) if run else None, manifest.get("weights"), table)
 
 
 def _images_in(folder: Path, what: str) -> list[Path]:
@@ -120,9 +124,11 @@ def mask_of(image_stem: str, masks: set[str]) -> str | None:
 
 
 def from_folders(images: str | Path, labels: str | Path, real: str | Path | None = None,
-                 num_classes: int = 35) -> ImageSet:
-    """A set from an images folder and a labels folder of the same file names (see module doc)."""
+                 classes: ClassTable | int | None = None) -> ImageSet:
+    """A set from an images folder and a labels folder of the same file names (see module doc),
+    its labels read with `classes` (sidewalk's by default)."""
     images, labels = Path(images).expanduser(), Path(labels).expanduser()
+    table = as_table(classes)
     label_files = {p.stem: p for p in _images_in(labels, "labels")}
     grouped: dict[str, list[Path]] = {name: [] for name in label_files}
     orphans = []
@@ -140,10 +146,10 @@ def from_folders(images: str | Path, labels: str | Path, real: str | Path | None
         raise DataError(f"labels={labels}: {len(lonely)} label(s) have no image in {images}: "
                         f"{', '.join(lonely[:5])}")
     real_files = {p.stem: p for p in _images_in(Path(real).expanduser(), "real")} if real else {}
-    entries = [MaskEntry(name, read_label(label_files[name], num_classes), tuple(grouped[name]), real_files.get(name))
+    entries = [MaskEntry(name, read_label(label_files[name], table), tuple(grouped[name]), real_files.get(name))
                for name in sorted(label_files)]
     shapes = {e.label.shape for e in entries}
     if len(shapes) > 1:
         raise DataError(f"labels={labels}: the label maps differ in size ({sorted(shapes)[:4]}); an evaluation "
                         "compares images of one size")
-    return ImageSet(images.parent, "folders", entries)
+    return ImageSet(images.parent, "folders", entries, table=table)

@@ -12,7 +12,6 @@ from PIL import Image
 from torch import nn
 
 from sdm.core.viz import grid
-from sdm.data.classes import colorize
 from sdm.data.rows import read_rgb_file
 from sdm.metrics.image_sets import ImageSet
 from sdm.metrics.scoring import to_tensor
@@ -40,12 +39,12 @@ def mask_row(image_set: ImageSet, index: int, segmenter: nn.Module | None, devic
     size = image_set.size
     real = read_rgb_file(entry.real, size) if entry.real is not None else np.full((*size, 3), GREY, np.uint8)
     samples = [read_rgb_file(p, size) for p in entry.samples[:samples_shown]]
-    row = [colorize(entry.label), real]
+    row = [image_set.table.colorize(entry.label), real]
     predictions: list[np.ndarray | None] = [None] * len(samples)
     if segmenter is not None:
         with torch.no_grad():
             ids = segmenter(to_tensor(samples).to(device)).argmax(1).cpu().numpy().astype(np.uint8)
-        predictions = [colorize(p) for p in ids]
+        predictions = [image_set.table.colorize(p) for p in ids]
     for sample, prediction in zip(samples, predictions, strict=True):
         row.append(sample)
         if prediction is not None:
@@ -84,5 +83,5 @@ def calibration_grid(image_set: ImageSet, indices: Sequence[int], blur_factor: i
         blurred = ((blurred.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
         samples = [read_rgb_file(p, image_set.size) for p in entry.samples[:samples_shown]]
         samples += [np.full_like(real, GREY)] * (samples_shown - len(samples))  # the real column stays in place
-        rows.append([fit(tile, longest) for tile in (colorize(entry.label), blurred, *samples, real)])
+        rows.append([fit(tile, longest) for tile in (image_set.table.colorize(entry.label), blurred, *samples, real)])
     return grid(rows) if rows else None

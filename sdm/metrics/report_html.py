@@ -87,9 +87,12 @@ def calibration_bar(metrics: dict[str, Any]) -> str:
             f"{''.join(parts)}</svg>")
 
 
-def class_chart(per_class: dict[str, dict[str, Any]], names: tuple[str, ...] = CLASS_NAMES) -> str:
+def class_chart(per_class: dict[str, dict[str, Any]], classes: dict[str, Any] | None = None) -> str:
     """Horizontal bars for the classes of the masks: the generated IoU in the class colour, the
-    real-photo IoU as a thin black bar under it."""
+    real-photo IoU as a thin black bar under it. `classes` is the report's class table (names,
+    palette); reports written before tables were recorded are sidewalk's."""
+    names = tuple((classes or {}).get("names") or CLASS_NAMES)
+    palette = [tuple(c) for c in (classes or {}).get("palette") or PALETTE.tolist()]
     generated, real = per_class.get("generated", {}), per_class.get("real", {})
     pixels = per_class.get("mask_pixels", {})
     classes = [c for c in generated if pixels.get(c, 0) > 0]
@@ -100,7 +103,7 @@ def class_chart(per_class: dict[str, dict[str, Any]], names: tuple[str, ...] = C
     parts = []
     for i, c in enumerate(classes):
         y = i * row_h
-        colour = "rgb({},{},{})".format(*(int(v) for v in PALETTE[int(c)]))
+        colour = "rgb({},{},{})".format(*(int(v) for v in palette[int(c)])) if int(c) < len(palette) else "grey"
         value, ceiling = generated.get(c), real.get(c)
         name = names[int(c)] if int(c) < len(names) else str(c)
         share = pixels[c] / total
@@ -161,7 +164,7 @@ def page(report: dict[str, Any], pictures: dict[str, str], history_rows: list[di
 {f'<ul>{notes}</ul>' if notes else ''}
 <h2>Per-class IoU</h2>
 <p>Classes of the masks (share of their pixels). Coloured bar: IoU of the generated images against their masks; black line: the same segmenter on the real photos.</p>
-{class_chart(report.get('per_class_iou', {}))}
+{class_chart(report.get('per_class_iou', {}), report.get('classes'))}
 <h2>Best and worst masks by consistency</h2>
 {legend}{images}
 <h2>Evaluations of this run</h2>

@@ -80,9 +80,9 @@ def batches_of_masks(entries: Sequence[MaskEntry], images_per_batch: int) -> Ite
 class Accumulators:
     """What one pass collects: confusion matrices, features, per-mask scores, diversities."""
 
-    def __init__(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.own, self.other, self.real, self.blur = (ConfusionMatrix(num_classes) for _ in range(4))
+    def __init__(self, num_classes: int, ignore: int | None = 0) -> None:
+        self.num_classes, self.ignore = num_classes, ignore
+        self.own, self.other, self.real, self.blur = (ConfusionMatrix(num_classes, ignore) for _ in range(4))
         self.fake_features: list[Tensor] = []
         self.real_features: list[Tensor] = []
         self.per_mask: list[dict[str, Any]] = []
@@ -125,7 +125,7 @@ def score_batch(image_set: ImageSet, indices: list[int], nets: Networks, acc: Ac
             if len(entries) > 1:
                 acc.other.update(pred, other)
             acc.fake_features.append(features)
-            mask_scores = segmentation_scores(confusion_matrix(pred, targets, acc.num_classes))
+            mask_scores = segmentation_scores(confusion_matrix(pred, targets, acc.num_classes, acc.ignore), acc.ignore)
             row["miou"] = mask_scores["miou"]
             if real is not None:
                 real_pred, real_features = segment(nets.segmenter, real, device)
@@ -133,7 +133,8 @@ def score_batch(image_set: ImageSet, indices: list[int], nets: Networks, acc: Ac
                 acc.real_features.append(real_features)
                 blur_pred, _ = segment(nets.segmenter, blur_control(real, blur_factor), device)
                 acc.blur.update(blur_pred, label[None])
-                row["real_miou"] = segmentation_scores(confusion_matrix(real_pred, label[None], acc.num_classes))["miou"]
+                row["real_miou"] = segmentation_scores(
+                    confusion_matrix(real_pred, label[None], acc.num_classes, acc.ignore), acc.ignore)["miou"]
         if len(samples) > 1:
             row["diversity_ms_ssim"] = mean_pairwise([samples], ssim_distance)
             acc.ssim.append(row["diversity_ms_ssim"])
@@ -147,17 +148,18 @@ def score_batch(image_set: ImageSet, indices: list[int], nets: Networks, acc: Ac
         acc.per_mask.append(row)
 
 
-def score_set(image_set: ImageSet, nets: Networks, *, num_classes: int = 35, images_per_batch: int = 32,
+def score_set(image_set: ImageSet, nets: Networks, *, num_classes: int | None = None, images_per_batch: int = 32,
               device: str | torch.device = "cpu", kid_subset_size: int = 1000, progress: bool = True,
               calibration: Calibration | None = None) -> dict[str, Any]:
-    """Every metric the networks allow, over one image set (see module doc)."""
+    """Every metric the networks allow, over one image set (see module doc). Classes and the id not
+    scored come from the set's table; `num_classes` widens the matrices (a segmenter of more classes)."""
     device = torch.device(device)
     notes = list(nets.notes)
     for network in (nets.segmenter, nets.lpips):
         if network is not None:
             network.to(device).eval()
     calibration = calibration or Calibration()
-    acc = Accumulators(num_classes)
+    acc = Accumulators(num_classes or image_set.table.num_classes, image_set.table.ignore)
     n_real = sum(e.real is not None for e in image_set.entries)
     inception = None
     if nets.inception is not None and n_real >= 2:

@@ -27,6 +27,7 @@ from sdm.core.errors import ConfigError
 from sdm.core.hardware import cpu_has_bf16
 from sdm.core.places import check_output_folder
 from sdm.core.seeding import stable_seed
+from sdm.data.classes import class_table
 from sdm.data.datamodule import SidewalkDataModule, order_seed
 from sdm.data.prepare import prepare_data
 from sdm.segmenter.cache import INFO_FILE, WEIGHTS_FILE, cache_folder, data_key, starting_weights
@@ -34,18 +35,17 @@ from sdm.segmenter.held_out import calibrate
 from sdm.segmenter.networks import build_segmenter
 from sdm.segmenter.scores import segmentation_scores
 
-IGNORE = 0  # unlabeled pixels carry no target
-
 
 class SegmenterTask(L.LightningModule):
-    """Cross-entropy training (class 0 ignored) with mIoU on the validation split."""
+    """Cross-entropy training (the class table's ignore id, sidewalk's unlabeled 0, carries no
+    target) with mIoU on the validation split."""
 
-    def __init__(self, settings: dict[str, Any], num_classes: int) -> None:
+    def __init__(self, settings: dict[str, Any], num_classes: int, ignore: int | None = 0) -> None:
         super().__init__()
-        self.settings, self.num_classes = settings, num_classes
+        self.settings, self.num_classes, self.ignore = settings, num_classes, ignore
         self.network = build_segmenter(settings["arch"], num_classes, int(settings["width"]),
                                        bool(settings["pretrained_backbone"]))
-        self.confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE)
+        self.confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore)
         self.last_scores: dict[str, Any] = {}
 
     def setup(self, stage: str) -> None:
@@ -54,7 +54,7 @@ class SegmenterTask(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits = self.network(batch["image"])
-        loss = F.cross_entropy(logits.float(), batch["label"].long(), ignore_index=IGNORE)
+        loss = F.cross_entropy(logits.float(), batch["label"].long(), ignore_index=-100 if self.ignore is None else self.ignore)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -62,7 +62,7 @@ class SegmenterTask(L.LightningModule):
         self.confusion.update(self.network(batch["image"]).argmax(1), batch["label"].long())
 
     def on_validation_epoch_end(self) -> None:
-        self.last_scores = segmentation_scores(self.confusion.compute().long(), IGNORE)
+        self.last_scores = segmentation_scores(self.confusion.compute().long(), self.ignore)
         self.confusion.reset()
         self.log("val/miou", self.last_scores["miou"])
         self.log("val/pixel_accuracy", self.last_scores["pixel_accuracy"])
@@ -134,7 +134,8 @@ def train_segmenter(cfg: DictConfig) -> Path:
     tensorboard = Path(str(OmegaConf.select(cfg, "output_dir") or folder)) / "tb"
     started = time.perf_counter()
     L.seed_everything(int(cfg.seed), workers=True)
-    task = SegmenterTask(settings, int(cfg.data.num_classes))
+    ignore = class_table(cfg.data).ignore
+    task = SegmenterTask(settings, int(cfg.data.num_classes), ignore)
     if initial is not None:
         task.network.load_state_dict(initial)
     datamodule = SidewalkDataModule(data)
@@ -156,9 +157,10 @@ def train_segmenter(cfg: DictConfig) -> Path:
     scores = task.last_scores
     network = task.network.float().to(memory_format=torch.contiguous_format).cpu().eval()
     calibration = calibrate(network, ((b["image"], b["label"].long()) for b in datamodule.val_dataloader()),
-                            int(cfg.data.num_classes))
+                            int(cfg.data.num_classes), ignore=ignore)
     info = {
         "arch": settings["arch"], "width": int(settings["width"]), "num_classes": int(cfg.data.num_classes),
+        "ignore": ignore,
         "data_key": key, "size": list(prepared.size), "steps": int(trainer.global_step), "seed": int(cfg.seed),
         "data_order_seed": datamodule.order_seed,
         "extra": mix_info(cfg.data, datamodule),

@@ -18,14 +18,13 @@ from tqdm.auto import tqdm
 
 from sdm.core.atomic import write_json
 from sdm.core.errors import ConfigError
+from sdm.data.classes import class_table
 from sdm.data.prepare import decode_row, prepare_data
 from sdm.data.sources import overlay_source
 from sdm.data.transforms import to_item
 from sdm.segmenter.cache import load_segmenter
 from sdm.segmenter.controls import BLUR_FACTOR, blur_control
 from sdm.segmenter.scores import confusion_matrix, segmentation_scores
-
-IGNORE = 0
 
 
 def test_data_cfg(data: DictConfig, test: Any) -> DictConfig:
@@ -43,23 +42,24 @@ def refuse_training_rows(test: Any, test_key: str, train_key: str) -> None:
 @torch.no_grad()
 def held_out_scores(network: nn.Module, data: DictConfig, batch_size: int = 64,
                     progress: bool = False) -> dict[str, Any]:
-    """mIoU and pixel accuracy (class 0 ignored) of `network` on every row of the prepared `data`."""
+    """mIoU and pixel accuracy (the table's ignore id left out) of `network` on every row of the
+    prepared `data`."""
     prepared = prepare_data(data, show_progress=False)
-    num_classes = int(data.num_classes)
+    num_classes, ignore = int(data.num_classes), class_table(data).ignore
     matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
     network.eval()
     batches = tqdm(prepared_batches(data, batch_size), desc="test", unit="batch", disable=not progress,
                    total=-(-len(prepared) // batch_size))
     for images, labels in batches:
-        matrix += confusion_matrix(network(images).argmax(1), labels, num_classes, IGNORE)
-    scores = segmentation_scores(matrix, IGNORE)
+        matrix += confusion_matrix(network(images).argmax(1), labels, num_classes, ignore)
+    scores = segmentation_scores(matrix, ignore)
     return {"data_key": prepared.root.name, "rows": len(prepared), "miou": scores["miou"],
             "pixel_accuracy": scores["pixel_accuracy"]}
 
 
 @torch.no_grad()
 def calibrate(network: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_classes: int,
-              blur_factor: int = BLUR_FACTOR) -> dict[str, Any]:
+              blur_factor: int = BLUR_FACTOR, ignore: int | None = 0) -> dict[str, Any]:
     """Can `network` judge generated images? mIoU of real photos against their own masks (the
     ceiling), of their blurred copies (the blur control) and against the next photo's mask in
     the batch (the other-mask baseline), with the controls' ratios to the ceiling."""
@@ -68,13 +68,13 @@ def calibrate(network: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_
     network.eval()
     for images, labels in batches:
         pred = network(images).argmax(1)
-        matrices["real"] += confusion_matrix(pred, labels, num_classes, IGNORE)
+        matrices["real"] += confusion_matrix(pred, labels, num_classes, ignore)
         matrices["blur"] += confusion_matrix(network(blur_control(images, blur_factor)).argmax(1), labels,
-                                             num_classes, IGNORE)
+                                             num_classes, ignore)
         if len(labels) > 1:
-            matrices["other"] += confusion_matrix(pred, labels.roll(-1, 0), num_classes, IGNORE)
+            matrices["other"] += confusion_matrix(pred, labels.roll(-1, 0), num_classes, ignore)
         rows += len(labels)
-    real, blur, other = (segmentation_scores(matrices[key], IGNORE)["miou"] for key in ("real", "blur", "other"))
+    real, blur, other = (segmentation_scores(matrices[key], ignore)["miou"] for key in ("real", "blur", "other"))
     return {"rows": rows, "real_miou": real, "blur_miou": blur, "other_mask_miou": other, "blur_factor": blur_factor,
             "blur_ratio": blur / real if real > 0 else float("nan"),
             "other_mask_ratio": other / real if real > 0 else float("nan")}
@@ -92,7 +92,8 @@ def prepared_batches(data: DictConfig, batch_size: int = 64) -> Iterator[tuple[T
 def calibration_scores(network: nn.Module, data: DictConfig, blur_factor: int = BLUR_FACTOR,
                        batch_size: int = 64) -> dict[str, Any]:
     """`calibrate` on every row of a prepared data source (a held-out test set)."""
-    return calibrate(network, prepared_batches(data, batch_size), int(data.num_classes), blur_factor)
+    return calibrate(network, prepared_batches(data, batch_size), int(data.num_classes), blur_factor,
+                     class_table(data).ignore)
 
 
 def score_held_out(folder: Path, data: DictConfig, test: Any, info_file: str) -> dict[str, Any]:

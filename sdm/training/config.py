@@ -6,6 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sdm.core.checks import number, require
 from sdm.core.errors import ConfigError
+from sdm.data.classes import class_table
 from sdm.data.mixing import extra_ratio
 from sdm.data.rows import parse_size
 from sdm.diffusion import SAMPLERS
@@ -34,6 +35,7 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"config cannot be resolved: {err}") from None
     for key, kind in NUMERIC_KEYS.items():
         number(cfg, key, kind)
+    class_table(cfg.data)  # the class table, and that data.num_classes agrees with it
     d = cfg.diffusion
     require(d.schedule in BETA_SCHEDULES, "diffusion.schedule", d.schedule, f"one of {sorted(BETA_SCHEDULES)}")
     require(d.prediction_type in PREDICTION_TYPES, "diffusion.prediction_type", d.prediction_type,

@@ -14,7 +14,7 @@ from torch import Tensor
 from sdm.core.errors import SDMError
 from sdm.core.seeding import stable_seed
 from sdm.core.viz import grid, to_uint8_image
-from sdm.data.classes import colorize
+from sdm.data.classes import class_table
 from sdm.diffusion import add_noise, build_noise_scheduler, hybrid_loss, noise_config, sample
 from sdm.models import build_unet, drop_condition, label_to_condition
 from sdm.training.ema import EMA, ema_decay
@@ -206,7 +206,7 @@ class SDMModule(L.LightningModule):
         samples = self.sample_images(batch["label"], per_mask, steps=int(val["num_steps"]), seed=0)
         rows = []
         for i, label in enumerate(batch["label"]):
-            row = [colorize(label.cpu().numpy()), to_uint8_image(batch["image"][i])]
+            row = [class_table(self.cfg["data"]).colorize(label.cpu().numpy()), to_uint8_image(batch["image"][i])]
             row += [to_uint8_image(s) for s in samples[i * per_mask : (i + 1) * per_mask]]
             rows.append(row)
         return grid(rows), samples

@@ -21,6 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import REPO
+from helpers.folders import write_layout
 from helpers.generation import sample_cfg
 from helpers.official import Official
 from helpers.processes import leftover_path, one_torch_thread
@@ -42,6 +43,7 @@ from sdm.checkpoint.official.layout import Layout, read_layout
 from sdm.cli.convert import main
 from sdm.core.atomic import WriteError, temporary_name
 from sdm.core.errors import CheckpointError, ConfigError, DataError
+from sdm.data.classes import class_table
 from sdm.generation import folder_masks, generate, load_model
 from sdm.models import label_to_condition
 from sdm.models.attention import AttentionBlock
@@ -252,13 +254,17 @@ def test_the_export_config_records_the_network_the_data_and_the_official_flags(t
     chosen = Options(checkpoint=Path("ema.pt"), dataset="celeba", image_size=16, num_classes=5, num_head_channels=32,
                      diffusion_steps=500)
     config = build_config(layout, chosen)
+    data = config.pop("data")  # the dataset's preset (layout, split, resize ...), its path left to the user
+    assert (data["name"], data["layout"], data["path"], data["size"], data["num_classes"]) == (
+        "folder", "celebamask", "???", [16, 16], 5)
+    assert data["classes"] == {"name": "celeba-5", "count": 5, "palette": "auto", "ignore": None,
+                               "label_format": "ids", "instances": False}  # 5, not the preset's 19: generic
     assert config == {
         "run_name": "official-celeba",
         "model": {"name": "official-celeba", "edge_channel": True, "in_channels": 3, "model_channels": 32,
                   "channel_mult": [1, 2], "num_res_blocks": 1, "attention_ds": [1, 2], "num_head_channels": 32,
                   "spade_hidden": 128, "dropout": 0.0, "learn_sigma": True, "resblock_updown": True,
                   "use_checkpoint": False},
-        "data": {"name": "celeba", "num_classes": 5, "size": [16, 16]},
         # the official linear schedule stretched by 1000 / 500 steps
         "diffusion": {"schedule": "linear", "num_train_timesteps": 500, "beta_start": 0.0002, "beta_end": 0.04,
                       "prediction_type": "epsilon"},
@@ -604,9 +610,32 @@ def test_every_sampler_runs_the_export(tmp_path, capsys):
         image = np.asarray(Image.open(tmp_path / sampler / "images" / "m_0.png"))
         assert image.shape == (16, 16, 3) and image.std() > 0, sampler
     assert (tmp_path / "ddim" / "colored_masks" / "m.png").is_file()
-    with pytest.raises(ConfigError, match=r"masks=val: the run's data is data.name=coco, which this project cannot "
-                                          r"load \(it loads sidewalk, hub, folder, scenes\); pass masks=<folder of label PNGs>"):
+    with pytest.raises(ConfigError, match=r"masks=val: the run's data names no data.path \(a converted official "
+                                          r"checkpoint of data=coco_stuff\): pass mask_source=\{path:"):
         generate(sample_cfg(f"weights={out}", "masks=val", f"out_dir={tmp_path / 'val'}"))
+
+
+def test_a_converted_checkpoint_samples_the_masks_of_its_dataset_in_its_layout(tmp_path):
+    """COCO-Stuff as SPADE lays it out: its 255 (unlabeled) is read as class 182, the 183 channels
+    of the paper's model, and the masks are drawn in the COCO-Stuff table's colours."""
+    out = converted(tmp_path, classes=183, edge=True)
+    model = load_model(out)
+    assert model.cfg["data"]["name"] == "folder" and model.cfg["data"]["layout"] == "coco_stuff"
+    table = class_table(model.cfg["data"])
+    assert table.name == "coco_stuff" and table.num_classes == model.unet.num_classes == 183
+    values = write_layout(tmp_path / "cocostuff", "coco_stuff", [f"{i:012d}" for i in range(20)], split="val",
+                          size=(16, 16))
+    source = f"mask_source={{path:{tmp_path / 'cocostuff'},split:val,cache_dir:{tmp_path / 'cache'}}}"
+    manifest = generate(sample_cfg(f"weights={out}", "masks=all", source, "limit=2", "sampler.num_steps=2",
+                                   "num_per_mask=1", f"out_dir={tmp_path / 'samples'}"))
+    assert manifest["complete"] and manifest["images_made"] == 2
+    placed = manifest["train_data"]  # the data the evaluation trains its segmenter on: the dataset's training split
+    assert (placed["path"], placed["split"]) == (str(tmp_path / "cocostuff"), "train")
+    for item, name in zip(manifest["items"], sorted(values)[:2], strict=True):
+        ids = np.asarray(Image.open(tmp_path / "samples" / item["label"]))
+        assert np.array_equal(ids, table.ids_from_values(values[name])) and 182 in ids  # 255 -> unlabeled
+        coloured = np.asarray(Image.open(tmp_path / "samples" / item["label"].replace("labels/", "colored_masks/")))
+        assert np.array_equal(coloured, table.colorize(ids))
 
 
 def test_sample_py_samples_and_evaluates_with_the_models_classes(tmp_path):
@@ -617,7 +646,8 @@ def test_sample_py_samples_and_evaluates_with_the_models_classes(tmp_path):
          "evaluation.lpips=false", "evaluation.tensorboard=false", "evaluation.progress=false"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]  # the labels (id 37) are read with 40 classes, not 35
-    assert "semantic consistency skipped: the model was trained on data.name=coco" in result.stdout
+    assert "semantic consistency skipped: the model's data names no path (a converted official checkpoint)" \
+        in result.stdout
     assert (tmp_path / "samples" / "images" / "m_0.png").is_file()
     assert (tmp_path / "samples" / "evaluation.json").is_file()
 

@@ -64,6 +64,6 @@ def test_a_generation_from_pasted_masks(run_dir, tmp_path):
     model = load_model(run_dir)
     with pytest.raises(ConfigError, match=r"needs at least 2 masks"):
         load_masks(str(folder), model, 1, variations=["paste"])
-    model.cfg["data"]["num_classes"] = 19
-    with pytest.raises(ConfigError, match=r"\[paste\] knows which classes .* this model has 19"):
+    model.cfg["data"].update(num_classes=19, classes={"name": "faces", "count": 19})
+    with pytest.raises(ConfigError, match=r"\[paste\] knows which classes .* this model's table is 'faces' \(19\)"):
         load_masks(str(folder), model, None, variations=["paste"])

@@ -29,6 +29,7 @@ from helpers.evaluation import (
 from omegaconf import OmegaConf
 from PIL import Image
 
+from sdm.core.configs import compose
 from sdm.core.errors import ConfigError, DataError
 from sdm.data.classes import colorize
 from sdm.metrics.evaluation import evaluate_set, find_segmenter, load_networks, open_set
@@ -518,7 +519,7 @@ def test_images_of_another_size_are_resized_to_the_labels(tmp_path):
     with pytest.raises(DataError, match=r"values \[35\] in \d+ pixels are not classes of the '\w+' table \(ids 0\.\.34"):
         save(np.full((16, 16), 35, np.uint8), tmp_path / "labels" / "m.png")
         from_folders(tmp_path / "images", tmp_path / "labels")
-    assert from_folders(tmp_path / "images", tmp_path / "labels", num_classes=36).entries[0].label.max() == 35
+    assert from_folders(tmp_path / "images", tmp_path / "labels", classes=36).entries[0].label.max() == 35
 
 
 def test_batches_hold_whole_masks_of_about_the_asked_size():
@@ -555,17 +556,27 @@ def test_a_bad_device_is_refused_before_anything_is_read(tmp_path):
     assert not (root / JSON_FILE).exists()
 
 
-def test_the_class_count_is_the_model_s_unless_given(tmp_path):
-    """A converted official ADE20K model's samples hold ids up to 150: read with 35 classes they
-    would be refused."""
-    from sdm.metrics.evaluation import class_count
+def test_the_class_table_is_the_model_s_unless_given(tmp_path):
+    """A converted official ADE20K model's samples hold ids up to 150: read with sidewalk's 35 classes
+    they would be refused. A sample folder is read with its run's table; num_classes= overrides it."""
+    from sdm.metrics.evaluation import classes_of
 
     def cfg(**kw):
         return OmegaConf.create({"samples": None, "images": None, "labels": None, "num_classes": None, **kw})
 
-    (tmp_path / "manifest.json").write_text(json.dumps({"train_data": {"name": "ade20k", "num_classes": 151}}))
-    assert class_count(cfg(samples=str(tmp_path))) == 151
-    assert class_count(cfg(samples=str(tmp_path), num_classes=19)) == 19
-    assert class_count(cfg(images="i", labels="l")) == 35
-    (tmp_path / "manifest.json").write_text("{}")
-    assert class_count(cfg(samples=str(tmp_path))) == 35
+    assert classes_of(cfg(samples=str(tmp_path))) is None and classes_of(cfg(num_classes=19)) == 19
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.full((4, 4), 150, np.uint8)).save(tmp_path / "labels" / "m.png")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "images" / "m_0.png")
+    ade = compose("prepare", ["data=ade20k"]).data
+    manifest = {"complete": True, "train_data": OmegaConf.to_container(ade, resolve=True),
+                "items": [{"mask": "m", "label": "labels/m.png", "images": ["images/m_0.png"]}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    image_set = from_sample_folder(tmp_path)
+    assert image_set.table.name == "ade20k" and image_set.entries[0].label.max() == 150  # ids, not file values
+    with pytest.raises(DataError, match=r"values \[150\] in 16 pixels are not classes of the 'generic' table"):
+        from_sample_folder(tmp_path, 19)
+    manifest["train_data"] = {"name": "ade20k", "num_classes": 151}  # saved before class tables: generic 151
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert from_sample_folder(tmp_path).table.num_classes == 151

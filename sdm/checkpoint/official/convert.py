@@ -218,11 +218,31 @@ def build_config(layout: Layout, options: Options) -> dict[str, Any]:
     return {
         "run_name": f"official-{options.dataset}",
         "model": model,
-        "data": {"name": options.dataset, "num_classes": num_classes, "size": [size, size]},
+        "data": data_config(options.dataset, num_classes, size),
         "diffusion": diffusion_config(options.diffusion_steps, options.noise_schedule),
         "converted_from": {"code": OFFICIAL_CODE, "checkpoint": str(options.checkpoint.resolve()),
                            "dataset": options.dataset, "official_flags": official_flags},
     }
+
+
+DATA_PRESETS = {"ade20k": "ade20k", "celeba": "celebamask", "coco": "coco_stuff"}  # dataset= -> conf/data/
+
+
+def data_config(dataset: str, num_classes: int, size: int) -> dict[str, Any]:
+    """The data preset of the checkpoint's dataset (its layout and class table, as the official code
+    reads it), without a path: sampling from its masks takes mask_source={path:...}. A checkpoint
+    trained with another class count gets a generic table of that many classes."""
+    from omegaconf import OmegaConf
+
+    from sdm.core.configs import compose
+
+    data = OmegaConf.to_container(compose("prepare", [f"data={DATA_PRESETS[dataset]}"]).data, resolve=True)
+    data.update(size=[size, size], cache_dir="runs/data")
+    if num_classes != data["num_classes"]:
+        data["classes"] = {"name": f"{dataset}-{num_classes}", "count": num_classes, "palette": "auto",
+                           "ignore": None, "label_format": "ids", "instances": False}
+        data["num_classes"] = num_classes
+    return data
 
 
 def rename(state: dict[str, Tensor], head_width: int, legacy_order: bool) -> dict[str, Tensor]:
