@@ -311,6 +311,9 @@ def main() -> None:
     parser.add_argument("--arm-sizes", type=int, nargs="+", default=[100, 2000], help="sizes the arms run at")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), metavar="ARM",
                         help=f"arms to run (default: all): {list(ARMS)}")
+    parser.add_argument("--larger-arms", nargs="+", choices=list(ARMS), metavar="ARM",
+                        help="arms at the arm sizes after the first (default: --arms): the techniques are compared "
+                             "at the first size, the larger ones check that the best does no harm")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="segmenter seeds")
     parser.add_argument("--steps", type=int, default=1500, help="S: real-only segmenter steps")
     parser.add_argument("--generator-steps", type=int, default=2000, help="the generator's (the demo recipe's)")
@@ -329,10 +332,13 @@ def main() -> None:
             segmenter(root / f"n{num}", REAL, seed, args.steps)
         print(f"{num} real scenes: real only done ({(time.perf_counter() - started) / 60:.0f} min)", flush=True)
     for num in args.arm_sizes:
-        for name in args.arms:
+        for name in args.arms if num == args.arm_sizes[0] or not args.larger_arms else args.larger_arms:
             study_arm(root / f"n{num}", name, args.seeds, args.steps, args.generator_steps)
             print(f"{num} real scenes: {name} done ({(time.perf_counter() - started) / 60:.0f} min)", flush=True)
     write_results(root, args)
+
+
+NOTES = "<!-- notes: kept as written -->"
 
 
 def write_results(root: Path, args: argparse.Namespace) -> None:
@@ -348,7 +354,8 @@ def write_results(root: Path, args: argparse.Namespace) -> None:
     command = " ".join(["python experiments/study_augmentation.py", "--sizes", *map(str, args.sizes), "--arm-sizes",
                         *map(str, args.arm_sizes), "--seeds", *map(str, args.seeds), f"--steps {args.steps}",
                         f"--generator-steps {args.generator_steps}"]
-                       + (["--arms", *(f'"{a}"' for a in args.arms)] if list(args.arms) != list(ARMS) else []))
+                       + (["--arms", *(f'"{a}"' for a in args.arms)] if list(args.arms) != list(ARMS) else [])
+                       + (["--larger-arms", *(f'"{a}"' for a in args.larger_arms)] if args.larger_arms else []))
     body = (f"# Augmentation study\n\n`{command}` on {machine()}. The protocol is in the "
             f"script's docstring; the figures below are what it wrote.\n\n## Real only: the learning curve\n\n"
             f"{curve_table(runs)}\n{room}![learning curve with the arms](results_augmentation.png)\n\n"
@@ -356,7 +363,10 @@ def write_results(root: Path, args: argparse.Namespace) -> None:
             f"## How well the synthetic images follow their masks\n\n{label_fidelity(root, args.steps, args.arms)}\n"
             f"## Wall time per arm (minutes)\n\n{wall_times(root, [a for a in order if a not in STAGES])}\n"
             f"## Every run\n\n{runs_table(runs, order)}")
-    (here / "results_augmentation.md").write_text(body)
+    target = here / "results_augmentation.md"
+    if target.is_file() and NOTES in target.read_text():  # what people wrote below the figures stays
+        body += "\n" + NOTES + target.read_text().split(NOTES, 1)[1]
+    target.write_text(body)
     print(body)
 
 

@@ -15,7 +15,7 @@ from sdm.core.errors import DataError
 from sdm.core.seeding import stable_seed
 from sdm.core.stopping import outlive_stop_signals_of_others
 from sdm.data.mixing import MixedPairs, epoch_items, epoch_size, extra_ratio, extra_source_cfg
-from sdm.data.prepare import PreparedData, decode_row, prepare_data, split_indices
+from sdm.data.prepare import PreparedData, decode_instance, decode_row, prepare_data, split_indices
 from sdm.data.rows import parse_size
 from sdm.data.streaming import StreamingPairs
 from sdm.data.transforms import A, to_item, train_transform
@@ -73,8 +73,10 @@ class ResumableShuffleSampler(Sampler[tuple[int, int]]):
 class PairDataset(Dataset):
     """Rows of a prepared cache as batch items, augmented by a per-sample seeded transform."""
 
-    def __init__(self, prepared: PreparedData, indices: np.ndarray, transform: A.Compose | None) -> None:
+    def __init__(self, prepared: PreparedData, indices: np.ndarray, transform: A.Compose | None,
+                 instances: bool = False) -> None:
         self.prepared, self.indices, self.transform = prepared, indices, transform
+        self.instances = instances  # items carry instance ids: the cache's, or the label's own where it has none
         self._rows = None  # opened lazily, so each DataLoader worker maps the file itself
 
     def __len__(self) -> int:
@@ -84,13 +86,17 @@ class PairDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         if self._rows is None:
             self._rows = self.prepared.open()
-        image, label = decode_row(self._rows[int(self.indices[index])], self.prepared.size)
+        row = self._rows[int(self.indices[index])]
+        image, label = decode_row(row, self.prepared.size)
+        instance = decode_instance(row, self.prepared.size) if self.instances else None
+        if self.instances and instance is None:  # synthetic rows beside real ones with instance maps
+            instance = label.astype(np.int32)
         if self.transform is not None:
             if seed is not None:
                 self.transform.set_random_seed(seed)
-            out = self.transform(image=image, mask=label)
-            image, label = out["image"], out["mask"]
-        return to_item(image, label)
+            out = self.transform(image=image, mask=label, **({"instance": instance} if instance is not None else {}))
+            image, label, instance = out["image"], out["mask"], out.get("instance")
+        return to_item(image, label, instance)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_rows": None}
@@ -162,12 +168,13 @@ class SidewalkDataModule(L.LightningDataModule):
             len(self.prepared), float(self.cfg.val_fraction), int(self.cfg.split_seed)
         )
         transform = train_transform(self.prepared.size, augment.get("scale", (1.0, 1.0)), augment.get("hflip", 0.0))
-        self.train_set = PairDataset(self.prepared, train_idx, transform)
-        self.val_set = PairDataset(self.prepared, val_idx, None)
+        instances = bool(self.prepared.info.get("instances"))
+        self.train_set = PairDataset(self.prepared, train_idx, transform, instances)
+        self.val_set = PairDataset(self.prepared, val_idx, None, instances)
         if self.cfg.get("extra"):  # real + synthetic: validation stays real
             ratio = extra_ratio(self.cfg)
             synthetic = prepare_data(extra_source_cfg(self.cfg), show_progress=False)
-            extra = PairDataset(synthetic, np.arange(len(synthetic)), transform)
+            extra = PairDataset(synthetic, np.arange(len(synthetic)), transform, instances)
             self.mix = (len(self.train_set), len(extra), ratio)
             self.train_set = MixedPairs(self.train_set, extra)
 

@@ -36,6 +36,7 @@ INFO_FILE = "dataset_info.json"
 FEATURES = datasets.Features(
     {"index": datasets.Value("int64"), "image": datasets.Value("binary"), "label": datasets.Value("binary")}
 )
+INSTANCE_FEATURES = datasets.Features({**FEATURES, "instance": datasets.Value("binary")})  # + int32 instance ids
 MAX_LISTED_PROBLEMS = 10
 
 
@@ -56,6 +57,13 @@ class PreparedData:
 
     def __len__(self) -> int:
         return int(self.info["rows"])
+
+
+def decode_instance(row: dict, size: tuple[int, int]) -> np.ndarray | None:
+    """The H x W int32 instance ids of a cached row, or None for a cache without instance maps."""
+    if not row.get("instance"):
+        return None
+    return np.frombuffer(row["instance"], dtype=np.int32).reshape(size)
 
 
 def decode_row(row: dict, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +105,8 @@ def prepare_data(cfg: Any, *, show_progress: bool = True) -> PreparedData:
     table = class_table(cfg)
     # generated scenes are keyed by their settings alone: no need to draw them to find the cache
     rows = None if cfg.name == "scenes" else load_source(cfg)
-    key = f"{source_key(cfg, rows)}-{size[0]}x{size[1]}-{resize}{mapping_key(table)}"
+    instances = rows is not None and "instance" in (rows.column_names or [])
+    key = f"{source_key(cfg, rows)}-{size[0]}x{size[1]}-{resize}{mapping_key(table)}{'-inst' if instances else ''}"
     root = cache_root_for(cfg) / key
     for leftover in remove_leftovers(root.parent, "tmp", root.name) if root.parent.is_dir() else []:
         print(f"removed {leftover}: the unfinished cache of a killed preparation")
@@ -151,7 +160,9 @@ def _write_cache(
         for folder in ("images", "labels", "colored_masks"):
             (out / folder).mkdir()
     total = len(rows) if isinstance(rows, datasets.Dataset) else None
-    writer = ArrowWriter(features=FEATURES, path=str(out / ARROW_FILE), writer_batch_size=16)
+    instances = "instance" in (rows.column_names or [])
+    writer = ArrowWriter(features=INSTANCE_FEATURES if instances else FEATURES, path=str(out / ARROW_FILE),
+                         writer_batch_size=16)
     seen = written = 0
     bar = tqdm(rows, total=total, desc=f"prepare {key}", unit="row", disable=not show_progress)
     for index, row in enumerate(bar):
@@ -167,11 +178,15 @@ def _write_cache(
         if clean.converted_from:
             converted[clean.converted_from] += 1
         source_sizes[f"{clean.label.shape[1]}x{clean.label.shape[0]}"] += 1
-        image, label = resize_pair(clean.image, clean.label, size, resize)
+        if instances and clean.instance is None:
+            problems.append((index, "the row has no instance map, and the others do"))
+            continue
+        image, label, *instance = resize_pair(clean.image, clean.label, size, resize, clean.instance)
         counts = np.bincount(label.ravel(), minlength=num_classes)
         pixel_counts += counts
         image_counts += counts > 0
-        writer.write({"index": index, "image": image.tobytes(), "label": label.tobytes()})
+        record = {"index": index, "image": image.tobytes(), "label": label.tobytes()}
+        writer.write({**record, "instance": instance[0].astype(np.int32).tobytes()} if instances else record)
         if export:
             name = f"{index:06d}.png"
             save_png(image, out / "images" / name)
@@ -203,6 +218,7 @@ def _write_cache(
         "resize": resize,
         "num_classes": num_classes,
         "class_table": table.name,
+        "instances": instances,
         "ignore": table.ignore,
         "class_names": list(names),
         "class_pixel_frequency": {names[i]: float(f) for i, f in enumerate(frequencies)},

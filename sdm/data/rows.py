@@ -29,6 +29,7 @@ class CleanRow:
     image: np.ndarray  # H x W x 3 uint8 RGB
     label: np.ndarray  # H x W uint8 class ids
     converted_from: str | None  # original image mode when it was not RGB
+    instance: np.ndarray | None = None  # H x W int32 instance ids, where the row has an instance map
 
 
 def open_image(value: object, field: str) -> Image.Image:
@@ -122,7 +123,23 @@ def clean_row(row: dict, classes: ClassTable | int | None = None) -> CleanRow:
         ids = label_to_ids(label_image, classes)
     except RowError as err:
         raise RowError(f"{_file_of(row)}{err}") from None
-    return CleanRow(rgb, ids, converted)
+    instance = None
+    if row.get("instance") is not None:
+        instance_image = open_image(row["instance"], "instance")
+        if instance_image.size != image.size:
+            raise RowError(f"{_file_of(row)}the instance map is {instance_image.size[0]}x{instance_image.size[1]}, "
+                           f"the image {image.size[0]}x{image.size[1]}; they must match")
+        instance = instance_ids(instance_image)
+    return CleanRow(rgb, ids, converted, instance)
+
+
+def instance_ids(image: Image.Image) -> np.ndarray:
+    """H x W int32 instance ids: 8-, 16- or 32-bit grey values, or RGB colours packed into one id."""
+    array = np.asarray(image)
+    if array.ndim == 3:
+        array = array[..., :3].astype(np.int32)
+        return (array[..., 0] << 16) | (array[..., 1] << 8) | array[..., 2]
+    return array.astype(np.int32)
 
 
 def _file_of(row: dict) -> str:
@@ -146,9 +163,11 @@ def parse_size(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def resize_pair(
-    image: np.ndarray, label: np.ndarray, size: tuple[int, int], mode: str = "stretch"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Resize image (Lanczos) and label (nearest, so no interpolated ids) to `size` = (H, W).
+    image: np.ndarray, label: np.ndarray, size: tuple[int, int], mode: str = "stretch",
+    instance: np.ndarray | None = None,
+) -> tuple[np.ndarray, ...]:
+    """Resize image (Lanczos) and label (nearest, so no interpolated ids) to `size` = (H, W);
+    with `instance` (int32 ids), that too, nearest and in the label's geometry, returned third.
 
     ``stretch`` scales both axes to the size; ``crop`` scales the shorter side to cover the
     size and centre-crops the rest, keeping the aspect ratio.
@@ -158,19 +177,23 @@ def resize_pair(
     height, width = size
     src_h, src_w = label.shape
     if (src_h, src_w) == (height, width):
-        return image, label
+        return (image, label) if instance is None else (image, label, instance)
     if mode == "stretch":
         scaled = (width, height)
     else:
         scale = max(height / src_h, width / src_w)
         scaled = (max(width, round(src_w * scale)), max(height, round(src_h * scale)))
-    image_pil = Image.fromarray(image).resize(scaled, Image.Resampling.LANCZOS, reducing_gap=2.0)
-    label_pil = Image.fromarray(label).resize(scaled, Image.Resampling.NEAREST)
-    if scaled != (width, height):
-        left, top = (scaled[0] - width) // 2, (scaled[1] - height) // 2
-        box = (left, top, left + width, top + height)
-        image_pil, label_pil = image_pil.crop(box), label_pil.crop(box)
-    return np.asarray(image_pil), np.asarray(label_pil)
+    left, top = (scaled[0] - width) // 2, (scaled[1] - height) // 2
+    box = (left, top, left + width, top + height)
+
+    def fit(picture: Image.Image, resample: Image.Resampling) -> np.ndarray:
+        resized = picture.resize(scaled, resample, reducing_gap=2.0 if resample == Image.Resampling.LANCZOS else None)
+        return np.asarray(resized.crop(box) if scaled != (width, height) else resized)
+
+    out = (fit(Image.fromarray(image), Image.Resampling.LANCZOS), fit(Image.fromarray(label), Image.Resampling.NEAREST))
+    if instance is None:
+        return out
+    return (*out, fit(Image.fromarray(instance.astype(np.int32), "I"), Image.Resampling.NEAREST).astype(np.int32))
 
 
 def read_rgb_file(path: Path, size: tuple[int, int] | None = None, what: str = "image file") -> np.ndarray:

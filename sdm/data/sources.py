@@ -23,6 +23,7 @@ from sdm.data.scenes import scenes_dataset
 
 HUB_ID = "segments/sidewalk-semantic"
 COLUMNS = ("pixel_values", "label")
+INSTANCE = "instance"  # optional: instance ids, the edge channel's source (Cityscapes, COCO-Stuff folders)
 SCENES_VERSION = 1  # bump when the generator changes what a seed draws, to refresh caches
 
 
@@ -103,7 +104,9 @@ def undecoded(
                 f"{origin}: column '{column}' has type {ds.features[column]!r}; expected datasets.Image()"
             )
         ds = ds.cast_column(column, ImageFeature(decode=False))
-    extra = [c for c in names if c not in columns]
+    if INSTANCE in names and ds.features is not None and isinstance(ds.features[INSTANCE], ImageFeature):
+        ds = ds.cast_column(INSTANCE, ImageFeature(decode=False))
+    extra = [c for c in names if c not in (*columns, INSTANCE)]
     ds = ds.remove_columns(extra) if extra else ds
     renames = {old: new for old, new in zip(columns, COLUMNS, strict=True) if old != new}
     return ds.rename_columns(renames) if renames else ds

@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from sdm.core.errors import ConfigError, DataError
 from sdm.data.classes import CLASS_NAMES, ClassTable, class_table
-from sdm.data.prepare import decode_row, prepare_data, split_indices
+from sdm.data.prepare import decode_instance, decode_row, prepare_data, split_indices
 from sdm.data.rows import as_table, label_to_ids, read_rgb_file
 from sdm.data.sources import SOURCES, overlay_source
 from sdm.generation.weights import Model
@@ -99,7 +99,9 @@ def split_masks(train_cfg: dict[str, Any], split: str, limit: int | None,
     for position, row_index in enumerate(rows_of_split[:limit]):
         row = rows[int(row_index)]
         image, label = decode_row(row, prepared.size)
-        masks.append(Mask(f"{int(row['index']):06d}", position, label.copy(), image.copy()))
+        instance = decode_instance(row, prepared.size)  # the edge channel's source, where the data has one
+        masks.append(Mask(f"{int(row['index']):06d}", position, label.copy(), image.copy(),
+                          None if instance is None else instance.copy()))
     return masks
 
 

@@ -78,9 +78,10 @@ class SDMModule(L.LightningModule):
         if self.channels_last:
             self.unet.to(memory_format=torch.channels_last)
 
-    def condition(self, label: Tensor) -> Tensor:
-        """uint8 ids -> one-hot (+ edge) map on the device, in the network's memory format."""
-        cond = label_to_condition(label.long(), self.unet.num_classes, self.unet.edge_channel)
+    def condition(self, label: Tensor, instance: Tensor | None = None) -> Tensor:
+        """uint8 ids -> one-hot (+ edge) map on the device, in the network's memory format; the edge
+        channel marks the boundaries of `instance` ids where the data has them, else of the classes."""
+        cond = label_to_condition(label.long(), self.unet.num_classes, self.unet.edge_channel, instance)
         return cond.contiguous(memory_format=torch.channels_last) if self.channels_last else cond
 
     def _generators(self, stream: int, batch_size: int) -> list[torch.Generator]:
@@ -95,7 +96,7 @@ class SDMModule(L.LightningModule):
                          drop_prob: float, network: torch.nn.Module) -> tuple[dict[str, Tensor], Tensor]:
         x0 = batch["image"]
         uniform, t, noise = draw_noise(generators, tuple(x0.shape), self.num_timesteps, self.device, x0.dtype)
-        cond = drop_condition(self.condition(batch["label"]), uniform < drop_prob)
+        cond = drop_condition(self.condition(batch["label"], batch.get("instance")), uniform < drop_prob)
         x_t = add_noise(self.scheduler, x0, noise, t)
         if self.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
@@ -183,10 +184,12 @@ class SDMModule(L.LightningModule):
 
     @torch.no_grad()
     def sample_images(self, label: Tensor, num_per_mask: int, *, steps: int | None = None,
+                      instance: Tensor | None = None,
                       guidance: float | None = None, seed: int = 0) -> Tensor:
         """EMA samples for each mask: (B * num_per_mask) x 3 x H x W in [-1, 1]."""
         sampler = self.cfg["sampler"]
-        cond = self.condition(label.to(self.device)).repeat_interleave(num_per_mask, dim=0)
+        edges = None if instance is None else instance.to(self.device)
+        cond = self.condition(label.to(self.device), edges).repeat_interleave(num_per_mask, dim=0)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16()):
             return sample(
@@ -203,7 +206,8 @@ class SDMModule(L.LightningModule):
         """One row per validation mask: coloured mask | real image | samples (and the samples)."""
         val = self.cfg["validation"]
         per_mask = int(val["samples_per_mask"])
-        samples = self.sample_images(batch["label"], per_mask, steps=int(val["num_steps"]), seed=0)
+        samples = self.sample_images(batch["label"], per_mask, steps=int(val["num_steps"]), seed=0,
+                                     instance=batch.get("instance"))
         rows = []
         for i, label in enumerate(batch["label"]):
             row = [class_table(self.cfg["data"]).colorize(label.cpu().numpy()), to_uint8_image(batch["image"][i])]

@@ -42,6 +42,7 @@ from sdm.checkpoint.official.keys import legacy_qkv_to_ours, our_name
 from sdm.checkpoint.official.layout import Layout, read_layout
 from sdm.cli.convert import main
 from sdm.core.atomic import WriteError, temporary_name
+from sdm.core.configs import compose
 from sdm.core.errors import CheckpointError, ConfigError, DataError
 from sdm.data.classes import class_table
 from sdm.generation import folder_masks, generate, load_model
@@ -303,7 +304,7 @@ def test_the_published_ade20k_network_is_read_as_the_paper_preset(tmp_path):
 
     net = Official(mc=256, mult=(1, 1, 2, 2, 4, 4), nrb=2, attention_ds=(8, 16, 32), label_channels=151, meta=True)
     config = build_config(read_layout(net.state), options(tmp_path, "ade20k"))
-    paper = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "model" / "paper.yaml"))
+    paper = OmegaConf.to_container(compose("train", ["model=paper", "data=ade20k"]).model, resolve=True)
     assert {k: v for k, v in config["model"].items() if k not in ("name", "use_checkpoint")} == \
            {k: v for k, v in paper.items() if k not in ("name", "use_checkpoint")}
     assert config["converted_from"]["official_flags"]["attention_resolutions"] == "32,16,8"

@@ -45,6 +45,7 @@ def test_a_dataset_in_its_layout_trains_samples_and_evaluates_with_its_classes(t
     model = load_model(run)
     assert table.num_classes == model.unet.num_classes == channels  # the model's label channels are the table's
     assert class_table(model.cfg["data"]).names == table.names  # and the run keeps its table
+    assert model.unet.edge_channel == (preset in ("cityscapes", "coco_stuff", "celebamask"))  # the paper's inputs
     out = tmp_path / "samples"
     manifest = generate(sample_cfg(f"weights={run}", "masks=val", f"out_dir={out}", "num_per_mask=1"))
     assert manifest["complete"] and manifest["train_data"]["num_classes"] == channels

@@ -380,7 +380,7 @@ def test_prepared_statistics_and_exports_are_exact(tmp_path, data_cfg):
     prepared = prepare_data(cfg, show_progress=False)
     info = prepared.info
     assert set(info) == {"key", "source", "path", "rows", "source_rows", "skipped", "problems", "converted_to_rgb",
-                         "source_sizes", "size", "resize", "num_classes", "class_table", "ignore", "class_names",
+                         "source_sizes", "size", "resize", "num_classes", "class_table", "instances", "ignore", "class_names",
                          "class_pixel_frequency", "images_per_class", "classes_present", "seconds"}
     assert (info["key"], info["source"], info["path"]) == (prepared.root.name, "sidewalk", str(folder))
     assert (info["class_table"], info["ignore"]) == ("sidewalk", 0)

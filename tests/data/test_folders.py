@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from helpers.folders import PATHS, write_layout
 from helpers.rows import png_bytes, street_like
 from PIL import Image
@@ -14,8 +15,9 @@ from PIL import Image
 from sdm.core.configs import compose
 from sdm.core.errors import DataError
 from sdm.data.classes import preset
+from sdm.data.datamodule import SidewalkDataModule
 from sdm.data.folders import detect_layout
-from sdm.data.prepare import decode_row, describe, prepare_data
+from sdm.data.prepare import decode_instance, decode_row, describe, prepare_data
 
 PRESET_OF = {"plain": "folder", "ade20k": "ade20k", "cityscapes": "cityscapes", "coco_stuff": "coco_stuff",
              "celebamask": "celebamask"}
@@ -122,3 +124,29 @@ def test_any_hub_dataset_with_its_own_column_names(tmp_path):
     stored = decode_row(prepared.open()[0], (12, 16))[1]
     assert np.array_equal(stored, preset("ade20k").ids_from_values(ade_values))
     assert json.loads((prepared.root / "dataset_info.json").read_text())["num_classes"] == 151
+
+
+def test_instance_maps_are_cached_and_cropped_and_flipped_with_their_labels(tmp_path):
+    """Cityscapes' _instanceIds: kept beside the labels (nearest, the label's geometry), and every
+    augmentation moves them with the label, so the edge channel marks the instances of the scene shown."""
+    root = tmp_path / "cityscapes"
+    values = write_layout(root, "cityscapes", ["a", "b", "c", "d"], size=(24, 32))
+    for name, label in values.items():  # an instance id that names its class: id // 1000 is the label
+        instance = (label.astype(np.int32) * 1000 + (np.arange(32)[None, :] // 8)).astype(np.uint16)
+        Image.fromarray(instance).save(root / "gtFine" / "train" / "aachen" / f"{name}_gtFine_instanceIds.png")
+    cfg = folder_cfg(tmp_path, "cityscapes", root, "data.size=[12,16]", "data.resize=crop", "data.val_fraction=0",
+                     "data.batch_size=4", "data.num_workers=0", "data.augment.scale=[0.5,1.0]", "data.augment.hflip=0.5")
+    prepared = prepare_data(cfg, show_progress=False)
+    assert prepared.info["instances"] and prepared.root.name.endswith("-inst")
+    row = prepared.open()[0]
+    instance = decode_instance(row, (12, 16))
+    assert instance.dtype == np.int32 and np.array_equal(instance // 1000, decode_row(row, (12, 16))[1])
+    module = SidewalkDataModule(cfg)
+    module.setup("fit")
+    for _ in range(3):  # random crops and flips: the instances stay on their classes
+        batch = next(iter(module.train_dataloader()))
+        assert batch["instance"].dtype == torch.int32
+        assert torch.equal(batch["instance"] // 1000, batch["label"].long().int())
+    plain = tmp_path / "plain"
+    write_layout(plain, "plain", ["a", "b"], instances=False)
+    assert "instance" not in prepare_data(folder_cfg(tmp_path, "plain", plain), show_progress=False).open()[0]

@@ -101,6 +101,11 @@ def test_the_study_runs_end_to_end_on_a_tiny_setting_and_resumes(tmp_path):
     assert "## Real only: the learning curve" in text and "| 20 | synthetic, then real, filtered |" in text
     assert (tmp_path / "results" / "results_augmentation.png").stat().st_size > 0
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "study").rglob("segmenter.safetensors")}
+    note = "\n<!-- notes: kept as written -->\nStages after the first ran on one core.\n"
+    (tmp_path / "results" / "results_augmentation.md").write_text(text + note)
     again = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # every stage was done: nothing trained again
+    rewritten = (tmp_path / "results" / "results_augmentation.md").read_text()
+    assert rewritten.endswith("<!-- notes: kept as written -->\nStages after the first ran on one core.\n")
+    assert rewritten.count("notes: kept as written") == 1  # the figures are rewritten, the note kept once

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
+from omegaconf import OmegaConf
 from torch import nn
 
+from sdm.core.configs import compose
 from sdm.models import SDMUNet, build_unet, drop_condition, label_to_condition
 from sdm.models.attention import AttentionBlock
 from sdm.models.blocks import ResBlock
@@ -24,7 +25,9 @@ NC = 5  # classes of the small test networks
 
 
 def preset(name: str) -> dict:
-    kwargs = yaml.safe_load((REPO / "conf" / "model" / f"{name}.yaml").read_text())
+    """The model group `name` as a run resolves it (its edge channel follows the data preset:
+    sidewalk's is off)."""
+    kwargs = OmegaConf.to_container(compose("train", [f"model={name}"]).model, resolve=True)
     assert kwargs.pop("name") == name
     return kwargs
 

@@ -479,3 +479,22 @@ def test_adamw_eps_defaults_to_1e_8_for_configs_without_it(tmp_path):
     del cfg["optim"]["eps"]
     optimizer = SDMModule(cfg).configure_optimizers()["optimizer"]
     assert optimizer.param_groups[0]["eps"] == 1e-8
+
+
+def test_the_edge_channel_marks_instance_boundaries_where_the_batch_has_them(tmp_path):
+    """Two cars side by side are one class: only their instance ids tell where one ends (the
+    paper's Cityscapes and COCO models); without instance ids the edges are the classes'."""
+    cfg = compose_train(tmp_path, "model.edge_channel=true")
+    edged = SDMModule(OmegaConf.to_container(cfg, resolve=True))
+    assert edged.unet.edge_channel
+    label = torch.full((1, 8, 8), 10, dtype=torch.uint8)
+    instance = torch.zeros(1, 8, 8, dtype=torch.int32)
+    instance[:, :, 4:] = 1
+    with_instances = edged.condition(label, instance)[:, -1]
+    assert with_instances[0, :, 3:5].sum() > 0 and with_instances[0, :, :3].sum() == 0  # at the cars' border only
+    assert edged.condition(label)[:, -1].sum() == 0  # one class, no instances: no edge
+    batch = {"image": torch.zeros(1, 3, 8, 8), "label": label, "instance": instance}
+    seen = []
+    edged.condition = lambda lab, inst=None: seen.append(inst) or label_to_condition(lab.long(), 35, True, inst)
+    edged.diffusion_losses(batch, torch.Generator().manual_seed(0), 0.0, edged.unet)
+    assert seen and seen[0] is instance  # training conditions on the batch's instance ids
