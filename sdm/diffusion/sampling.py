@@ -8,6 +8,7 @@ network was trained with, whatever sampler is chosen.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -142,21 +143,25 @@ def sample(
     callback: Callable[[int, int, Tensor], None] | None = None,
     clip_denoised: bool = True,
     image_channels: int = 3,
+    scheduler: SchedulerMixin | None = None,
 ) -> Tensor:
     """Generate B images (B x 3 x H x W in [-1, 1]) for the condition maps ``cond`` (B x C x H x W).
 
     ``model_fn(x, t, cond)`` returns 3 channels, or 6 with learned sigma (``noise_config``
     holds the kwargs of ``build_noise_scheduler``, ``learn_sigma`` included). All noise is
     drawn from ``generator`` (a list gives each batch item its own stream);
-    ``callback(i, num_steps, x)`` runs after every step.
+    ``callback(i, num_steps, x)`` runs after every step. A ready ``scheduler`` (a diffusers
+    pipeline's component) replaces the one ``sampler`` names; its step gets the generator and eta
+    where it takes them, and the variance channels where it learns the variance.
     """
     if not math.isfinite(guidance_scale) or guidance_scale < 0:
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    scheduler = build_sampler_scheduler(
-        sampler, noise_config, timestep_spacing=timestep_spacing, clip_denoised=clip_denoised
-    )
+    if scheduler is None:
+        scheduler = build_sampler_scheduler(
+            sampler, noise_config, timestep_spacing=timestep_spacing, clip_denoised=clip_denoised
+        )
     _, learn_sigma = _split_noise_config(noise_config)
     total = scheduler.config.num_train_timesteps
     if not 1 <= int(num_steps) <= total:
@@ -164,9 +169,8 @@ def sample(
 
     device = cond.device
     # DDPM/DDIM index CPU tables with the timestep, so their timesteps stay on the CPU.
-    scheduler.set_timesteps(
-        int(num_steps), device=device if sampler in ("dpmpp", "unipc") else None
-    )
+    multistep = isinstance(scheduler, DPMSolverMultistepScheduler | UniPCMultistepScheduler)
+    scheduler.set_timesteps(int(num_steps), device=device if multistep else None)
     shape = (cond.shape[0], image_channels, *cond.shape[2:])
     if x_T is None:
         x = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
@@ -176,15 +180,11 @@ def sample(
         x = x_T.to(device=device, dtype=torch.float32)
     x = x * scheduler.init_noise_sigma
 
-    step_kwargs: dict[str, Any] = {}
-    if sampler == "ddpm":
-        step_kwargs = {"generator": generator}
-    elif sampler == "ddim":
-        step_kwargs = {
-            "eta": float(eta),
-            "generator": generator,
-            "use_clipped_model_output": clip_denoised,
-        }
+    accepts = set(inspect.signature(scheduler.step).parameters)
+    step_kwargs: dict[str, Any] = {"generator": generator} if "generator" in accepts else {}
+    if "eta" in accepts:  # DDIM
+        step_kwargs.update(eta=float(eta), use_clipped_model_output=clip_denoised)
+    learned_variance = scheduler.config.get("variance_type") in ("learned", "learned_range")
 
     timesteps = scheduler.timesteps
     paired_cond = torch.cat([cond, torch.zeros_like(cond)])
@@ -195,7 +195,7 @@ def sample(
             t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
             x_in = scheduler.scale_model_input(x, t)
             out = guided_prediction(model_fn, x_in, t_batch, cond, guidance_scale, learn_sigma, paired_cond)
-            if sampler != "ddpm":
+            if not learned_variance:
                 out = out[:, :image_channels]  # DDIM/UniPC would misread the variance channels
             x = scheduler.step(out, t, x, **step_kwargs).prev_sample.float()
             if callback is not None:

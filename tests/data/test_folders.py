@@ -85,6 +85,12 @@ def test_a_bad_label_file_is_named_and_nothing_is_cached(tmp_path):
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(root / "labels" / "b.png")
     with pytest.raises(DataError, match=r"row 1: .*labels/b.png: image is 16x12 but label is 5x5"):
         prepare_data(folder_cfg(tmp_path, "plain", root), show_progress=False)
+    colours = np.zeros((12, 16, 3), np.uint8)
+    colours[:, 8:] = (0, 128, 0)  # a colour-coded label map, and a table that reads ids
+    Image.fromarray(colours).save(root / "labels" / "b.png")
+    with pytest.raises(DataError, match=r"row 1: .*labels/b.png: field 'label': an RGB \(colour-coded\) label map, "
+                                        r"but the 'generic' table reads id maps .*label_format=color"):
+        prepare_data(folder_cfg(tmp_path, "plain", root), show_progress=False)
     cache = tmp_path / "cache"
     assert not cache.exists() or not any(cache.iterdir())  # no cache, no temporary folder left
 
