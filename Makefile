@@ -6,11 +6,11 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup demo pipeline test test-fast lint mutants bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml tools/constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c tools/constraints.txt -e '.[dev]'
 	touch $@
 
 setup: $(VENV)/.installed
