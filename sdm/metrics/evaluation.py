@@ -16,8 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from sdm.checkpoint.card import SAMPLES, write_model_card
+from sdm.checkpoint.files import EXPORT_CONFIG
 from sdm.core.atomic import WriteError, remove_leftovers, temporary_name, write_json
 from sdm.core.errors import ConfigError
 from sdm.core.hardware import resolve_device
@@ -204,8 +207,26 @@ def evaluate_set(image_set: ImageSet, out_dir: Path, ecfg: DictConfig, num_class
             log_to_tensorboard(report, logdir)
             report["files"]["tensorboard"] = str(logdir)
         write_json(stage / JSON_FILE, report)  # moved into place last: its presence means the rest is there
+    refresh_model_card(report, out_dir)
     print(text, end="")
     return report
+
+
+def refresh_model_card(report: dict[str, Any], out_dir: Path) -> None:
+    """The evaluated weights' model card, with these numbers and a picture of the samples: an
+    export's README.md says what its newest evaluation measured."""
+    weights = Path(str((report.get("weights") or {}).get("file") or ""))
+    export = weights.parent
+    if not weights.name or not (export / EXPORT_CONFIG).is_file() or not report.get("metrics"):
+        return
+    try:
+        pictures = report["files"]["pictures"]
+        shown = next((pictures[k] for k in pictures if "blur control" in k), None) or next(iter(pictures.values()), None)
+        if shown:
+            shutil.copyfile(out_dir / shown, export / SAMPLES)
+        write_model_card(export, yaml.safe_load((export / EXPORT_CONFIG).read_text()), report)
+    except OSError as err:  # a read-only export: the report stands, the card stays as it was
+        print(f"note: the model card in {export} was not refreshed: {err}")
 
 
 def tensorboard_folder(image_set: ImageSet, out_dir: Path) -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from sdm.checkpoint.card import CARD, SAMPLES, write_model_card
 from sdm.core.atomic import remove_leftovers, temporary_name
 from sdm.core.errors import ConfigError
 from sdm.core.places import check_output_folder
@@ -53,12 +54,19 @@ def save_pipeline(source: str | Path, out: str | Path, sampler: str | None = Non
         raise ConfigError(f"--out {out} exists; pass --overwrite to replace it")
     check_output_folder(out.parent, "--out")
     pipe = pipeline_from_weights(source, sampler)
+    model = load_model(source)
     for leftover in remove_leftovers(out.parent, "tmp", out.name):
         print(f"removed {leftover}: the unfinished folder of a killed save")
     tmp = temporary_name(out, "tmp")
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "pipeline.py").write_text(SHIM)
+        export = model.path.parent  # its model card (with the newest evaluation) and picture come along
+        for name in (SAMPLES, CARD):
+            if (export / name).is_file():
+                shutil.copyfile(export / name, tmp / name)
+        if not (tmp / CARD).is_file():  # a checkpoint, not an export: a card of its config
+            write_model_card(tmp, model.cfg)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

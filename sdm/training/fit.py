@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
+from sdm.checkpoint.card import CARD, write_model_card
 from sdm.checkpoint.files import (
     CHECKPOINT_DIR,
     EXPORT_DIR,
@@ -218,7 +219,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         if cfg.export:
             path = export_ema(module.ema.module.state_dict(), plain, Path(cfg.output_dir) / EXPORT_DIR)
-            print(f"exported EMA weights to {path}")
+            write_model_card(path.parent, plain)  # numbers come with the run's first evaluation
+            print(f"exported EMA weights to {path} (model card: {path.parent / CARD})")
         for logger in trainer.loggers:
             logger.log_hyperparams(hparams_of(plain), metrics)
             logger.finalize("success")

@@ -516,7 +516,7 @@ def test_an_export_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
         cli.run(parse_args([*args, f"out={tmp_path / 'file' / 'a'}"]))  # a parent that is a file
     monkeypatch.undo()
     written = cli.run(parse_args([*args, f"out={tmp_path / 'a'}"]))
-    assert sorted(p.name for p in written.parent.iterdir()) == [EXPORT_CONFIG, EXPORT_WEIGHTS]
+    assert sorted(p.name for p in written.parent.iterdir()) == ["README.md", EXPORT_CONFIG, EXPORT_WEIGHTS]  # with its model card
     with pytest.raises(ConfigError, match="exists and is not empty; pass overwrite=true"):
         cli.run(parse_args([*args, f"out={tmp_path / 'a'}"]))
     before = written.stat().st_ino
@@ -555,7 +555,7 @@ def test_a_killed_conversion_leaves_no_export_and_the_next_run_clears_its_leftov
     other.mkdir()
     write_export(weights, config, out, overwrite=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, live.name, other.name])
-    assert sorted(p.name for p in out.iterdir()) == [EXPORT_CONFIG, EXPORT_WEIGHTS]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", EXPORT_CONFIG, EXPORT_WEIGHTS]
 
 
 def test_the_cli_prints_the_network_it_read_and_how_to_sample_from_it(tmp_path, capsys):

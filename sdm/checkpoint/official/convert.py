@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sdm.checkpoint.card import CARD, write_model_card
 from sdm.checkpoint.files import (
     EXPORT_CONFIG,
     EXPORT_WEIGHTS,
@@ -304,8 +305,9 @@ def write_export(weights: dict[str, Tensor], config: dict[str, Any], out: Path, 
         out.parent.mkdir(parents=True, exist_ok=True)
         remove_leftovers(out.parent, "tmp", out.name)
         export_ema(weights, config, tmp)
+        write_model_card(tmp, config)
         if out.is_dir():
-            for name in (EXPORT_WEIGHTS, EXPORT_CONFIG):
+            for name in (EXPORT_WEIGHTS, EXPORT_CONFIG, CARD):
                 os.replace(tmp / name, out / name)
             tmp.rmdir()
         else:

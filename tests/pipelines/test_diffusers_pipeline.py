@@ -49,7 +49,8 @@ def folder(run_dir, tmp_path_factory):
 
 
 def test_save_pretrained_and_from_pretrained_round_trip(run_dir, folder):
-    assert sorted(p.name for p in folder.iterdir()) == ["model_index.json", "pipeline.py", "scheduler", "unet"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "model_index.json", "pipeline.py", "scheduler",
+                                                        "unet"]
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == "SDMPipeline" and index["unet"] == ["sdm.pipelines.unet", "SDMUNet2DModel"]
     assert index["class_names"] == list(SIDEWALK.names) and index["image_size"] == [SIZE, SIZE]
@@ -77,10 +78,10 @@ def test_the_pipeline_draws_the_images_sample_py_draws(run_dir, folder, tmp_path
     for (name, k), image in zip([("a", 0), ("a", 1), ("b", 0), ("b", 1)], images, strict=True):
         expected = np.asarray(Image.open(tmp_path / "out" / "images" / f"{name}_{k}.png"))
         assert np.array_equal(np.asarray(image), expected), (name, k)
-    coloured = Image.fromarray(SIDEWALK.colorize(labels["a"]))  # a colour-coded map in the palette: the same ids
-    fresh = [torch.Generator().manual_seed(sample_seed(7, k)) for k in range(2)]
-    same = pipe(coloured, num_images_per_mask=2, num_inference_steps=2, generator=fresh).images
-    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(same, images[:2], strict=True))
+    coloured = [Image.fromarray(SIDEWALK.colorize(labels[n])) for n in ("a", "b")]  # maps in the palette: same ids
+    fresh = [torch.Generator().manual_seed(sample_seed(7 + i, k)) for i in range(2) for k in range(2)]
+    same = pipe(coloured, num_images_per_mask=2, num_inference_steps=2, generator=fresh).images  # the same batch
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(same, images, strict=True))
     pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)  # a swapped scheduler
     arrays = pipe(labels["a"], num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert arrays.shape == (1, SIZE, SIZE, 3) and arrays.min() >= 0 and arrays.max() <= 1
