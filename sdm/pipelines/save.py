@@ -49,10 +49,9 @@ def pipeline_from_weights(source: str | Path, sampler: str | None = None,
 
 def save_pipeline(source: str | Path, out: str | Path, sampler: str | None = None, overwrite: bool = False) -> Path:
     """Write the pipeline of `source` to `out` (built under a temporary name, then renamed)."""
-    out = Path(out).expanduser()
+    out = check_output_folder(out, "--out")  # a file there, a read-only or full disk: named before any work
     if out.exists() and not overwrite:
         raise ConfigError(f"--out {out} exists; pass --overwrite to replace it")
-    check_output_folder(out.parent, "--out")
     pipe = pipeline_from_weights(source, sampler)
     model = load_model(source)
     for leftover in remove_leftovers(out.parent, "tmp", out.name):

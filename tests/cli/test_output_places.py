@@ -57,6 +57,7 @@ COMMANDS = {
     "convert": Command("convert", lambda out, w: [str(w.official), "dataset=coco", "num_classes=9",
                                                   "no_instance=false", f"out={out}"]),
     "scenes": Command("scenes", lambda out, w: ["--num", "2", "--size", "16", "--out", str(out)]),
+    "diffusers": Command("diffusers", lambda out, w: [str(w.run), "--out", str(out)]),
     "weights": Command("weights", lambda out, w: ["download", "--dir", str(out)], rerun=False),
 }
 
