@@ -53,3 +53,24 @@ def masks_of(tmp_path: Path, num: int) -> Path:
 
 def stable(manifest: dict) -> dict:
     return {k: v for k, v in manifest.items() if k not in (*TIMING, "out_dir")}
+
+
+def nudged_export(run: Path, *overrides: str) -> Path:
+    """A run dir with an export of an untrained tiny model at SIZE, its weights nudged off their init
+    (the zero-initialised output head would ignore the mask)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from helpers.configs import compose_train
+    from sdm.checkpoint.files import EXPORT_DIR, export_ema
+    from sdm.training.module import SDMModule
+
+    cfg = compose_train(run, f"data.size=[{SIZE},{SIZE}]", "data.scenes.num=12", "data.val_fraction=0.34", *overrides)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    module = SDMModule(plain)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in module.ema.module.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    export_ema(module.ema.module.state_dict(), plain, run / EXPORT_DIR)
+    return run

@@ -10,13 +10,10 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DiffusionPipeline, UniPCMultistepScheduler
-from helpers.configs import compose_train
-from helpers.generation import SIZE, bands, mask_folder, sample_cfg
+from helpers.generation import SIZE, bands, mask_folder, nudged_export, sample_cfg
 from helpers.official import Official
-from omegaconf import OmegaConf
 from PIL import Image
 
-from sdm.checkpoint.files import EXPORT_DIR, export_ema
 from sdm.cli.convert import main as convert
 from sdm.cli.diffusers import main as diffusers_cli
 from sdm.core.errors import ConfigError
@@ -25,22 +22,12 @@ from sdm.generation import generate
 from sdm.generation.layout import sample_seed
 from sdm.pipelines import SDMPipeline, SDMUNet2DModel
 from sdm.pipelines.save import save_pipeline
-from sdm.training.module import SDMModule
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """An export of a tiny model, its weights nudged off their init (the zero head ignores the mask)."""
-    run = tmp_path_factory.mktemp("pipe") / "run"
-    cfg = compose_train(run, f"data.size=[{SIZE},{SIZE}]", "data.scenes.num=12", "data.val_fraction=0.34")
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    module = SDMModule(plain)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in module.ema.module.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    export_ema(module.ema.module.state_dict(), plain, run / EXPORT_DIR)
-    return run
+    return nudged_export(tmp_path_factory.mktemp("pipe") / "run")
 
 
 @pytest.fixture(scope="module")
