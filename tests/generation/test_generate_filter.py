@@ -61,6 +61,21 @@ def test_a_pixel_is_unlabeled_when_its_loss_exceeds_tolerance_times_its_class_me
     assert labels.tolist() == [[1, 1, 3], [2, 2, 3]]  # the input is left as it was
 
 
+def test_another_table_s_ignore_id_is_what_a_noisy_pixel_becomes():
+    """ADE20K's unlabeled is 150, not 0: the filter writes it, and its pixels carry no loss or mean."""
+    labels = np.array([[1, 1, 150], [2, 2, 0]], np.uint8)
+    losses = torch.tensor([[0.1, 5.0, 9.0], [0.25, 0.26, 9.0]])
+    means = torch.full((151,), math.nan, dtype=torch.float64)
+    means[[0, 1, 2]] = torch.tensor([1.0, 1.0, 0.2], dtype=torch.float64)
+    filtered = filter_labels(losses, labels, means, tolerance=1.25, unlabeled=150)
+    assert filtered.tolist() == [[1, 150, 150], [2, 150, 150]]  # class 0 is a class here: its noisy pixel goes too
+    network = SoftPaletteReader()
+    ids = np.stack([stripes(SIZE, seed) for seed in range(2)])
+    images = np.stack([colorize(label) for label in ids])
+    losses = pixel_losses(network, images, ids, unlabeled=ids[0, 0, 0])
+    assert (losses[torch.from_numpy(ids == ids[0, 0, 0])] == 0).all()  # the ignore id carries no loss
+
+
 def test_class_means_are_the_mean_loss_of_each_class_over_the_real_pixels():
     network = SoftPaletteReader()
     labels = np.stack([stripes(SIZE, seed) for seed in range(5)])
@@ -197,3 +212,9 @@ def test_the_command_refuses_a_bad_tolerance_in_one_line_and_writes_nothing(tmp_
     err = capsys.readouterr().err
     assert code.value.code == 2 and err.startswith("error: filter tolerance=0.0 is invalid") and err.count("\n") == 1
     assert not (tmp_path / "hf").exists()
+
+
+def test_a_table_without_an_ignore_id_cannot_be_filtered():
+    faces = {"name": "folder", "num_classes": 19, "classes": {"name": "faces", "count": 19, "ignore": None}}
+    with pytest.raises(ConfigError, match=r"the 'faces' table has none \(data.classes.ignore=null\)"):
+        prepare_filter(PixelFilter("auto"), faces, (SIZE, SIZE))
