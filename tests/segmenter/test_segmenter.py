@@ -252,3 +252,12 @@ def test_a_cached_segmenter_of_another_order_or_start_is_trained_again(tmp_path,
     (start / INFO_FILE).write_text("{not json")
     with pytest.raises(ConfigError, match=r"segmenter.init=.*is not a segmenter's info file \(JSONDecodeError"):
         train_segmenter(segmenter_cfg(tmp_path, f"segmenter.init={start}"))
+
+
+def test_the_table_s_ignore_id_carries_no_target_and_is_not_scored(tmp_path):
+    """Another table's ignore id (here 28, vegetation made 'no class'): the segmenter records it, its
+    loss ignores those pixels and its mIoU leaves the class out."""
+    folder = train_segmenter(segmenter_cfg(tmp_path, "data.classes.ignore=28"))
+    info = json.loads((folder / INFO_FILE).read_text())
+    assert info["ignore"] == 28 and "28" not in info["real_val_per_class_iou"]
+    assert "0" in info["real_val_per_class_iou"] or "1" in info["real_val_per_class_iou"]  # other classes are scored
