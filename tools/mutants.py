@@ -62,7 +62,8 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
         ["sdm/generation/settings.py", "sdm/generation/weights.py",
          "sdm/generation/layout.py", "sdm/generation/grids.py", "sdm/generation/run.py"],
         ["tests/generation/test_generate.py", "tests/generation/test_generate_edges.py", "tests/generation/test_generate_shards.py",
-         "tests/generation/test_generate_masks.py"],
+         "tests/generation/test_generate_masks.py", "tests/generation/test_generate_records.py",
+         "tests/generation/test_generate_hardness.py"],
         "not cli",
     ),
     # which masks a generation uses: splits, another source, variations

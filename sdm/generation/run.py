@@ -92,7 +92,7 @@ def image_done(path: Path, size: tuple[int, ...]) -> bool:
 
 
 def run_jobs(model: Model, masks: Sequence[Mask], out_dir: Path, cfg: DictConfig,
-             device: torch.device, batch: int, desc: str = "sample") -> Counter[str]:
+             device: torch.device, batch: int, desc: str) -> Counter[str]:
     """Generate every missing image, `batch` per pass; returns how many were made per mask."""
     per_mask = int(cfg.num_per_mask)
     jobs = [(m, k) for m in masks for k in range(m.images(per_mask))

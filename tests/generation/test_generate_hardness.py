@@ -50,13 +50,15 @@ def test_a_generation_makes_more_images_for_harder_masks(run_dir, tmp_path, monk
 
     means = torch.full((35,), 1.0, dtype=torch.float64)
     means[0], means[8] = math.nan, 10.0
-    monkeypatch.setattr(hardness, "prepare_filter",
-                        lambda spec, data, size: LabelFilter(torch.nn.Identity(), means, 1.0, tmp_path / "seg"))
+    asked = []  # the real rows the segmenter is trained on: the run's data at the model's size
+    monkeypatch.setattr(hardness, "prepare_filter", lambda spec, data, size: asked.append((data["size"], size))
+                        or LabelFilter(torch.nn.Identity(), means, 1.0, tmp_path / "seg"))
     share = {"easy": (1, 2), "half": (8, 2), "hard": (8, 8)}  # class 8 on 0 %, 50 %, 100 % of the pixels
     masks = mask_folder(tmp_path, {name: bands(SIZE, SIZE, classes) for name, classes in share.items()})
     out = tmp_path / "out"
     manifest = generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}", "hardness={most:4}"))
     counts = {item["mask"]: len(item["images"]) for item in manifest["items"]}
+    assert asked == [([SIZE, SIZE], (SIZE, SIZE))]
     assert counts == {"easy": 1, "half": 3, "hard": 4}  # hardness 1, 5.5, 10 -> 1 + round(3 * (h - 1) / 9)
     assert sorted(p.name for p in (out / "images").iterdir()) == [
         "easy_0.png", "half_0.png", "half_1.png", "half_2.png", "hard_0.png", "hard_1.png", "hard_2.png", "hard_3.png"]

@@ -37,19 +37,23 @@ def test_devices_must_be_a_positive_count(run_dir, tmp_path):  # noqa: F811
     assert not (tmp_path / "out").exists()
 
 
-def test_two_shards_make_the_files_of_one_run_and_the_last_writes_the_manifest(single, run_dir, tmp_path):  # noqa: F811
+def test_two_shards_make_the_files_of_one_run_and_the_last_writes_the_manifest(single, run_dir, tmp_path, capsys):  # noqa: F811
     masks, reference, manifest = single
     out = tmp_path / "out"
     first = generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}", "shard=1/2"))
-    assert first["complete"] is False and first["shard"] == [1, 2]  # done, but shard 0 is not
-    assert json.loads(shard_record_path(out, 1, 2).read_text())["complete"] is True
+    # done, but shard 0 is not: the answer says where this shard's record lies
+    assert first == {"complete": False, "shard": [1, 2], "shard_record": str(shard_record_path(out, 1, 2)),
+                     "out_dir": str(out)}
+    assert capsys.readouterr().out.startswith("shard 1/2: 2 of 5 masks x 2 samples, ddim 2 steps")
+    record = json.loads(shard_record_path(out, 1, 2).read_text())
+    assert record["complete"] is True and record["shard"] == [1, 2]
     assert not (out / "manifest.json").exists() and not list((out / "grids").iterdir())
     assert sorted(p.name for p in (out / "images").iterdir()) == ["m1_0.png", "m1_1.png", "m3_0.png", "m3_1.png"]
     merged = generate(sample_cfg(f"weights={run_dir}", f"masks={masks}", f"out_dir={out}", "shard=0/2"))
     assert files(out) == files(reference)  # images, labels, coloured masks and grids, byte for byte
     written = json.loads((out / "manifest.json").read_text())
     assert stable(written) == stable(json.loads((reference / "manifest.json").read_text()))
-    assert stable(merged) == stable(manifest)
+    assert stable(merged) == stable(manifest) and merged["out_dir"] == str(out)
     images = [image for item in written["items"] for image in item["images"]]
     assert len(images) == len(set(images)) == 10  # each image listed once
     assert written["shards"] == 2 and written["images_made"] == 10 and written["complete"] is True
