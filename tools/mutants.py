@@ -4,6 +4,7 @@
     python tools/mutants.py --changed main          # only files changed since `main`
     python tools/mutants.py                         # every package below
     python tools/mutants.py --resume generation     # continue a run that was stopped
+    python tools/mutants.py --recheck generation    # its survivors again, after tests were written for them
 
 Each package is mutated in its own copy of the working tree (`runs/mutants/<package>/`),
 with the fast tests that cover it, one torch thread per child. The kill rate of each run
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import re
 import shutil
@@ -136,8 +138,8 @@ def package_of(path: str) -> str | None:
     return next((name for name, (globs, _, _) in PACKAGES.items() if any(fnmatch(path, g) for g in globs)), None)
 
 
-def prepare_copy(work: Path, only: list[str], tests: list[str], deselect: str) -> None:
-    """A fresh copy of the working tree whose pyproject tells mutmut what to do."""
+def copy_tree(work: Path) -> None:
+    """A fresh copy of the working tree's tracked and new files in `work`."""
     shutil.rmtree(work, ignore_errors=True)
     for rel in tracked_files():
         target = work / rel
@@ -146,9 +148,17 @@ def prepare_copy(work: Path, only: list[str], tests: list[str], deselect: str) -
             target.symlink_to(os.readlink(REPO / rel))
         else:
             shutil.copy2(REPO / rel, target)
+
+
+def test_selection(tests: list[str], deselect: str) -> list[str]:
     selection = [t for t in tests if (REPO / t).is_file()] + ["-m", "not slow", "-p", "no:cacheprovider"]
-    if deselect:
-        selection += ["-k", deselect]
+    return selection + (["-k", deselect] if deselect else [])
+
+
+def prepare_copy(work: Path, only: list[str], tests: list[str], deselect: str) -> None:
+    """A fresh copy of the working tree whose pyproject tells mutmut what to do."""
+    copy_tree(work)
+    selection = test_selection(tests, deselect)
     config = {
         "source_paths": ["sdm"],
         "only_mutate": only,
@@ -202,6 +212,43 @@ def recheck_timeouts(work: Path) -> None:
                        stdout=handle, stderr=subprocess.STDOUT, check=False)
 
 
+def recheck_survivors(work: Path, tests: list[str], deselect: str, equivalent: dict[str, str]) -> None:
+    """Plant each non-equivalent survivor of the finished run in `work` again, from mutmut's own diff,
+    into a copy of the current tree, and run the package's tests on it (stopping at the first failure).
+
+    Tests written for a run's survivors are checked this way without a whole new run, which would
+    re-run the many mutants already killed. Results go to `work/recheck.json`: killed, survived, or
+    gone (the diff no longer applies: that code was changed or removed since the run). A stopped
+    re-check continues; delete the file to check every survivor again."""
+    survivors = [n for n, s in mutant_statuses(work).items() if s in ("survived", "no tests") and n not in equivalent]
+    scratch = work.parent / f"{work.name}-recheck"
+    copy_tree(scratch)
+    results_file = work / "recheck.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    env = {**os.environ, **MUTMUT_ENV, "PYTHONPATH": str(scratch)}
+    for number, name in enumerate(survivors, 1):
+        if name in results:  # checked by an earlier, stopped re-check
+            continue
+        shown = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True,
+                               text=True, env={**os.environ, "PYTHONPATH": ""}).stdout
+        diff = "".join(line + "\n" for line in shown.splitlines() if not line.startswith("#"))
+        target = scratch / next(line[4:].strip() for line in diff.splitlines() if line.startswith("--- "))
+        original = target.read_text()
+        planted = subprocess.run(["patch", "-p0", "--no-backup-if-mismatch", "-F3", str(target)], input=diff,
+                                 capture_output=True, text=True).returncode == 0
+        try:
+            if not planted:
+                results[name] = "gone"
+            else:
+                code = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", *test_selection(tests, deselect)],
+                                      cwd=scratch, env=env, capture_output=True, text=True).returncode
+                results[name] = "killed" if code != 0 else "survived"
+        finally:
+            target.write_text(original)
+        print(f"  re-check {number}/{len(survivors)}: {results[name]} {name}", flush=True)
+        results_file.write_text(json.dumps(results, indent=1))
+
+
 def mutant_statuses(work: Path) -> dict[str, str]:
     """mutant name -> status of the finished run in `work`."""
     env = {**os.environ, **MUTMUT_ENV}
@@ -222,6 +269,11 @@ def mutant_diff(work: Path, name: str) -> str:
 
 
 def summarise(package: str, statuses: dict[str, str], work: Path, equivalent: dict[str, str]) -> str:
+    recheck_file = work / "recheck.json"
+    rechecked = json.loads(recheck_file.read_text()) if recheck_file.is_file() else {}
+    later = {n for n, r in rechecked.items() if r == "killed" and statuses.get(n) in ("survived", "no tests")}
+    gone = {n for n, r in rechecked.items() if r == "gone"}
+    statuses = {n: ("killed" if n in later else s) for n, s in statuses.items() if n not in gone}
     counts = Counter(statuses.values())
     unrun = counts["not checked"]  # a run stopped early: rates over the mutants it tried
     total = len(statuses) - counts["skipped"] - unrun
@@ -240,6 +292,9 @@ def summarise(package: str, statuses: dict[str, str], work: Path, equivalent: di
         + (f"; partial run: {unrun} more mutants not run." if unrun else "."),
         "",
     ]
+    if rechecked:
+        lines += [f"Survivors re-checked with the tests written after the run (`--recheck`): {len(later)} killed "
+                  f"(counted above), {len(gone)} gone with the code they changed (not counted).", ""]
     if survivors:
         lines += ["| mutant | status | change | equivalent because |", "|---|---|---|---|"]
         for name in survivors:
@@ -297,6 +352,9 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the stopped runs under runs/mutants/ (mutmut keeps each result whose "
                              "function is unchanged) instead of starting from a fresh copy")
+    parser.add_argument("--recheck", action="store_true",
+                        help="plant the survivors of the finished runs under runs/mutants/ again and run the current "
+                             "tests on them (after tests were written for them), then summarise")
     parser.add_argument("--report-only", action="store_true",
                         help="summarise the finished runs under runs/mutants/ again, without running mutmut")
     args = parser.parse_args()
@@ -317,16 +375,20 @@ def main() -> None:
     for package, only in plans.items():
         _, tests, deselect = PACKAGES[package]
         work = REPO / "runs" / "mutants" / package
-        if not args.report_only:
+        if args.recheck or args.report_only:
+            if not (work / "mutants").is_dir():
+                print(f"[{package}] no finished run in {work}; skipped")
+                continue
+            if args.recheck:
+                print(f"[{package}] re-checking the survivors of {work} with the current tests ...", flush=True)
+                recheck_survivors(work, tests, deselect, equivalent or {})
+        else:
             resuming = args.resume and (work / "mutants").is_dir()
             print(f"[{package}] {'resuming' if resuming else 'mutating'} {only} with {tests} in {work} ...", flush=True)
             if not resuming:
                 prepare_copy(work, only, tests, deselect)
             run_mutmut(work, args.children)
             recheck_timeouts(work)
-        elif not (work / "mutants").is_dir():
-            print(f"[{package}] no finished run in {work}; skipped")
-            continue
         statuses = mutant_statuses(work)
         block = summarise(package, statuses, work, equivalent or {})
         print(block.splitlines()[3], flush=True)
