@@ -573,3 +573,65 @@ def test_real_and_synthetic_rows_are_prepared_and_mixed_for_training_only(tmp_pa
         assert (item["label"] == 7).all() and item["image"].shape == (3, 16, 16)
     assert not any((dm.val_set[i]["label"] == 7).all() for i in range(n_val))
     assert len(dm.train_dataloader().sampler) == n_real + round(n_real * 0.25 / 0.75)
+
+
+def test_validation_rows_are_split_only_when_every_rank_gets_one(data_cfg):
+    """As many rows as ranks: one each. Fewer: every rank scores them all (none sits idle or empty)."""
+    shares = {}
+    for rows in (2, 1):
+        cfg = data_cfg("scenes", size=[16, 16], batch_size=2, num_workers=0, val_fraction=0.5,
+                       **{"scenes.num": 2 * rows})
+        for rank in range(2):
+            dm = SidewalkDataModule(cfg)
+            dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, current_epoch=0)
+            dm.setup("fit")
+            assert len(dm.val_set) == rows
+            shares[rows, rank] = [i for b in dm.val_dataloader() for i in b["index"].tolist()]
+    assert shares == {(2, 0): [0], (2, 1): [1], (1, 0): [0], (1, 1): [0]}
+
+
+def test_a_killed_preparations_cache_is_removed_and_only_its_own(data_cfg, tmp_path, monkeypatch, capsys):
+    """The unfinished cache of a dead writer beside this cache goes; another cache's, another kind's and a
+    live writer's stay. The cache is written under a hidden temporary name beside its place, never in
+    the working folder."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import sdm.data.prepare as prepare
+    from sdm.core.atomic import _HOST
+
+    cfg = data_cfg("scenes", size=[16, 16], **{"scenes.num": 2})
+    root = prepare_data(cfg, show_progress=False).root
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    mine = root.parent / f".{root.name}.tmp-{_HOST}-{dead}-abc123"
+    others = [root.parent / f".other-16x16.tmp-{_HOST}-{dead}-abc123",  # another cache's
+              root.parent / f".{root.name}.partial-{_HOST}-{dead}-abc123",  # another kind of writer's
+              root.parent / f".{root.name}.tmp-{_HOST}-{os.getpid()}-abc123"]  # a live writer's
+    for folder in (mine, *others):
+        folder.mkdir()
+        (folder / "part.arrow").write_bytes(b"half")
+    capsys.readouterr()
+    prepare_data(cfg, show_progress=False)
+    assert capsys.readouterr().out == f"removed {mine}: the unfinished cache of a killed preparation\n"
+    assert not mine.exists() and all(folder.is_dir() for folder in others)
+
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    written = []
+
+    def fail_while_writing(rows, tmp, *args, **kwargs):
+        written.append(tmp)
+        assert tmp.is_dir()
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(prepare, "_write_cache", fail_while_writing)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        prepare_data(data_cfg("scenes", size=[8, 8], **{"scenes.num": 2}), show_progress=False)
+    (tmp,) = written
+    assert tmp.parent == root.parent and re.fullmatch(rf"\.scenes.*-8x8-.*\.tmp-{re.escape(_HOST)}-{os.getpid()}-[0-9a-f]{{6}}",
+                                                      tmp.name), tmp.name
+    assert not tmp.exists() and not list(work.iterdir())  # the failed cache is gone, the working folder untouched
