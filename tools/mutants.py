@@ -57,7 +57,7 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
     ),
     "module": (
         ["sdm/training/module.py"],
-        ["tests/training/test_module.py", "tests/training/test_training.py"],
+        ["tests/training/test_module.py", "tests/training/test_training.py", "tests/training/test_recipe.py"],
         "not cli and not multirun and not sigkill",
     ),
     "generation": (

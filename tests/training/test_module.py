@@ -498,3 +498,37 @@ def test_the_edge_channel_marks_instance_boundaries_where_the_batch_has_them(tmp
     edged.condition = lambda lab, inst=None: seen.append(inst) or label_to_condition(lab.long(), 35, True, inst)
     edged.diffusion_losses(batch, torch.Generator().manual_seed(0), 0.0, edged.unet)
     assert seen and seen[0] is instance  # training conditions on the batch's instance ids
+
+
+def test_the_validation_grid_takes_the_datamodules_first_rows_when_it_has_them(module):
+    """Every rank draws the grid from rows 0..n-1 of the whole validation set (the datamodule says
+    which), not from the first batch its own share of the rows begins with."""
+    first_rows, own = batch(5), batch(6)
+    asked = []
+
+    def first_val_rows(n):
+        asked.append(n)
+        return {**{k: v[:n] for k, v in first_rows.items()}, "index": torch.arange(n)}
+
+    attach(module, datamodule=SimpleNamespace(first_val_rows=first_val_rows))
+    with torch.no_grad():
+        module.validation_step(own, 0)
+    assert asked == [2] and set(module._val_batch) == {"image", "label"}  # the rows' index is not kept
+    assert torch.equal(module._val_batch["label"], first_rows["label"][:2])
+    streamed = SDMModule(module.cfg)
+    attach(streamed, datamodule=SimpleNamespace(first_val_rows=lambda n: None))  # a streamed set has none
+    with torch.no_grad():
+        streamed.validation_step(own, 0)
+    assert torch.equal(streamed._val_batch["label"], own["label"][:2])
+
+
+def test_the_validation_grid_samples_with_the_rows_instance_edges(module, monkeypatch):
+    attach(module)
+    seen = []
+    monkeypatch.setattr(module, "sample_images", lambda label, per_mask, **kw: seen.append(kw["instance"])
+                        or torch.zeros(label.shape[0] * per_mask, 3, SIZE, SIZE))
+    rows = {**batch(), "instance": torch.arange(B * SIZE * SIZE).reshape(B, SIZE, SIZE)}
+    module.sample_grid(rows)
+    assert torch.equal(seen[-1], rows["instance"])
+    module.sample_grid(batch())
+    assert seen[-1] is None
