@@ -15,7 +15,7 @@ from sdm.data.classes import class_table
 from sdm.data.rows import parse_size
 from sdm.diffusion import noise_config
 from sdm.diffusion.sampling import SAMPLERS, build_sampler_scheduler
-from sdm.generation.weights import load_model
+from sdm.generation.weights import Model, load_model
 from sdm.models.build import MODEL_KEYS
 from sdm.pipelines.pipeline import SDMPipeline
 from sdm.pipelines.unet import SDMUNet2DModel
@@ -27,11 +27,11 @@ from sdm.pipelines.pipeline import SDMPipeline  # noqa: F401
 '''
 
 
-def pipeline_from_weights(source: str | Path, sampler: str | None = None,
+def pipeline_from_weights(source: str | Path | Model, sampler: str | None = None,
                           timestep_spacing: str | None = None) -> SDMPipeline:
-    """An SDMPipeline of a run's weights; the scheduler is the run's sampler (or `sampler`) on its
-    training betas, as sample.py builds it."""
-    model = load_model(source)
+    """An SDMPipeline of a run's weights (or of a model already loaded from them); the scheduler is
+    the run's sampler (or `sampler`) on its training betas, as sample.py builds it."""
+    model = source if isinstance(source, Model) else load_model(source)
     cfg = model.cfg
     run_sampler = cfg.get("sampler") or {}
     name = sampler or run_sampler.get("name") or "dpmpp"

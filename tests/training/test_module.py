@@ -532,3 +532,57 @@ def test_the_validation_grid_samples_with_the_rows_instance_edges(module, monkey
     assert torch.equal(seen[-1], rows["instance"])
     module.sample_grid(batch())
     assert seen[-1] is None
+
+
+def test_a_loss_at_the_divergence_limit_trains_on_and_one_above_it_stops(module, monkeypatch):
+    """loss.diverged_above is the largest loss still accepted."""
+    attach(module, step=3)
+    module.cfg["loss"]["diverged_above"] = 2.0
+    monkeypatch.setattr(module_code, "hybrid_loss", lambda *a, **k: {n: torch.full((B,), 2.0) for n in ("loss", "mse", "vlb")})
+    module.training_step(batch(), 0)
+    assert module.trainer.decisions == [(False, False)]
+    monkeypatch.setattr(module_code, "hybrid_loss", lambda *a, **k: {n: torch.full((B,), 2.01) for n in ("loss", "mse", "vlb")})
+    with pytest.raises(DivergedError, match=r"loss 2\.01 .*loss\.diverged_above=2\)"):
+        module.training_step(batch(), 0)
+
+
+def test_noise_is_drawn_in_the_batchs_dtype_from_one_generator_or_one_per_sample():
+    """A bf16 network trains on bf16 images (trainer.precision=bf16-true): its noise must be bf16 too."""
+    from sdm.training.module import draw_noise
+
+    for generators in (torch.Generator().manual_seed(1), [torch.Generator().manual_seed(s) for s in range(3)]):
+        uniform, t, noise = draw_noise(generators, (3, 2, 4, 4), 1000, torch.device("cpu"), torch.bfloat16)
+        assert noise.dtype == torch.bfloat16 and noise.shape == (3, 2, 4, 4)
+        assert uniform.dtype == torch.float32 and uniform.shape == (3,) and t.dtype == torch.int64
+        assert 0 <= int(t.min()) and int(t.max()) < 1000
+
+
+def test_the_losses_draw_their_noise_for_the_batchs_dtype(module, monkeypatch):
+    attach(module)
+    seen = []
+    real = module_code.draw_noise
+    monkeypatch.setattr(module_code, "draw_noise", lambda g, shape, T, device, dtype: seen.append((shape, T, dtype))
+                        or real(g, shape, T, device, dtype))
+    module.diffusion_losses(batch(), torch.Generator().manual_seed(0), 0.0, module.unet)
+    assert seen == [((B, 3, SIZE, SIZE), module.num_timesteps, torch.float32)]
+    half = {**batch(), "image": batch()["image"].to(torch.bfloat16)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        module.diffusion_losses(half, torch.Generator().manual_seed(0), 0.0, module.unet)
+    assert seen[-1][2] == torch.bfloat16
+
+
+def test_the_validation_grid_colours_masks_with_the_runs_class_table(module, monkeypatch):
+    """Another dataset's run (its table in data.classes) shows its own colours, not the sidewalk's."""
+    from sdm.data.classes import class_table
+
+    attach(module)
+    monkeypatch.setattr(module, "sample_images", lambda label, per_mask, **kw: torch.zeros(label.shape[0] * per_mask, 3,
+                                                                                          SIZE, SIZE))
+    from helpers import REPO
+
+    module.cfg["data"]["classes"] = OmegaConf.to_container(OmegaConf.load(REPO / "conf/data/classes/cityscapes.yaml"))
+    rows = batch()
+    picture, _ = module.sample_grid({k: v[:1] for k, v in rows.items()})
+    cityscapes = class_table(module.cfg["data"]).colorize(rows["label"][0].numpy())
+    assert not np.array_equal(cityscapes, colorize(rows["label"][0].numpy()))
+    assert np.array_equal(picture[2 : 2 + SIZE, 2 : 2 + SIZE], cityscapes)  # the first tile, after the 2 px frame
