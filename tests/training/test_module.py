@@ -554,7 +554,7 @@ def test_noise_is_drawn_in_the_batchs_dtype_from_one_generator_or_one_per_sample
         uniform, t, noise = draw_noise(generators, (3, 2, 4, 4), 1000, torch.device("cpu"), torch.bfloat16)
         assert noise.dtype == torch.bfloat16 and noise.shape == (3, 2, 4, 4)
         assert uniform.dtype == torch.float32 and uniform.shape == (3,) and t.dtype == torch.int64
-        assert 0 <= int(t.min()) and int(t.max()) < 1000
+        assert int(t.min()) >= 0 and int(t.max()) < 1000
 
 
 def test_the_losses_draw_their_noise_for_the_batchs_dtype(module, monkeypatch):
