@@ -18,6 +18,7 @@ from helpers import REPO
 from helpers.generation import SIZE, nudged_export
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # a launched server, a browser: about 40 s on 2 cores
 gradio = pytest.importorskip("gradio", reason="the page needs the app extra: pip install -e '.[dev]'")
 from gradio_client import Client, handle_file  # noqa: E402
 
