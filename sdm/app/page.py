@@ -89,7 +89,7 @@ def build_page(pipe: SDMPipeline, masks: dict[str, np.ndarray], work_dir: Path, 
     with gr.Blocks(title=title) as page:
         gr.Markdown(f"## {title}: label map in, photographs out\nPick a validation mask, upload a label PNG "
                     f"({size[1]}x{size[0]}, class ids or the colours below) or paint over the canvas with the class "
-                    "colours; strokes snap to the nearest class colour.")
+                    "colours; the soft edges of strokes take one of the classes they lie between.")
         with gr.Row():
             with gr.Column():
                 pick = gr.Dropdown(list(masks), value=first, label="validation mask", elem_id="pick")
