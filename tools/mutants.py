@@ -57,7 +57,7 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
     ),
     "module": (
         ["sdm/training/module.py"],
-        ["tests/training/test_module.py", "tests/training/test_training.py", "tests/training/test_recipe.py"],
+        ["tests/training/test_recipe.py", "tests/training/test_module.py", "tests/training/test_training.py"],
         "not cli and not multirun and not sigkill",
     ),
     "generation": (
@@ -231,11 +231,18 @@ def recheck_survivors(work: Path, tests: list[str], deselect: str, equivalent: d
             continue
         shown = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True,
                                text=True, env={**os.environ, "PYTHONPATH": ""}).stdout
-        diff = "".join(line + "\n" for line in shown.splitlines() if not line.startswith("#"))
+        lines = [line for line in shown.splitlines() if not line.startswith("#")]
+        if "ǁ" in name:  # a method: mutmut shows its body dedented to the function's level
+            lines = [line if line.startswith(("---", "+++", "@@")) or not line[1:].strip() else line[0] + "    " + line[1:]
+                     for line in lines]
+        diff = "".join(line + "\n" for line in lines)
         target = scratch / next(line[4:].strip() for line in diff.splitlines() if line.startswith("--- "))
         original = target.read_text()
         planted = subprocess.run(["patch", "-p0", "--no-backup-if-mismatch", "-F3", str(target)], input=diff,
                                  capture_output=True, text=True).returncode == 0
+        # a planted line that does not compile would fail every test: not a kill, the diff does not fit
+        planted = planted and subprocess.run([sys.executable, "-m", "py_compile", str(target)],
+                                             capture_output=True).returncode == 0
         try:
             if not planted:
                 results[name] = "gone"
