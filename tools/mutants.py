@@ -45,8 +45,8 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
     "data": (
         ["sdm/data/rows.py", "sdm/data/transforms.py", "sdm/data/datamodule.py",
          "sdm/data/prepare.py", "sdm/data/classes.py", "sdm/data/pictures.py", "sdm/cli/prepare.py"],
-        ["tests/data/test_data.py", "tests/data/test_data_edges.py", "tests/data/test_datamodule_edges.py",
-         "tests/data/test_data_mixing.py"],
+        ["tests/data/test_class_tables.py", "tests/data/test_data.py", "tests/data/test_data_edges.py",
+         "tests/data/test_datamodule_edges.py", "tests/data/test_data_mixing.py", "tests/data/test_folders.py"],
         "not cli",
     ),
     # the module's survivors re-run every fit that covers them: its own run fits one session
