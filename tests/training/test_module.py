@@ -586,3 +586,22 @@ def test_the_validation_grid_colours_masks_with_the_runs_class_table(module, mon
     cityscapes = class_table(module.cfg["data"]).colorize(rows["label"][0].numpy())
     assert not np.array_equal(cityscapes, colorize(rows["label"][0].numpy()))
     assert np.array_equal(picture[2 : 2 + SIZE, 2 : 2 + SIZE], cityscapes)  # the first tile, after the 2 px frame
+
+
+def test_each_optimizer_step_logs_the_decay_it_averaged_with_per_step(module):
+    """train/ema_decay is a per-step curve: 0 at the first update (a copy), then the warm-up's."""
+    from sdm.training.ema import ema_decay
+
+    logged = attach(module)
+    steps = []
+
+    class Optimizer:
+        def step(self, closure):
+            steps.append(closure())
+
+    module.on_train_start()
+    for _ in range(3):
+        module.optimizer_step(0, 0, Optimizer(), lambda: 1.0)
+    assert steps == [1.0, 1.0, 1.0]  # the closure (forward and backward) runs once per step
+    expected = [0.0, ema_decay(module.ema.decay, 1, module.ema.warmup), ema_decay(module.ema.decay, 2, module.ema.warmup)]
+    assert logged == [("train/ema_decay", value, {"on_step": True, "on_epoch": False}) for value in expected]
