@@ -21,6 +21,16 @@ from sdm.core.configs import compose  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
+def class_tables_built_anew():
+    """Every test builds its class tables from their configs: a table cached by an earlier test, or by
+    the mutation tool's parent process before it forks, would hide how the configs are read."""
+    from sdm.data import classes
+
+    classes._table_of.cache_clear()
+    classes._ids_form.cache_clear()
+
+
+@pytest.fixture(autouse=True)
 def signals_left_as_found():
     """A test that leaves a stop signal blocked or ignored in this process breaks every later test
     that starts train.py: children inherit both (a CI run's stop tests failed so). Named here."""

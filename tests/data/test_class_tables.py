@@ -104,3 +104,44 @@ def test_colours_past_a_small_table_stay_distinct():
     assert len({tuple(c) for c in table.full_palette.tolist()}) == 256
     assert table.colorize(np.array([[0, 2, 200]])).shape == (1, 3, 3)
     assert table.decolorize(table.colorize(np.array([[2, 1, 0]], np.uint8))).tolist() == [[2, 1, 0]]
+
+
+def test_a_tables_settings_are_accepted_at_their_bounds_and_refused_past_them():
+    one = table_from_config({"count": 1})
+    assert (one.name, one.names, one.ignore, one.label_format, one.instances) == ("custom", ("class 0",), None, "ids",
+                                                                                 False)
+    assert table_from_config({"count": 256}).num_classes == 256
+    with pytest.raises(ConfigError, match=r"257 classes; a table holds 1 to 256"):
+        table_from_config({"count": 257})
+    with pytest.raises(ConfigError, match=r"got count=0"):
+        table_from_config({"count": 0})
+    named = table_from_config({"name": "mine", "names": ["a", 2], "ignore": 0, "instances": True})
+    assert (named.name, named.names, named.ignore, named.instances) == ("mine", ("a", "2"), 0, True)
+    assert table_from_config({"count": 3, "ignore": 2}).ignore == 2
+    with pytest.raises(ConfigError, match=r"ignore=-1 is not a class id \(0..2\)"):
+        table_from_config({"count": 3, "ignore": -1})
+    palette = [[1, 2, 3], [4, 5, 6]]
+    assert table_from_config({"count": 2, "palette": palette}).palette.tolist() == palette
+    assert table_from_config({"count": 2, "palette": None}).palette.tolist() == table_from_config({"count": 2}).palette.tolist()
+
+
+def test_file_values_map_through_offset_remap_unmapped_and_max_value_at_their_bounds():
+    assert table_from_config({"count": 3}).lookup is None  # ids as they are: no lookup at all
+    shifted = table_from_config({"count": 3, "offset": -1})  # ADE20K's v -> v - 1
+    assert shifted.lookup.shape == (256,) and shifted.lookup[:5].tolist() == [-1, 0, 1, 2, -1]
+    assert shifted.ids_from_values(np.array([1, 2, 3])).tolist() == [0, 1, 2]
+    capped = table_from_config({"count": 10, "max_value": 4})  # values above 4 are refused
+    assert capped.lookup[[0, 4, 5, 9]].tolist() == [0, 4, -1, -1]
+    with pytest.raises(ValueError, match=r"values \[5\] in 1 pixels"):
+        capped.ids_from_values(np.array([4, 5]))
+    complete = table_from_config({"count": 3, "remap": {0: 2, 255: 0}, "unmapped": 1})
+    assert complete.lookup.shape == (256,) and complete.lookup[[0, 1, 254, 255]].tolist() == [2, 1, 1, 0]
+    assert table_from_config({"count": 3, "unmapped": 0}).lookup[7] == 0
+    assert table_from_config({"count": 3, "unmapped": 2}).lookup[7] == 2
+    for bad in (-1, 3):
+        with pytest.raises(ConfigError, match=rf"unmapped={bad} is not a class id \(0..2\)"):
+            table_from_config({"count": 3, "unmapped": bad})
+    assert table_from_config({"count": 3, "remap": {7: 2}}).lookup[7] == 2  # the last class is a target
+    for source, target in ((-1, 0), (256, 0), (7, 3), (7, -1)):
+        with pytest.raises(ConfigError, match=rf"remap: {source} -> {target}; file values lie in 0..255 and ids in 0..2"):
+            table_from_config({"count": 3, "remap": {source: target}})
