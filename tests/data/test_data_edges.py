@@ -635,3 +635,58 @@ def test_a_killed_preparations_cache_is_removed_and_only_its_own(data_cfg, tmp_p
     assert tmp.parent == root.parent and re.fullmatch(rf"\.scenes.*-8x8-.*\.tmp-{re.escape(_HOST)}-{os.getpid()}-[0-9a-f]{{6}}",
                                                       tmp.name), tmp.name
     assert not tmp.exists() and not list(work.iterdir())  # the failed cache is gone, the working folder untouched
+
+
+def test_instance_maps_decode_grey_and_packed_rgb_ids():
+    from sdm.data.rows import instance_ids
+
+    rgb = np.zeros((1, 3, 3), np.uint8)
+    rgb[0, 1], rgb[0, 2] = (0, 1, 2), (3, 0, 255)  # ids 0, 1 * 256 + 2 and 3 * 65536 + 255
+    assert instance_ids(Image.fromarray(rgb)).tolist() == [[0, 258, 196863]]
+    rgba = np.dstack([rgb, np.full((1, 3), 7, np.uint8)])  # the alpha channel is not part of the id
+    assert instance_ids(Image.fromarray(rgba)).tolist() == [[0, 258, 196863]]
+    grey16 = Image.fromarray(np.array([[0, 1000, 65535]], np.uint16))
+    ids = instance_ids(grey16)
+    assert ids.dtype == np.int32 and ids.tolist() == [[0, 1000, 65535]]
+    assert instance_ids(Image.fromarray(rgb)).dtype == np.int32
+
+
+def test_an_item_owns_its_tensors_in_their_dtypes():
+    """Items are copies: a transform or collate that writes in place never reaches the cached arrays."""
+    from sdm.data.transforms import to_item
+
+    image = np.full((2, 2, 3), 255, np.uint8)
+    label, instance = np.full((2, 2), 3, np.uint8), np.full((2, 2), 70_000, np.int32)
+    item = to_item(image, label, instance)
+    assert item["image"].dtype == torch.float32 and item["image"].shape == (3, 2, 2) and (item["image"] == 1).all()
+    assert item["label"].dtype == torch.uint8 and item["instance"].dtype == torch.int32
+    assert int(item["instance"][0, 0]) == 70_000
+    item["label"][0, 0], item["instance"][0, 0] = 9, 1
+    assert label[0, 0] == 3 and instance[0, 0] == 70_000
+    wide = to_item(image.astype(np.int64), label.astype(np.int64), instance.astype(np.int64))
+    assert wide["label"].dtype == torch.uint8 and wide["instance"].dtype == torch.int32
+    assert "instance" not in to_item(image, label)
+
+
+def test_a_tables_summary_and_palette_bounds():
+    from sdm.data.classes import table_from_config
+
+    table = table_from_config({"name": "two", "names": ["a", "b"], "palette": [[0, 0, 0], [255, 255, 255]], "ignore": 1})
+    assert table.summary() == {"table": "two", "ignore": 1, "names": ["a", "b"], "palette": [[0, 0, 0], [255, 255, 255]]}
+    assert table.palette.dtype == np.uint8
+    for bad in ([[0, 0, -1], [0, 0, 0]], [[0, 0, 256], [0, 0, 0]]):
+        with pytest.raises(Exception, match=r"palette: expected 2 colours \[r, g, b\] in 0..255"):
+            table_from_config({"count": 2, "palette": bad})
+
+
+def test_the_summary_of_a_prepared_cache_lists_every_class_found(data_cfg):
+    from sdm.data.prepare import describe
+
+    prepared = prepare_data(data_cfg("scenes", size=[16, 16], **{"scenes.num": 3}), show_progress=False)
+    text = describe(prepared)
+    lines = text.splitlines()
+    assert "(table sidewalk)" in lines[1]
+    shares = lines[lines.index("  pixel shares:") + 1 : -1]
+    assert shares and all(line.startswith("    ") and len(line) <= 100 for line in shares)
+    older = type(prepared)(prepared.root, {k: v for k, v in prepared.info.items() if k != "class_table"})
+    assert "(table sidewalk)" in describe(older).splitlines()[1]  # a cache written before tables: sidewalk's
