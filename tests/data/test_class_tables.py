@@ -145,3 +145,63 @@ def test_file_values_map_through_offset_remap_unmapped_and_max_value_at_their_bo
     for source, target in ((-1, 0), (256, 0), (7, 3), (7, -1)):
         with pytest.raises(ConfigError, match=rf"remap: {source} -> {target}; file values lie in 0..255 and ids in 0..2"):
             table_from_config({"count": 3, "remap": {source: target}})
+
+
+def test_tables_for_id_maps_drop_the_mapping_and_read_distinct_colours():
+    """The project's own label PNGs hold ids already: no file-value mapping, RGB in the table's colours."""
+    ade = preset("ade20k")  # a lookup (v -> v - 1), ids format
+    own = ade.for_id_maps()
+    assert own.lookup is None and own.label_format == "auto" and own.names == ade.names
+    assert own.ids_from_values(np.array([0, 150])).tolist() == [0, 150]
+    coloured = table_from_config({"count": 3, "label_format": "color"})
+    assert coloured.for_id_maps() is coloured  # no mapping, colours already read
+    plain = table_from_config({"count": 3})  # no mapping but ids format: colours read as well where distinct
+    assert plain.for_id_maps().label_format == "auto"
+    twins = table_from_config({"count": 2, "palette": [[5, 5, 5], [5, 5, 5]]})
+    assert twins.for_id_maps().label_format == "ids"  # one colour for two classes: ids only
+
+
+def test_the_hints_name_binary_masks_and_other_datasets_ids_only_when_they_fit():
+    table = table_from_config({"count": 3})
+    with pytest.raises(ValueError, match=r"binary 0/255 mask.*remap=\{255:1\}"):
+        table.ids_from_values(np.array([0, 255]))
+    with pytest.raises(ValueError, match=r"binary 0/255 mask"):
+        table.ids_from_values(np.array([255]))
+    with pytest.raises(ValueError, match=r"ids up to 7: are they another dataset's") as caught:
+        table.ids_from_values(np.array([0, 7]))
+    assert "binary" not in str(caught.value)
+    with pytest.raises(ValueError) as caught:  # a table with a mapping refuses, but without guessing a dataset
+        table_from_config({"count": 3, "offset": -1}).ids_from_values(np.array([9]))
+    assert "another dataset" not in str(caught.value) and ", after its remap" in str(caught.value)
+    with pytest.raises(ValueError) as caught:
+        table.ids_from_values(np.array([3]))
+    assert ", after its remap" not in str(caught.value)
+
+
+def test_colours_that_share_bits_across_channels_decode_apart():
+    table = table_from_config({"count": 3, "palette": [[1, 0, 0], [0, 128, 0], [0, 0, 2]], "label_format": "color"})
+    assert table.decolorize(table.palette[None]).tolist() == [[0, 1, 2]]
+    last = table_from_config({"count": 2, "palette": [[0, 0, 0], [255, 255, 255]], "label_format": "color"})
+    with pytest.raises(ValueError):
+        last.decolorize(np.array([[[255, 255, 254]]], np.uint8))  # past the last colour: no class
+
+
+def test_the_voc_palette_and_the_colours_past_a_table():
+    from sdm.data.classes import voc_colours
+
+    assert voc_colours(5).tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128]]
+    assert voc_colours(256)[255].tolist() == [224, 224, 192]  # the PASCAL VOC colour map's last entry
+    mine = table_from_config({"count": 2, "palette": [[128, 0, 0], [0, 0, 0]]})
+    extra = mine.full_palette[2:]
+    assert mine.full_palette.shape == (256, 3) and mine.full_palette.dtype == np.uint8
+    assert {tuple(c) for c in extra.tolist()}.isdisjoint({(128, 0, 0), (0, 0, 0)})  # never one of the table's
+    assert len({tuple(c) for c in mine.full_palette.tolist()}) == 256
+    assert table_from_config({"count": 256}).full_palette.shape == (256, 3)
+
+
+def test_an_unknown_preset_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match=r"no class table 'kitti'; the shipped ones are \['ade20k', 'celebamask', "
+                                          r"'cityscapes', 'coco_stuff', 'generic', 'sidewalk'\]"):
+        preset("kitti")
+    with pytest.raises(ConfigError, match=r"^data/classes=generic: give names"):
+        preset("generic")  # a count to fill in: named by where it came from

@@ -690,3 +690,35 @@ def test_the_summary_of_a_prepared_cache_lists_every_class_found(data_cfg):
     assert shares and all(line.startswith("    ") and len(line) <= 100 for line in shares)
     older = type(prepared)(prepared.root, {k: v for k, v in prepared.info.items() if k != "class_table"})
     assert "(table sidewalk)" in describe(older).splitlines()[1]  # a cache written before tables: sidewalk's
+
+
+def test_rows_without_instance_maps_give_their_labels_as_instances_when_asked(data_cfg):
+    """Synthetic rows (no instance maps) beside real ones that have them: the label stands in, so
+    the edge channel marks class borders; a run without instances carries none."""
+    from sdm.data.datamodule import PairDataset
+    from sdm.data.transforms import train_transform
+
+    prepared = prepare_data(data_cfg("scenes", size=[16, 16], **{"scenes.num": 2}), show_progress=False)
+    plain = PairDataset(prepared, np.arange(2), None)
+    assert "instance" not in plain[0]
+    asked = PairDataset(prepared, np.arange(2), None, instances=True)
+    item = asked[1]
+    assert item["instance"].dtype == torch.int32 and torch.equal(item["instance"], item["label"].int())
+    flipped = PairDataset(prepared, np.arange(2), train_transform((16, 16), hflip=1.0), instances=True)[(1, 3)]
+    assert torch.equal(flipped["instance"], flipped["label"].int())  # augmented with the label
+
+
+def test_the_training_order_follows_order_seed_where_set_and_the_split_seed_otherwise():
+    from sdm.data.datamodule import order_seed
+
+    assert order_seed(OmegaConf.create({"split_seed": 4})) == 4
+    assert order_seed(OmegaConf.create({"split_seed": 4, "order_seed": None})) == 4
+    assert order_seed(OmegaConf.create({"split_seed": 4, "order_seed": "7"})) == 7
+
+
+def test_a_rows_label_file_is_named_only_for_rows_read_from_files():
+    from sdm.data.rows import _file_of
+
+    assert _file_of({"label": {"path": "/data/labels/a.png", "bytes": None}}) == "/data/labels/a.png: "
+    assert _file_of({"label": {"path": "a.png", "bytes": b"\x89PNG"}}) == ""  # Hub rows carry the bytes
+    assert _file_of({"label": b"\x89PNG"}) == "" and _file_of({"label": {"path": None}}) == ""
