@@ -205,3 +205,15 @@ def test_an_unknown_preset_lists_the_shipped_ones():
         preset("kitti")
     with pytest.raises(ConfigError, match=r"^data/classes=generic: give names"):
         preset("generic")  # a count to fill in: named by where it came from
+
+
+def test_values_past_eight_bits_are_refused_by_a_mapped_table():
+    """A 16-bit label file can hold 256 and more: no lookup entry covers them, so they are named."""
+    shifted = table_from_config({"count": 3, "offset": -1})
+    with pytest.raises(ValueError, match=r"values \[256, 300\] in 2 pixels are not classes"):
+        shifted.ids_from_values(np.array([1, 256, 300]))
+    assert shifted.ids_from_values(np.array([1, 3])).tolist() == [0, 2]
+    last_mapped = table_from_config({"count": 3, "remap": {255: 1}})  # the last entry is a class: 256 is not
+    assert last_mapped.ids_from_values(np.array([255])).tolist() == [1]
+    with pytest.raises(ValueError, match=r"values \[256\] in 1 pixels"):
+        last_mapped.ids_from_values(np.array([255, 256]))
