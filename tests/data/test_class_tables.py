@@ -197,6 +197,8 @@ def test_the_voc_palette_and_the_colours_past_a_table():
     assert {tuple(c) for c in extra.tolist()}.isdisjoint({(128, 0, 0), (0, 0, 0)})  # never one of the table's
     assert len({tuple(c) for c in mine.full_palette.tolist()}) == 256
     assert table_from_config({"count": 256}).full_palette.shape == (256, 3)
+    almost = table_from_config({"count": 255})  # one id left past the table: it gets a colour too
+    assert almost.full_palette.shape == (256, 3) and almost.colorize(np.array([[255]])).shape == (1, 1, 3)
 
 
 def test_an_unknown_preset_lists_the_shipped_ones():
