@@ -18,6 +18,8 @@ from scipy.ndimage import distance_transform_edt
 from sdm.data.classes import ClassTable
 from sdm.data.rows import RowError, label_to_ids
 
+LABEL_FIELD = "field 'label': "  # how the row checks name the field; an upload is the label itself
+
 
 class MaskError(ValueError):
     """A label map the page cannot use; the message is shown in the page as it is."""
@@ -91,7 +93,7 @@ def uploaded_ids(path: str | Path, table: ClassTable, size: tuple[int, int]) -> 
             found = (image.height, image.width)
             ids = None if found != tuple(size) else label_to_ids(image, table)
     except RowError as err:
-        raise MaskError(f"{name}: {str(err).removeprefix('field ' + repr('label') + ': ')}") from None
+        raise MaskError(f"{name}: {str(err).removeprefix(LABEL_FIELD)}") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise MaskError(f"{name} cannot be read as an image ({err})") from None
     if ids is None:
@@ -106,13 +108,14 @@ def bundle(images: Sequence[Image.Image], ids: np.ndarray, table: ClassTable, na
     out.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(out, "w") as archive:
         for k, image in enumerate(images):
-            archive.writestr(f"images/{name}_{k}.png", png_bytes(image))
-        archive.writestr(f"labels/{name}.png", png_bytes(Image.fromarray(ids.astype(np.uint8), "L")))
-        archive.writestr(f"colored_masks/{name}.png", png_bytes(Image.fromarray(table.colorize(ids))))
+            archive.writestr(f"images/{name}_{k}.png", encoded_png(image))
+        archive.writestr(f"labels/{name}.png", encoded_png(Image.fromarray(ids.astype(np.uint8), "L")))
+        archive.writestr(f"colored_masks/{name}.png", encoded_png(Image.fromarray(table.colorize(ids))))
     return out
 
 
-def png_bytes(image: Image.Image) -> bytes:
+def encoded_png(image: Image.Image) -> bytes:
+    """The PNG file of an image, in memory (for the zip)."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -1,13 +1,14 @@
 """The interactive page: a mask on a canvas (a validation mask, an upload, or painted), settings, images.
 
 The canvas always holds the mask that will be used: picking a validation mask or uploading a label PNG
-draws it there in the class colours, and strokes painted over it are snapped to the nearest class
-colour when Generate reads it. Sample k is seeded as sample.py seeds sample k of the first mask
+draws it there in the class colours, and when Generate reads it, strokes painted over it become
+classes (their anti-aliased edges one of the two classes they lie between: sdm.app.masks). Sample k is seeded as sample.py seeds sample k of the first mask
 (`sample_seed(seed, k)`), so a generation here can be reproduced from the command line.
 """
 
 from __future__ import annotations
 
+import html
 import uuid
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,8 @@ def hex_colour(rgb: np.ndarray) -> str:
 def legend_html(pipe: SDMPipeline) -> str:
     """The class names beside their colours: which brush colour paints which class."""
     table = pipe.table
-    items = "".join(f'<span class="sdm-class"><i style="background:{hex_colour(c)}"></i>{i} {name}</span>'
-                    for i, (name, c) in enumerate(zip(table.names, table.palette, strict=True)))
+    items = "".join(f'<span class="sdm-class"><i style="background:{hex_colour(c)}"></i>{i} '
+                    f'{html.escape(name)}</span>' for i, (name, c) in enumerate(zip(table.names, table.palette, strict=True)))
     style = ("<style>.sdm-class{display:inline-flex;align-items:center;margin:0 .8em .3em 0;font-size:.85em}"
              ".sdm-class i{width:1em;height:1em;margin-right:.3em;border:1px solid #8888;display:inline-block}"
              "#canvas canvas,#canvas img,#results img{image-rendering:pixelated}</style>")  # masks: no blur
