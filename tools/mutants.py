@@ -106,6 +106,8 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
         ["tests/training/test_faults.py", "tests/core/test_fault_units.py", "tests/checkpoint/test_checkpoints.py"],
         "not cli and not tmpfs",
     ),
+    # the interactive page's mask rules: strokes to classes, uploads, the zip (the page itself: tests/app, slow)
+    "app": (["sdm/app/masks.py"], ["tests/app/test_app_masks.py"], ""),
     # the published checkpoints: key names, qkv order, layout from shapes, the CLI
     "convert": (
         ["sdm/checkpoint/official/*.py", "sdm/cli/convert.py"],

@@ -93,7 +93,7 @@ def test_uploads_of_ids_or_colours_are_read_and_bad_ones_named(tmp_path):
 
 def test_the_download_holds_the_images_the_label_ids_and_the_coloured_mask(tmp_path):
     images = [Image.new("RGB", (SIZE[1], SIZE[0]), (10 * k, 0, 0)) for k in range(3)]
-    path = bundle(images, stripes(), SIDEWALK, "mask-seed4", tmp_path / "a" / "out.zip")
+    path = bundle(images, stripes(), SIDEWALK, "mask-seed4", tmp_path / "a" / "b" / "out.zip")  # folders made
     with zipfile.ZipFile(path) as archive:
         assert sorted(archive.namelist()) == ["colored_masks/mask-seed4.png", "images/mask-seed4_0.png",
                                               "images/mask-seed4_1.png", "images/mask-seed4_2.png",
@@ -104,3 +104,22 @@ def test_the_download_holds_the_images_the_label_ids_and_the_coloured_mask(tmp_p
         assert np.array_equal(coloured, SIDEWALK.colorize(stripes()))
         second = np.asarray(Image.open(io.BytesIO(archive.read("images/mask-seed4_2.png"))))
         assert (second[..., 0] == 20).all()
+
+
+def test_a_thin_region_of_its_own_colour_is_kept_and_soft_edges_are_found_on_both_axes():
+    """Two pixels of bicycle between unlabeled and person are a region (each has a neighbour of its
+    colour), not a blend; a soft edge running across the image (between rows) is found like one
+    running down it, at the border as well as inside."""
+    palette = SIDEWALK.palette.astype(np.float64)
+    ids = np.zeros((6, 7), np.uint8)
+    ids[:, 3:5], ids[:, 5:] = 15, 8
+    assert np.array_equal(snap_to_palette(SIDEWALK.colorize(ids), SIDEWALK), ids)
+    rows = np.zeros((7, 2), np.uint8)  # a narrow mask: 2 pixels wide, classes 0 over 8
+    rows[4:] = 8
+    rgb = SIDEWALK.colorize(rows).astype(np.float64)
+    rgb[3] = 0.5 * palette[0] + 0.5 * palette[8]  # a soft edge between rows 2 and 4
+    snapped = snap_to_palette(rgb.round().astype(np.uint8), SIDEWALK)
+    assert set(snapped[3].tolist()) <= {0, 8} and np.array_equal(np.delete(snapped, 3, 0), np.delete(rows, 3, 0))
+    rgb = SIDEWALK.colorize(rows).astype(np.float64)
+    rgb[0] = 0.5 * palette[0] + 0.5 * palette[8]  # a blend in the first row has one neighbour only: kept
+    assert (snap_to_palette(rgb.round().astype(np.uint8), SIDEWALK)[0] == 15).all()
