@@ -21,7 +21,7 @@ command continues a stopped study. The protocol:
   (`mask_source`) are the upper bound a user without new layouts cannot reach.
 
 Writes results_augmentation.md, results_augmentation.json (every run) and results_augmentation.png
-(the learning curve with every arm on it).
+(the learning curve with every arm on it); `--name` gives them another stem.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from _augmentation_report import (
 )
 from _common import machine
 
-from sdm.core.atomic import write_json
+from sdm.core.atomic import write_atomically, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 TEST = "{scenes:{seed:1000,num:500}}"
@@ -318,7 +318,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500, help="S: real-only segmenter steps")
     parser.add_argument("--generator-steps", type=int, default=2000, help="the generator's (the demo recipe's)")
     parser.add_argument("--root", default="runs/study_augmentation")
-    parser.add_argument("--results", default=str(Path(__file__).parent), help="folder of the results_augmentation.* files")
+    parser.add_argument("--results", default=str(Path(__file__).parent), help="folder of the results files")
+    parser.add_argument("--name", default="results_augmentation",
+                        help="their name before .md/.json/.png: a part of the study run apart keeps its own")
     args = parser.parse_args()
     root = Path(args.root).resolve()
     record, settings = root / "settings.json", {"steps": args.steps, "generator_steps": args.generator_steps}
@@ -346,8 +348,8 @@ def write_results(root: Path, args: argparse.Namespace) -> None:
     order = [a for a in ARMS if a in args.arms] + [stage for stage, arm in STAGES.items() if arm in args.arms]
     here = Path(args.results)
     here.mkdir(parents=True, exist_ok=True)
-    (here / "results_augmentation.json").write_text(json.dumps({"machine": machine(), "runs": runs}, indent=1))
-    plot_curve(runs, order, here / "results_augmentation.png")
+    write_json(here / f"{args.name}.json", {"machine": machine(), "runs": runs})
+    plot_curve(runs, order, here / f"{args.name}.png")
     curve = learning_curve(runs)
     room = (f"The room between 100 real scenes and {max(curve)}: {curve[max(curve)] - curve[100]:+.3f} mIoU.\n\n"
             if 100 in curve and max(curve) > 100 else "")
@@ -355,18 +357,19 @@ def write_results(root: Path, args: argparse.Namespace) -> None:
                         *map(str, args.arm_sizes), "--seeds", *map(str, args.seeds), f"--steps {args.steps}",
                         f"--generator-steps {args.generator_steps}"]
                        + (["--arms", *(f'"{a}"' for a in args.arms)] if list(args.arms) != list(ARMS) else [])
-                       + (["--larger-arms", *(f'"{a}"' for a in args.larger_arms)] if args.larger_arms else []))
+                       + (["--larger-arms", *(f'"{a}"' for a in args.larger_arms)] if args.larger_arms else [])
+                       + ([f"--name {args.name}"] if args.name != "results_augmentation" else []))
     body = (f"# Augmentation study\n\n`{command}` on {machine()}. The protocol is in the "
             f"script's docstring; the figures below are what it wrote.\n\n## Real only: the learning curve\n\n"
-            f"{curve_table(runs)}\n{room}![learning curve with the arms](results_augmentation.png)\n\n"
+            f"{curve_table(runs)}\n{room}![learning curve with the arms]({args.name}.png)\n\n"
             f"## The arms, paired with real only of the same seed\n\n{arms_table(runs, order, synthetic_details(root))}\n"
             f"## How well the synthetic images follow their masks\n\n{label_fidelity(root, args.steps, args.arms)}\n"
             f"## Wall time per arm (minutes)\n\n{wall_times(root, [a for a in order if a not in STAGES])}\n"
             f"## Every run\n\n{runs_table(runs, order)}")
-    target = here / "results_augmentation.md"
+    target = here / f"{args.name}.md"
     if target.is_file() and NOTES in target.read_text():  # what people wrote below the figures stays
         body += "\n" + NOTES + target.read_text().split(NOTES, 1)[1]
-    target.write_text(body)
+    write_atomically(target, lambda tmp: tmp.write_text(body))
     print(body)
 
 

@@ -5,6 +5,7 @@
     python tools/mutants.py                         # every package below
     python tools/mutants.py --resume generation     # continue a run that was stopped
     python tools/mutants.py --recheck generation    # its survivors again, after tests were written for them
+    python tools/mutants.py --recheck data --only 'class_table|label_to_ids'   # only those a new test aims at
 
 Each package is mutated in its own copy of the working tree (`runs/mutants/<package>/`),
 with the fast tests that cover it, one torch thread per child. The kill rate of each run
@@ -38,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "tools" / "results_mutants.md"
 EQUIVALENT = REPO / "tools" / "mutants_equivalent.yaml"
 
-# package -> (files to mutate, test files that cover them, pytest -k deselection)
+# package -> (files to mutate, test files that cover them, words of test names to leave out)
 PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
     "models": (["sdm/models/*.py"], ["tests/models/test_models.py", "tests/models/test_blocks.py"], ""),
     "diffusion": (["sdm/diffusion/*.py"], ["tests/diffusion/test_diffusion.py"], ""),
@@ -47,18 +48,18 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
          "sdm/data/prepare.py", "sdm/data/classes.py", "sdm/data/pictures.py", "sdm/cli/prepare.py"],
         ["tests/data/test_class_tables.py", "tests/data/test_data.py", "tests/data/test_data_edges.py",
          "tests/data/test_datamodule_edges.py", "tests/data/test_data_mixing.py", "tests/data/test_folders.py"],
-        "not cli",
+        "cli",
     ),
     # the module's survivors re-run every fit that covers them: its own run fits one session
     "checkpoints": (
         ["sdm/checkpoint/files.py", "sdm/training/ema.py"],
         ["tests/checkpoint/test_checkpoints.py", "tests/training/test_training.py"],
-        "not cli and not multirun and not sigkill",
+        "cli multirun sigkill",
     ),
     "module": (
         ["sdm/training/module.py"],
         ["tests/training/test_recipe.py", "tests/training/test_module.py", "tests/training/test_training.py"],
-        "not cli and not multirun and not sigkill",
+        "cli multirun sigkill",
     ),
     "generation": (
         ["sdm/generation/settings.py", "sdm/generation/weights.py",
@@ -66,45 +67,45 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
         ["tests/generation/test_generate.py", "tests/generation/test_generate_edges.py", "tests/generation/test_generate_shards.py",
          "tests/generation/test_generate_masks.py", "tests/generation/test_generate_records.py",
          "tests/generation/test_generate_hardness.py"],
-        "not cli",
+        "cli",
     ),
     # which masks a generation uses: splits, another source, variations
     "masks": (
         ["sdm/generation/masks.py"],
         ["tests/generation/test_generate_masks.py", "tests/generation/test_generate_edges.py", "tests/generation/test_generate.py"],
-        "not cli",
+        "cli",
     ),
     # sharding over processes and nodes, export as a Hub-schema dataset, real + synthetic mixing
     "augmentation": (
         ["sdm/generation/shards.py", "sdm/generation/processes.py", "sdm/generation/export.py", "sdm/data/mixing.py",
          "sdm/generation/command.py", "sdm/cli/export.py"],
         ["tests/generation/test_generate_shards.py", "tests/generation/test_generate_export.py", "tests/data/test_data_mixing.py"],
-        "not cli",  # tests/generation/test_generate_processes.py stays out: its spawned children outlive a time-out
+        "cli",  # tests/generation/test_generate_processes.py stays out: its spawned children outlive a time-out
     ),
     "metrics": (
         ["sdm/segmenter/scores.py", "sdm/metrics/distances.py", "sdm/metrics/diversity.py",
          "sdm/metrics/image_sets.py", "sdm/metrics/scoring.py", "sdm/training/validation.py", "sdm/cli/pipeline.py"],
         ["tests/metrics/test_metrics.py", "tests/metrics/test_evaluation.py", "tests/cli/test_pipeline.py"],
-        "not cli",
+        "cli",
     ),
     # the instrument's calibration: the blur control and the verdict (a focused re-run of scoring.py)
     "instrument": (
         ["sdm/segmenter/controls.py", "sdm/metrics/scoring.py"],
         ["tests/metrics/test_evaluation.py", "tests/metrics/test_evaluation_writes.py"],
-        "not cli and not chromium",
+        "cli chromium",
     ),
     "report": (
         ["sdm/metrics/report.py", "sdm/metrics/report_html.py", "sdm/metrics/pictures.py",
          "sdm/metrics/evaluation.py", "sdm/metrics/weights.py", "sdm/cli/weights.py",
          "sdm/segmenter/networks.py", "sdm/segmenter/cache.py", "sdm/segmenter/fit.py", "sdm/cli/segmenter.py"],
         ["tests/metrics/test_metrics.py", "tests/metrics/test_evaluation.py", "tests/segmenter/test_segmenter.py"],
-        "not cli",
+        "cli",
     ),
     # surviving faults: content digests, atomic writes and leftovers, stop signals, SLURM checks
     "faults": (
         ["sdm/core/integrity.py", "sdm/core/atomic.py", "sdm/core/stopping.py", "sdm/cluster/launcher.py", "sdm/cluster/watch.py"],
         ["tests/training/test_faults.py", "tests/core/test_fault_units.py", "tests/checkpoint/test_checkpoints.py"],
-        "not cli and not tmpfs",
+        "cli tmpfs",
     ),
     # the interactive page's mask rules: strokes to classes, uploads, the zip (the page itself: tests/app, slow)
     "app": (["sdm/app/masks.py"], ["tests/app/test_app_masks.py"], ""),
@@ -112,7 +113,7 @@ PACKAGES: dict[str, tuple[list[str], list[str], str]] = {
     "convert": (
         ["sdm/checkpoint/official/*.py", "sdm/cli/convert.py"],
         ["tests/checkpoint/test_convert_official.py"],
-        "not python_dash_m and not sample_py",
+        "python_dash_m sample_py",
     ),
 }
 SKIP_PATTERNS = [r"^\s*raise \w+\(", r"^\s*print\(", r"^\s*warnings\.warn\(", r"\btqdm\("]
@@ -152,9 +153,26 @@ def copy_tree(work: Path) -> None:
             shutil.copy2(REPO / rel, target)
 
 
+def left_out(node_id: str, words: list[str]) -> bool:
+    """Whether a test's function name holds one of `words` between underscores (`cli` leaves out
+    `test_prepare_cli` but neither `test_clipping` nor any test under tests/cli/, which pytest's
+    `-k` would match by its folder's name)."""
+    name = node_id.split("::")[-1].split("[")[0]
+    return any(re.search(rf"(^|_){re.escape(word)}(_|$)", name) for word in words)
+
+
 def test_selection(tests: list[str], deselect: str) -> list[str]:
-    selection = [t for t in tests if (REPO / t).is_file()] + ["-m", "not slow", "-p", "no:cacheprovider"]
-    return selection + (["-k", deselect] if deselect else [])
+    """The fast tests of `tests`, less those whose names hold a word of `deselect` ("cli multirun")."""
+    files = [t for t in tests if (REPO / t).is_file()]
+    selection = [*files, "-m", "not slow", "-p", "no:cacheprovider"]
+    if not deselect:
+        return selection
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *selection], cwd=REPO,
+                            capture_output=True, text=True, env={**os.environ, **MUTMUT_ENV})
+    node_ids = [line for line in listed.stdout.splitlines() if "::" in line]
+    if listed.returncode != 0 or not node_ids:
+        raise SystemExit(f"error: could not list the tests of {files}:\n{listed.stdout[-2000:]}{listed.stderr[-2000:]}")
+    return selection + [arg for node in node_ids if left_out(node, deselect.split()) for arg in ("--deselect", node)]
 
 
 def prepare_copy(work: Path, only: list[str], tests: list[str], deselect: str) -> None:
@@ -214,20 +232,26 @@ def recheck_timeouts(work: Path) -> None:
                        stdout=handle, stderr=subprocess.STDOUT, check=False)
 
 
-def recheck_survivors(work: Path, tests: list[str], deselect: str, equivalent: dict[str, str]) -> None:
+def recheck_survivors(work: Path, tests: list[str], deselect: str, equivalent: dict[str, str], only: str = "",
+                      new_tests: list[str] | None = None) -> None:
     """Plant each non-equivalent survivor of the finished run in `work` again, from mutmut's own diff,
     into a copy of the current tree, and run the package's tests on it (stopping at the first failure).
 
     Tests written for a run's survivors are checked this way without a whole new run, which would
     re-run the many mutants already killed. Results go to `work/recheck.json`: killed, survived, or
     gone (the diff no longer applies: that code was changed or removed since the run). A stopped
-    re-check continues; delete the file to check every survivor again."""
-    survivors = [n for n, s in mutant_statuses(work).items() if s in ("survived", "no tests") and n not in equivalent]
+    re-check continues; delete the file to check every survivor again. `only`: a regular expression
+    of the names to check now (the mutants a new test aims at). `new_tests`: run only these tests (node
+    ids), the ones written since the run: the run's tests did not kill these mutants, so the whole
+    selection kills one exactly when the new tests do, and much sooner."""
+    survivors = [n for n, s in mutant_statuses(work).items()
+                 if s in ("survived", "no tests") and n not in equivalent and re.search(only, n)]
     scratch = work.parent / f"{work.name}-recheck"
     copy_tree(scratch)
     results_file = work / "recheck.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     env = {**os.environ, **MUTMUT_ENV, "PYTHONPATH": str(scratch)}
+    selection = [*new_tests, "-p", "no:cacheprovider"] if new_tests else test_selection(tests, deselect)
     for number, name in enumerate(survivors, 1):
         if name in results:  # checked by an earlier, stopped re-check
             continue
@@ -249,7 +273,7 @@ def recheck_survivors(work: Path, tests: list[str], deselect: str, equivalent: d
             if not planted:
                 results[name] = "gone"
             else:
-                code = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", *test_selection(tests, deselect)],
+                code = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", *selection],
                                       cwd=scratch, env=env, capture_output=True, text=True).returncode
                 results[name] = "killed" if code != 0 else "survived"
         finally:
@@ -364,6 +388,10 @@ def main() -> None:
     parser.add_argument("--recheck", action="store_true",
                         help="plant the survivors of the finished runs under runs/mutants/ again and run the current "
                              "tests on them (after tests were written for them), then summarise")
+    parser.add_argument("--only", default="", metavar="REGEX",
+                        help="with --recheck: only the survivors whose names match (those a new test aims at)")
+    parser.add_argument("--tests", nargs="+", metavar="NODE",
+                        help="with --recheck: run only these tests (those written since the run)")
     parser.add_argument("--report-only", action="store_true",
                         help="summarise the finished runs under runs/mutants/ again, without running mutmut")
     args = parser.parse_args()
@@ -390,7 +418,7 @@ def main() -> None:
                 continue
             if args.recheck:
                 print(f"[{package}] re-checking the survivors of {work} with the current tests ...", flush=True)
-                recheck_survivors(work, tests, deselect, equivalent or {})
+                recheck_survivors(work, tests, deselect, equivalent or {}, args.only, args.tests)
         else:
             resuming = args.resume and (work / "mutants").is_dir()
             print(f"[{package}] {'resuming' if resuming else 'mutating'} {only} with {tests} in {work} ...", flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 from sdm.core.configs import compose
@@ -219,3 +220,36 @@ def test_values_past_eight_bits_are_refused_by_a_mapped_table():
     assert last_mapped.ids_from_values(np.array([255])).tolist() == [1]
     with pytest.raises(ValueError, match=r"values \[256\] in 1 pixels"):
         last_mapped.ids_from_values(np.array([255, 256]))
+
+
+def test_a_configs_table_is_named_and_its_errors_name_the_field_they_came_from():
+    old_run = class_table({"num_classes": 9})  # a run saved before tables
+    assert (old_run.name, old_run.num_classes) == ("generic", 9)
+    with pytest.raises(ConfigError, match=r"^data\.num_classes: 300 classes"):
+        class_table({"num_classes": 300})
+    with pytest.raises(ConfigError, match=r"^data\.classes: 300 classes"):
+        class_table({"classes": {"count": 300}})
+    assert class_table(None) is SIDEWALK  # no data block at all
+    assert class_table({"classes": {"name": "four", "count": 4}}).name == "four"  # a plain dict
+    block = OmegaConf.create({"n": 4, "classes": {"name": "four", "count": "${n}"}})
+    assert class_table(block).num_classes == 4  # interpolations resolve against the whole config
+
+
+def _rgb(channels: tuple[int, int, int]) -> Image.Image:
+    return Image.fromarray(np.broadcast_to(np.array(channels, np.uint8), (2, 2, 3)).copy())
+
+
+def test_rgb_labels_are_grey_id_maps_only_when_all_three_channels_agree():
+    # sidewalk reads colours first (label_format auto), then grey values as ids
+    assert label_to_ids(_rgb((5, 5, 5)), SIDEWALK).tolist() == [[5, 5], [5, 5]]  # no class's colour: an id
+    assert label_to_ids(_rgb((70, 70, 70)), SIDEWALK).tolist() == [[18, 18], [18, 18]]  # a class's grey colour
+    for two_agree in ((5, 5, 9), (9, 5, 5)):
+        with pytest.raises(RowError, match="not a palette-coloured mask"):
+            label_to_ids(_rgb(two_agree), SIDEWALK)
+    ade = preset("ade20k")  # id maps only: a grey that is also a class's colour is still read as a value
+    assert label_to_ids(_rgb((128, 128, 128)), ade).tolist() == [[127, 127], [127, 127]]
+    colours = table_from_config({"name": "c", "count": 3, "palette": [[10, 0, 0], [0, 10, 0], [0, 0, 10]],
+                                 "label_format": "color"})
+    for grey in ((1, 1, 1), (200, 200, 200)):  # colours only: a grey is refused, below or past every colour
+        with pytest.raises(RowError, match="not a palette-coloured mask"):
+            label_to_ids(_rgb(grey), colours)

@@ -722,3 +722,32 @@ def test_a_rows_label_file_is_named_only_for_rows_read_from_files():
     assert _file_of({"label": {"path": "/data/labels/a.png", "bytes": None}}) == "/data/labels/a.png: "
     assert _file_of({"label": {"path": "a.png", "bytes": b"\x89PNG"}}) == ""  # Hub rows carry the bytes
     assert _file_of({"label": b"\x89PNG"}) == "" and _file_of({"label": {"path": None}}) == ""
+
+
+def test_a_row_without_the_instance_map_the_others_have_is_named_and_the_rows_after_it_are_kept(tmp_path, data_cfg):
+    import datasets
+    from helpers.rows import png_bytes
+
+    rows = [hub_row(*street_like(8, 8, i)) for i in range(3)]
+    instance = {"bytes": png_bytes(np.full((8, 8), 7, np.uint8)), "path": None}
+    features = datasets.Features({name: datasets.Image() for name in ("pixel_values", "label", "instance")})
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    datasets.Dataset.from_dict({"pixel_values": [r["pixel_values"] for r in rows], "label": [r["label"] for r in rows],
+                                "instance": [instance, None, {"bytes": b"not a png", "path": None}]},
+                               features=features).to_parquet(
+        str(tmp_path / "hub" / "data" / "train-00000-of-00001.parquet"))
+    cfg = data_cfg("sidewalk", path=str(tmp_path / "hub"), size=[8, 8], on_bad_row="skip")
+    info = prepare_data(cfg, show_progress=False).info
+    assert info["problems"][0] == {"row": 1, "reason": "the row has no instance map, and the others do"}
+    assert info["problems"][1]["row"] == 2 and "field 'instance'" in info["problems"][1]["reason"]  # unreadable
+    assert (info["rows"], info["skipped"], info["instances"]) == (1, 2, True)  # row 2, after row 1, is still read
+
+
+def test_a_cache_dir_that_is_a_file_is_refused_by_its_setting_before_any_row_is_read(tmp_path, data_cfg):
+    from sdm.core.atomic import WriteError
+
+    (tmp_path / "taken").write_text("not a folder")
+    cfg = data_cfg("scenes", size=[8, 8], cache_dir=str(tmp_path / "taken"), **{"scenes.num": 2})
+    with pytest.raises(WriteError, match=rf"^data\.cache_dir={tmp_path / 'taken'} is a file, not a folder"):
+        prepare_data(cfg, show_progress=False)
+    assert (tmp_path / "taken").read_text() == "not a folder"
