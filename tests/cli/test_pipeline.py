@@ -205,3 +205,43 @@ def test_a_bad_root_is_named_before_any_stage(tmp_path, capsys):
         pipeline.main([str(REPO / "conf" / "pipeline" / "demo.yaml"), f"root={tmp_path / 'taken'}"])
     err = capsys.readouterr().err
     assert code.value.code == 2 and err == f"error: root={tmp_path / 'taken'} is a file, not a folder; choose a folder\n"
+
+
+def test_each_stage_composes_its_own_config_and_only_the_data_stages_reuse_their_caches(tmp_path):
+    """What decides the plan beyond the commands: which config a stage's settings are checked
+    against before anything runs, which stages reuse their own cache (prepare, segmenter: running
+    them makes nothing after them stale), and which outputs are made anew when forced."""
+    cfg = load_config(str(REPO / "conf" / "pipeline" / "sidewalk.yaml"),
+                      [f"root={tmp_path}", "evaluate.evaluation.batch_size=8"])
+    plan = stages(cfg)
+    assert [(s.name, s.config, s.cached, s.outputs) for s in plan] == [
+        ("prepare", "prepare", True, None), ("segmenter", "segmenter", True, None), ("train", "train", False, None),
+        ("finetune", "train", False, None), ("sample", "sample", False, tmp_path / "samples"),
+        ("evaluate", "evaluate", False, None)]
+    commands = {s.name: s.command for s in plan}
+    assert "trainer.max_steps=10000" in commands["finetune"] and f"init_from={tmp_path / 'train'}" in commands["finetune"]
+    assert "trainer.max_steps=10000" not in commands["train"]  # the fine-tune block is its own
+    assert f"weights={tmp_path / 'finetune'}" in commands["sample"]  # samples come from the fine-tuned model
+    assert commands["evaluate"][-1] == "evaluation.batch_size=8"  # the evaluate block reaches its stage
+    assert {s.name: s.done() for s in plan} == dict.fromkeys(commands, False)  # nothing made yet
+    (tmp_path / "finetune" / "export").mkdir(parents=True)
+    (tmp_path / "finetune" / "export" / "ema.safetensors").write_bytes(b"")
+    assert [s.name for s in stages(cfg) if s.done()] == ["finetune"]
+    assert pipeline.plan_actions(stages(cfg), tmp_path, set()) == {  # made, but after stages that run: made again
+        "prepare": "run", "segmenter": "run", "train": "run", "finetune": "redo", "sample": "run", "evaluate": "run"}
+    for force in ("train,sample", ["train", "sample"]):
+        assert pipeline.forced_stages(OmegaConf.create({"force": force}), plan) == {"train", "sample"}
+
+
+def test_every_finished_stage_with_changed_settings_is_listed_with_its_change_and_in_the_force_hint(tmp_path):
+    before = {"train": ["a=1", "b=1"], "sample": ["s=1"], "evaluate": []}
+    now = {"train": ["a=2", "b=2"], "sample": [], "evaluate": ["e=1"]}
+    plan = [Stage(name, [sys.executable, "-c", "pass", *now[name]], lambda: True) for name in before]
+    (tmp_path / "logs").mkdir()
+    for stage in plan:
+        pipeline.done_record(tmp_path, stage).write_text(json.dumps({"command": ["-c", "pass", *before[stage.name]]}))
+    with pytest.raises(PipelineError) as caught:
+        pipeline.plan_actions(plan, tmp_path, set())
+    assert ("holds finished stages made with other settings:\n  train: a=1 b=1 -> a=2 b=2\n  sample: s=1 -> (nothing)\n"
+            "  evaluate: (nothing) -> e=1\nTheir outputs are kept as they are. Pass force=train,sample,evaluate to run"
+            in str(caught.value))
