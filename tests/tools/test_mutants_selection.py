@@ -23,7 +23,7 @@ def test_words_match_whole_parts_of_the_function_name_only():
 
 
 def test_a_selection_leaves_out_by_node_id_the_named_tests_and_keeps_the_rest_of_the_folder():
-    selection = mutants.test_selection(["tests/cli/test_pipeline.py"], "cli config")
+    selection = mutants.test_selection(["tests/cli/test_pipeline.py"], "cli clear")
     left = [selection[i + 1] for i, arg in enumerate(selection) if arg == "--deselect"]
     assert selection[0] == "tests/cli/test_pipeline.py" and "-k" not in selection
     assert left == ["tests/cli/test_pipeline.py::test_config_errors_are_clear"]  # not every test under tests/cli/
